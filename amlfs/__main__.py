@@ -1,0 +1,3 @@
+from amlfs.cli.main import entry_point
+
+entry_point()

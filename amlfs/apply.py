@@ -1,0 +1,91 @@
+"""`amlfs apply`: make the registry hold what a declaration file says, idempotently.
+
+Everything that can fail is done before the first write: the file is validated, every
+datastore is checked and every changed dataset is listed. Then one transaction writes
+it all, so a failing apply leaves the registry as it was.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from amlfs.datasets import collect
+from amlfs.datastores import make_datastore
+from amlfs.errors import NotFound
+from amlfs.registry.manifest import Declaration, DeclaredDataset
+from amlfs.registry.models import Datastore, NewVersion
+from amlfs.registry.store import Registry
+from amlfs.storage import Store
+
+
+@dataclass
+class Outcome:
+    kind: str  # "datastore" or "dataset"
+    name: str
+    result: str  # created / updated / unchanged / registered
+    ref: str | None = None  # NAME:VERSION for datasets
+
+    def __str__(self) -> str:
+        detail = f" ({self.ref})" if self.ref else ""
+        return f"{self.kind} {self.name}: {self.result}{detail}"
+
+
+def apply(
+    registry: Registry, declaration: Declaration, env: Mapping[str, str] = os.environ
+) -> list[Outcome]:
+    datastores = {
+        d.name: make_datastore(
+            d.name, d.url, connection_string_env=d.connection_string_env,
+            account_key_env=d.account_key_env, sas_token_env=d.sas_token_env,
+            anonymous=d.anonymous, account_name=d.account_name,
+        )
+        for d in declaration.datastores
+    }  # fmt: skip
+    pending = [(d, _listing_if_changed(registry, d, datastores, env)) for d in declaration.datasets]
+    outcomes: list[Outcome] = []
+    with registry.transaction():
+        for ds in datastores.values():
+            outcomes.append(Outcome("datastore", ds.name, registry.put_datastore(ds)))
+        for declared, new in pending:
+            # Checked again under the write lock: a concurrent apply may have registered it.
+            latest = _latest(registry, declared.name)
+            if new is None or _same_sources(latest, declared):
+                outcomes.append(Outcome("dataset", declared.name, "unchanged", latest.ref))
+                continue
+            version = registry.register(new)
+            outcomes.append(Outcome("dataset", declared.name, "registered", version.ref))
+    return outcomes
+
+
+def _listing_if_changed(
+    registry: Registry,
+    declared: DeclaredDataset,
+    datastores: dict[str, Datastore],
+    env: Mapping[str, str],
+) -> NewVersion | None:
+    """The new version DECLARED asks for, or None if its latest version already matches."""
+    if _same_sources(_latest(registry, declared.name), declared):
+        return None
+    datastore = datastores.get(declared.datastore) or registry.get_datastore(declared.datastore)
+    store = Store(datastore, env)
+    return collect(
+        store, declared.name, declared.paths, description=declared.description,
+        tags=declared.tags,
+    )  # fmt: skip
+
+
+def _latest(registry: Registry, dataset: str):
+    try:
+        return registry.get_version(dataset)
+    except NotFound:
+        return None
+
+
+def _same_sources(latest, declared: DeclaredDataset) -> bool:
+    return (
+        latest is not None
+        and latest.datastore == declared.datastore
+        and latest.sources == list(dict.fromkeys(declared.paths))
+    )

@@ -1,0 +1,84 @@
+"""What every command shares: the state folder and the options allowed anywhere."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import click
+
+from amlfs import home as amlfs_home
+from amlfs.errors import UserError
+from amlfs.registry.store import Registry
+
+F = TypeVar("F", bound=Callable)
+
+
+@dataclass
+class AppContext:
+    home: Path | None = None
+    debug: bool = False
+    _registry: Registry | None = field(default=None, repr=False)
+
+    def registry(self) -> Registry:
+        """The registry of the state folder, opened (and created) on first use."""
+        if self._registry is None:
+            path = amlfs_home.registry_path(self.home or amlfs_home.default_home())
+            self._registry = Registry(path)
+            click.get_current_context().call_on_close(self._registry.close)
+        return self._registry
+
+
+def app(ctx: click.Context) -> AppContext:
+    root = ctx.find_root()
+    if root.obj is None:
+        root.obj = AppContext()
+    return root.obj
+
+
+def _set_home(ctx: click.Context, _: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        app(ctx).home = value
+
+
+def _set_debug(ctx: click.Context, _: click.Parameter, value: bool) -> None:
+    if value:
+        app(ctx).debug = True
+        logging.getLogger("amlfs").setLevel(logging.DEBUG)
+
+
+def common_options(command: F) -> F:
+    """`--home` and `--debug`, accepted before or after any subcommand."""
+    command = click.option(
+        "--home",
+        type=click.Path(file_okay=False, path_type=Path),
+        expose_value=False,
+        callback=_set_home,
+        is_eager=True,
+        help="State folder (default: $AMLFS_HOME, else $XDG_DATA_HOME/amlfs).",
+    )(command)
+    return click.option(
+        "--debug",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_debug,
+        is_eager=True,
+        help="Log debug messages and show tracebacks.",
+    )(command)
+
+
+def json_option(command: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(command)
+
+
+def read_text_file(path: Path) -> str:
+    """A YAML file given on the command line, or a one-line UserError."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise UserError(f"{path}: {exc.strerror}") from None

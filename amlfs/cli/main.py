@@ -1,0 +1,75 @@
+"""The `amlfs` command: the root group and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import sys
+import traceback
+
+import click
+
+from amlfs import __version__
+from amlfs.cli.apply import apply_command
+from amlfs.cli.context import common_options
+from amlfs.cli.dataset import dataset
+from amlfs.cli.datastore import datastore
+from amlfs.errors import EXIT_RUNTIME, EXIT_USAGE, AmlfsError
+
+log = logging.getLogger("amlfs")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="amlfs")
+@common_options
+def cli() -> None:
+    """Pinned, versioned datasets from object storage under a local path."""
+
+
+cli.add_command(datastore)
+cli.add_command(dataset)
+cli.add_command(apply_command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; every failure is one `amlfs: error: …` line and an exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    logging.basicConfig(level=logging.WARNING, format="amlfs: %(levelname)s: %(name)s: %(message)s")
+    if debug:
+        log.setLevel(logging.DEBUG)
+    try:
+        # Without standalone mode click returns ctx.exit()'s code, or the command's value.
+        code = cli.main(args=argv, prog_name="amlfs", standalone_mode=False)
+    except click.Abort:
+        click.echo("amlfs: interrupted", err=True)
+        return 130
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        return _fail(exc.format_message() + hint, EXIT_USAGE, debug)
+    except click.ClickException as exc:
+        return _fail(exc.format_message(), EXIT_USAGE, debug)
+    except AmlfsError as exc:
+        return _fail(str(exc), exc.exit_code, debug)
+    except sqlite3.OperationalError as exc:
+        return _fail(f"registry: {exc}", EXIT_RUNTIME, debug)
+    except BrokenPipeError:
+        return EXIT_RUNTIME
+    except Exception as exc:
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        if not debug:
+            message += " (run with --debug for details)"
+        return _fail(message, EXIT_RUNTIME, debug)
+    return code if isinstance(code, int) else 0
+
+
+def _fail(message: str, code: int, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    first_line = " ".join(message.split())
+    click.echo(f"amlfs: error: {first_line}", err=True)
+    return code
+
+
+def entry_point() -> None:
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Domain errors. Importable from every layer; the CLI turns them into one-line messages."""
+
+from __future__ import annotations
+
+# Exit codes of the command line (interface.md).
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+
+
+class AmlfsError(Exception):
+    """Base of every error amlfs raises on purpose."""
+
+    exit_code = EXIT_RUNTIME
+
+
+class UserError(AmlfsError):
+    """Bad usage or bad input: the user can fix it by changing what they asked for."""
+
+    exit_code = EXIT_USAGE
+
+
+class NotFound(UserError):
+    """A named thing (datastore, dataset, version) does not exist."""
+
+
+class Conflict(UserError):
+    """The request contradicts what the registry already holds."""
+
+
+class ManifestError(UserError):
+    """A YAML document (manifest or declaration) is malformed or unsafe."""
+
+    def __init__(self, message: str, *, source: str | None = None, line: int | None = None):
+        where = source or "<yaml>"
+        if line is not None:
+            where = f"{where}:{line}"
+        super().__init__(f"{where}: {message}")
+        self.line = line
+
+
+class StorageError(AmlfsError):
+    """The storage behind a datastore failed or could not be reached."""

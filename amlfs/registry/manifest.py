@@ -1,0 +1,216 @@
+"""The two YAML documents amlfs reads: version manifests and declarations.
+
+Their schemas are documented in docs/manifests.md; a change to either is a new `schema`
+value, and the loaders keep accepting the old ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from amlfs.errors import ManifestError, UserError
+from amlfs.registry import paths, yamlio
+from amlfs.registry.models import NewVersion, PinnedFile, Version
+
+MANIFEST_SCHEMA = "amlfs/manifest/v1"
+DECLARATION_SCHEMA = "amlfs/declaration/v1"
+
+
+def _name(kind: str):
+    def check(value: str) -> str:
+        try:
+            return paths.check_name(kind, value)
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+
+    return AfterValidator(check)
+
+
+def _relative_path(value: str) -> str:
+    if problem := paths.path_problem(value):
+        raise ValueError(problem)
+    return value
+
+
+def _source(value: str) -> str:
+    try:
+        return paths.normalise_source(value)
+    except UserError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _root(value: str) -> str:
+    return value if value == "" else _relative_path(value)
+
+
+def _env_name(value: str) -> str:
+    if not value.isidentifier():
+        raise ValueError(f"{value!r} is not an environment variable name")
+    return value
+
+
+def _iso(value: object) -> object:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+DatasetName = Annotated[str, _name("dataset")]
+DatastoreName = Annotated[str, _name("datastore")]
+RelativePath = Annotated[str, AfterValidator(_relative_path)]
+SourcePath = Annotated[str, AfterValidator(_source)]
+EnvName = Annotated[str, AfterValidator(_env_name)]
+Timestamp = Annotated[str, BeforeValidator(_iso)]
+Md5Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+Tags = dict[str, str]
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors and no type is coerced: "3" is not a size.
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+
+class ManifestFile(_Strict):
+    path: RelativePath
+    size: int = Field(ge=0)
+    etag: str = Field(min_length=1)
+    md5: Md5Hex | None = None
+    last_modified: Timestamp | None = None
+
+
+class Manifest(_Strict):
+    """One version, pinned file by file: what `dataset export` writes and `import` reads."""
+
+    schema_: Literal["amlfs/manifest/v1"] = Field(alias="schema")
+    dataset: DatasetName
+    version: int | None = Field(default=None, ge=1)
+    datastore: DatastoreName
+    datastore_url: str | None = None
+    root: Annotated[str, AfterValidator(_root)]
+    sources: list[SourcePath] = Field(min_length=1)
+    description: str = ""
+    tags: Tags = Field(default_factory=dict)
+    created_at: Timestamp | None = None
+    file_count: int | None = Field(default=None, ge=1)
+    total_bytes: int | None = Field(default=None, ge=0)
+    files: list[ManifestFile] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _totals_match(self) -> Manifest:
+        if self.file_count is not None and self.file_count != len(self.files):
+            raise ValueError(f"file_count is {self.file_count} but {len(self.files)} files")
+        total = sum(f.size for f in self.files)
+        if self.total_bytes is not None and self.total_bytes != total:
+            raise ValueError(f"total_bytes is {self.total_bytes} but the files add up to {total}")
+        return self
+
+
+class DeclaredDatastore(_Strict):
+    name: DatastoreName
+    url: str
+    connection_string_env: EnvName | None = None
+    account_key_env: EnvName | None = None
+    sas_token_env: EnvName | None = None
+    anonymous: bool = False
+    account_name: str | None = None
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> DeclaredDatastore:
+        given = [self.connection_string_env, self.account_key_env, self.sas_token_env]
+        if sum(x is not None for x in given) + self.anonymous > 1:
+            raise ValueError(
+                "give at most one of connection_string_env, account_key_env, "
+                "sas_token_env, anonymous"
+            )
+        return self
+
+
+class DeclaredDataset(_Strict):
+    name: DatasetName
+    datastore: DatastoreName
+    paths: list[SourcePath] = Field(min_length=1)
+    description: str = ""
+    tags: Tags = Field(default_factory=dict)
+
+
+class Declaration(_Strict):
+    """Datastores and datasets as they should be: what `amlfs apply` reads."""
+
+    schema_: Literal["amlfs/declaration/v1"] = Field(alias="schema")
+    datastores: list[DeclaredDatastore] = Field(default_factory=list)
+    datasets: list[DeclaredDataset] = Field(default_factory=list)
+
+    @field_validator("datastores", "datasets")
+    @classmethod
+    def _unique_names(cls, items: list) -> list:
+        names = [item.name for item in items]
+        if duplicates := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"{duplicates[0]!r} is declared more than once")
+        return items
+
+
+def load_manifest(text: str, source: str) -> Manifest:
+    manifest = yamlio.load(text, Manifest, source)
+    if conflict := paths.tree_problem(f.path for f in manifest.files):
+        index, problem = conflict
+        raise ManifestError(problem, source=source, line=yamlio.line_at(text, ("files", index)))
+    return manifest
+
+
+def load_declaration(text: str, source: str) -> Declaration:
+    return yamlio.load(text, Declaration, source)
+
+
+def manifest_to_new_version(manifest: Manifest, dataset: str | None = None) -> NewVersion:
+    files = [
+        PinnedFile(f.path, f.size, f.etag, bytes.fromhex(f.md5) if f.md5 else None, f.last_modified)
+        for f in manifest.files
+    ]
+    return NewVersion(
+        dataset=dataset or manifest.dataset,
+        datastore=manifest.datastore,
+        root=manifest.root,
+        sources=list(manifest.sources),
+        files=files,
+        description=manifest.description,
+        tags=dict(manifest.tags),
+    )
+
+
+def export_manifest(version: Version, datastore_url: str, files: Iterable[PinnedFile]) -> str:
+    """The YAML manifest of VERSION; `load_manifest` reads it back to the same pins."""
+    document = {
+        "schema": MANIFEST_SCHEMA,
+        "dataset": version.dataset,
+        "version": version.version,
+        "datastore": version.datastore,
+        "datastore_url": datastore_url,
+        "root": version.root,
+        "sources": version.sources,
+        "description": version.description,
+        "tags": version.tags,
+        "created_at": version.created_at,
+        "file_count": version.file_count,
+        "total_bytes": version.total_bytes,
+        "files": [_file_document(f) for f in files],
+    }
+    return yamlio.dump(document)
+
+
+def _file_document(f: PinnedFile) -> dict:
+    document: dict = {"path": f.path, "size": f.size, "etag": f.etag}
+    if f.md5:
+        document["md5"] = f.md5.hex()
+    if f.last_modified:
+        document["last_modified"] = f.last_modified
+    return document

@@ -1,0 +1,112 @@
+"""Plain records the registry hands out and takes in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+CREDENTIAL_KINDS = (
+    "connection-string-env",
+    "account-key-env",
+    "sas-token-env",
+    "default",
+    "anonymous",
+    "none",
+)
+
+
+@dataclass(frozen=True)
+class Datastore:
+    """A named storage root and where its credentials come from (never the secret itself)."""
+
+    name: str
+    url: str
+    credential: str  # one of CREDENTIAL_KINDS
+    credential_env: str | None = None
+    account_name: str | None = None
+    created_at: str = ""
+
+    def public_dict(self) -> dict:
+        """What `datastore show --json` prints: no secret is ever part of a Datastore."""
+        return {
+            "name": self.name,
+            "url": self.url,
+            "credential": self.credential,
+            "credential_env": self.credential_env,
+            "account_name": self.account_name,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass(frozen=True)
+class PinnedFile:
+    """One file of a version as pinned at registration."""
+
+    path: str  # relative to the version's root, '/'-separated
+    size: int
+    etag: str
+    md5: bytes | None = None
+    last_modified: str | None = None
+
+
+@dataclass(frozen=True)
+class Version:
+    """One immutable version of a dataset (without its files)."""
+
+    id: int
+    dataset: str
+    version: int
+    datastore: str
+    root: str
+    sources: list[str]
+    description: str
+    tags: dict[str, str]
+    file_count: int
+    total_bytes: int
+    manifest_sha256: str
+    created_at: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.dataset}:{self.version}"
+
+    def public_dict(self) -> dict:
+        return {
+            "dataset": self.dataset,
+            "version": self.version,
+            "datastore": self.datastore,
+            "root": self.root,
+            "sources": self.sources,
+            "description": self.description,
+            "tags": self.tags,
+            "file_count": self.file_count,
+            "total_bytes": self.total_bytes,
+            "manifest_sha256": self.manifest_sha256,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A folder or file of a version's tree, as a mount sees it."""
+
+    id: int
+    parent_id: int | None
+    name: str
+    is_dir: bool
+    size: int = 0
+    etag: str | None = None
+    md5: bytes | None = None
+    last_modified: str | None = None
+
+
+@dataclass
+class NewVersion:
+    """What a registration or an import asks the registry to store."""
+
+    dataset: str
+    datastore: str
+    root: str
+    sources: list[str]
+    files: list[PinnedFile]
+    description: str = ""
+    tags: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,99 @@
+"""The registry's SQLite schema and its migrations.
+
+The schema version is SQLite's `user_version`. MIGRATIONS[i] takes a database from
+version i to i + 1; a new schema change is a new entry at the end, never an edit of an
+old one. Every opener runs the missing migrations inside one write transaction, so two
+processes opening a fresh registry at once cannot both apply them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+# Version 0 -> 1: the first schema.
+_V1 = """
+CREATE TABLE datastores (
+    id             INTEGER PRIMARY KEY,
+    name           TEXT NOT NULL UNIQUE,      -- the user's name for it
+    url            TEXT NOT NULL,             -- fsspec URL of the root, e.g. az://container/prefix
+    credential     TEXT NOT NULL              -- where credentials come from, never the secret:
+                   CHECK (credential IN ('connection-string-env', 'account-key-env',
+                                         'sas-token-env', 'default', 'anonymous', 'none')),
+    credential_env TEXT,                      -- the environment variable holding the secret
+    account_name   TEXT,                      -- Azure storage account (non-secret), if known
+    created_at     TEXT NOT NULL,             -- ISO 8601, UTC
+    CHECK ((credential LIKE '%-env') = (credential_env IS NOT NULL))
+);
+
+CREATE TABLE datasets (
+    id         INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL
+);
+
+-- A version is immutable once its transaction commits: nothing updates these rows.
+CREATE TABLE versions (
+    id              INTEGER PRIMARY KEY,
+    dataset_id      INTEGER NOT NULL REFERENCES datasets(id) ON DELETE RESTRICT,
+    version         INTEGER NOT NULL CHECK (version >= 1),  -- 1, 2, 3... per dataset
+    datastore_id    INTEGER NOT NULL REFERENCES datastores(id) ON DELETE RESTRICT,
+    root            TEXT NOT NULL,    -- folder (relative to the datastore URL) that file paths
+                                      -- are relative to: a file's source is root/path
+    sources         TEXT NOT NULL,    -- JSON list of the paths/globs as given at registration
+    description     TEXT NOT NULL DEFAULT '',
+    tags            TEXT NOT NULL DEFAULT '{}',  -- JSON object of string tags
+    file_count      INTEGER NOT NULL, -- kept because versions never change and a
+    total_bytes     INTEGER NOT NULL, -- mount's statfs and `dataset list` need them at once
+    manifest_sha256 TEXT NOT NULL,    -- digest of root + every file's pinned fields, to
+                                      -- recognise an identical manifest without reading it
+    created_at      TEXT NOT NULL,
+    UNIQUE (dataset_id, version)
+);
+
+-- The pinned tree of a version: one row per folder and per file. The row id is the
+-- entry's permanent identity (a mount derives stable inode numbers from it). Rows are
+-- inserted parents first, siblings in name order, so id order is a stable listing order.
+CREATE TABLE entries (
+    id            INTEGER PRIMARY KEY,
+    version_id    INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
+    parent_id     INTEGER REFERENCES entries(id) ON DELETE CASCADE,  -- NULL for the root
+    name          TEXT NOT NULL,      -- one path component; '' for the root
+    is_dir        INTEGER NOT NULL CHECK (is_dir IN (0, 1)),
+    size          INTEGER,            -- bytes; files only
+    etag          TEXT,               -- the store's etag when pinned (quotes kept); files only
+    md5           BLOB,               -- 16-byte content MD5 where the store keeps one
+    last_modified TEXT,               -- ISO 8601 as the store reported it; files only
+    CHECK (is_dir = 1 OR (size IS NOT NULL AND etag IS NOT NULL))
+);
+-- "look up NAME in folder P" and "list folder P after NAME" are one index probe each.
+CREATE UNIQUE INDEX entries_by_parent ON entries (parent_id, name);
+CREATE UNIQUE INDEX entries_root ON entries (version_id) WHERE parent_id IS NULL;
+"""
+
+MIGRATIONS: list[str] = [_V1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring the database to SCHEMA_VERSION. The caller holds a write transaction."""
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    if current > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"registry schema version {current} is newer than this amlfs ({SCHEMA_VERSION})"
+        )
+    for version in range(current, SCHEMA_VERSION):
+        for statement in _statements(MIGRATIONS[version]):
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {version + 1}")
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into statements (executescript would commit our transaction)."""
+    statements, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    assert not pending.strip(), "migration script ends in an incomplete statement"
+    return statements

@@ -1,0 +1,247 @@
+"""Datastores to fsspec filesystems: credentials, listing and pinning, retries.
+
+The only module that talks to fsspec and adlfs. Secrets are read from the environment
+when a datastore is opened, used in memory, and scrubbed from every error it raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from amlfs.errors import StorageError, UserError
+from amlfs.registry import paths
+from amlfs.registry.models import Datastore, PinnedFile
+
+log = logging.getLogger(__name__)
+
+AZURE_PROTOCOLS = frozenset({"az", "abfs", "abfss"})
+_ENV_OPTION = {
+    "connection-string-env": "connection_string",
+    "account-key-env": "account_key",
+    "sas-token-env": "sas_token",
+}
+
+# The Azure SDK's default (4 tries, 15 s + 3^n backoff) makes an unreachable store look
+# like a hang for a minute and a half; these give up in about eight seconds.
+AZURE_RETRY = {"total_retries": 3, "connect_retries": 3, "read_retries": 3,
+               "status_retries": 3, "initial_backoff": 0.5, "increment_base": 2}  # fmt: skip
+AZURE_TIMEOUTS = {"connection_timeout": 10, "read_timeout": 60}
+
+
+def protocol_of(url: str) -> str:
+    return urlsplit(url).scheme or "file"
+
+
+def check_url(url: str) -> str:
+    """A datastore URL whose protocol fsspec knows; returned without a trailing '/'."""
+    protocol = protocol_of(url)
+    if "://" not in url:
+        raise UserError(f"datastore URL {url!r} needs a protocol, e.g. az://container/prefix")
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except (ValueError, ImportError) as exc:
+        raise UserError(f"datastore URL {url!r}: unsupported protocol {protocol!r}") from exc
+    if protocol == "file" and not urlsplit(url).path.startswith("/"):
+        raise UserError(f"datastore URL {url!r}: a file:// URL needs an absolute path")
+    return url.rstrip("/") if url.rstrip("/").partition("://")[2] else url
+
+
+def default_credential(url: str) -> str:
+    """What a datastore uses when no credential option is given."""
+    return "default" if protocol_of(url) in AZURE_PROTOCOLS else "none"
+
+
+def check_credential(ds: Datastore) -> None:
+    """Reject credential settings that cannot work with the datastore's protocol."""
+    azure = protocol_of(ds.url) in AZURE_PROTOCOLS
+    if not azure and ds.credential != "none":
+        raise UserError(
+            f"datastore {ds.name!r}: {ds.credential} credentials apply to Azure URLs "
+            "(az://, abfs://) only"
+        )
+    if ds.credential_env is not None and not ds.credential_env.isidentifier():
+        raise UserError(f"{ds.credential_env!r} is not an environment variable name")
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The files one source path matched, and the folder it is rooted at."""
+
+    source: str
+    base: str  # folder the source stands for: itself, a file's parent, a glob's fixed part
+    files: list[PinnedFile]  # paths relative to the datastore root
+
+
+class Store:
+    """A datastore opened for use: an fsspec filesystem rooted at the datastore's URL."""
+
+    def __init__(self, ds: Datastore, env: Mapping[str, str] = os.environ):
+        self.datastore = ds
+        options, self._secrets = _storage_options(ds, env)
+        with self._errors("open"):
+            self.fs, self.root = url_to_fs(ds.url, skip_instance_cache=True, **options)
+        self.root = self.root.rstrip("/")
+        if protocol_of(ds.url) in AZURE_PROTOCOLS:
+            _tune_azure(self.fs)
+
+    def full_path(self, relative: str) -> str:
+        return paths.join(self.root, relative) if relative else self.root
+
+    def list_source(self, source: str) -> Listing:
+        """Every file below SOURCE (a folder, a file or a glob, relative to the datastore)."""
+        source = paths.normalise_source(source)
+        full = self.full_path(source)
+        with self._errors(f"list {source or '/'}"):
+            if paths.has_glob(source):
+                base = paths.glob_base(source)
+                matches = self.fs.glob(full, detail=True)
+                infos = self._expand_folders(matches)
+            else:
+                info = self._info(full)
+                if info is None:
+                    infos = []
+                    base = source
+                elif info["type"] == "directory":
+                    base = source
+                    infos = self.fs.find(full, detail=True).values()
+                else:
+                    base = paths.parent(source)
+                    infos = [info]
+        files = [self._pin(info) for info in infos if info.get("type") != "directory"]
+        return Listing(source, base, [f for f in files if f is not None])
+
+    def _expand_folders(self, matches: dict[str, dict]) -> list[dict]:
+        infos: list[dict] = []
+        for info in matches.values():
+            if info["type"] == "directory":
+                infos.extend(self.fs.find(info["name"], detail=True).values())
+            else:
+                infos.append(info)
+        return infos
+
+    def _info(self, full: str) -> dict | None:
+        try:
+            return self.fs.info(full)
+        except FileNotFoundError:
+            return None
+
+    def _pin(self, info: dict) -> PinnedFile | None:
+        """The pinned record of one listed file, its path relative to the datastore."""
+        name = self.fs._strip_protocol(info["name"]).rstrip("/")
+        if self.root and not name.startswith(self.root + "/"):
+            return None
+        if _is_folder_marker(info):
+            return None
+        return PinnedFile(
+            path=paths.relative_to(self.root, name) if self.root else name,
+            size=int(info["size"]),
+            etag=_etag(info),
+            md5=_md5(info),
+            last_modified=_last_modified(info),
+        )
+
+    @contextlib.contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """Turn any storage failure into a StorageError with the secrets scrubbed out."""
+        try:
+            yield
+        except (UserError, StorageError):
+            raise
+        except PermissionError as exc:
+            raise StorageError(self._scrub(f"{what}: access denied ({exc})")) from None
+        except Exception as exc:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            detail = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+            raise StorageError(
+                self._scrub(f"datastore {self.datastore.name!r}: cannot {what}: {detail}")
+            ) from None
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+def _storage_options(ds: Datastore, env: Mapping[str, str]) -> tuple[dict, list[str]]:
+    """fsspec options for DS, and the secret values they contain."""
+    if protocol_of(ds.url) not in AZURE_PROTOCOLS:
+        return {}, []
+    options: dict = {"account_name": ds.account_name} if ds.account_name else {}
+    options.update(AZURE_TIMEOUTS)
+    if ds.credential in _ENV_OPTION:
+        secret = env.get(ds.credential_env or "")
+        if not secret:
+            raise UserError(
+                f"datastore {ds.name!r} reads its {_ENV_OPTION[ds.credential].replace('_', ' ')}"
+                f" from ${ds.credential_env}, which is not set"
+            )
+        options[_ENV_OPTION[ds.credential]] = secret
+        secrets = [secret]
+        if ds.credential == "connection-string-env":
+            # A connection string embeds its key or SAS; scrub those parts on their own too.
+            embedded = ("accountkey=", "sharedaccesssignature=")
+            secrets += [
+                part.partition("=")[2]
+                for part in secret.split(";")
+                if part.lower().startswith(embedded)
+            ]
+        return options, [s for s in secrets if s]
+    options["anon"] = ds.credential == "anonymous"
+    return options, []
+
+
+def _tune_azure(fs: fsspec.AbstractFileSystem) -> None:
+    """Bound how long an unreachable Azure store takes to report failure.
+
+    adlfs builds its service client without retry settings; the SDK's retry policy
+    object is shared by every request of that client, so adjusting it here is enough.
+    """
+    policy = fs.service_client._config.retry_policy
+    for name, value in AZURE_RETRY.items():
+        setattr(policy, name, value)
+
+
+def _is_folder_marker(info: dict) -> bool:
+    """Zero-byte blobs that stand for folders (ADLS Gen2, some upload tools)."""
+    metadata = info.get("metadata") or {}
+    return info.get("size") == 0 and any(
+        str(metadata.get(key, "")).lower() == "true" for key in ("hdi_isfolder", "is_directory")
+    )
+
+
+def _etag(info: dict) -> str:
+    """The store's etag; for stores without one (local folders), a token of mtime and size
+    that changes whenever the file is rewritten."""
+    for key in ("etag", "ETag", "generation"):
+        if info.get(key):
+            return str(info[key])
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
+    if mtime is None:
+        raise StorageError(f"{info['name']}: the store reports neither an etag nor a mtime")
+    if isinstance(mtime, datetime):
+        mtime = mtime.timestamp()
+    return f"mtime-{float(mtime)!r}-size-{int(info['size'])}"
+
+
+def _md5(info: dict) -> bytes | None:
+    settings = info.get("content_settings") or {}
+    md5 = settings.get("content_md5") if isinstance(settings, dict) else None
+    return bytes(md5) if md5 else None
+
+
+def _last_modified(info: dict) -> str | None:
+    value = info.get("last_modified") or info.get("LastModified") or info.get("mtime")
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC).isoformat()
+    return str(value) if value else None
