@@ -233,8 +233,9 @@ def _etag(info: dict) -> str:
 
 
 def _md5(info: dict) -> bytes | None:
-    settings = info.get("content_settings") or {}
-    md5 = settings.get("content_md5") if isinstance(settings, dict) else None
+    # adlfs gives a dict from listings and the SDK's ContentSettings from info().
+    settings = info.get("content_settings")
+    md5 = settings.get("content_md5") if settings is not None else None
     return bytes(md5) if md5 else None
 
 
