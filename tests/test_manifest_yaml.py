@@ -63,9 +63,7 @@ def test_export_then_import_pins_exactly_the_same_files(files: list[PinnedFile])
         "weather", "raw", "Weather", ["Weather/week27"]
     )  # fmt: skip
     assert back.description == version_of(files).description
-    assert manifest_digest("raw", "Weather", back.files) == manifest_digest(
-        "raw", "Weather", files
-    )
+    assert manifest_digest("raw", "Weather", back.files) == manifest_digest("raw", "Weather", files)
 
 
 MANIFEST = """\
@@ -101,10 +99,18 @@ def test_the_minimal_manifest_loads() -> None:
         (("dataset: weather", "dataset: 'bad name'"), 2, "invalid dataset name"),
         (("schema: amlfs/manifest/v1", "schema: amlfs/manifest/v9"), 1, "schema: Input should be"),
         (("sources: [Weather/week27]", "sources: [../up]"), 5, "'..' component"),
-        (("sources: [Weather/week27]", "sources: Weather"), 5, "sources: Input should be a valid list"),
+        (
+            ("sources: [Weather/week27]", "sources: Weather"),
+            5,
+            "sources: Input should be a valid list",
+        ),
         (("files:", "file_count: 7\nfiles:"), 1, "file_count is 7 but 2 files"),
         (("- {path: week27/a.csv", "- {path: [week27/a.csv"), 7, "not valid YAML"),
-        (("dataset: weather", "dataset: &w weather\ndescription: *w"), 2, "aliases are not allowed"),
+        (
+            ("dataset: weather", "dataset: &w weather\ndescription: *w"),
+            2,
+            "aliases are not allowed",
+        ),
         (("dataset: weather", "dataset: !!python/object:os.system ls"), 2, "not valid YAML"),
     ],
 )

@@ -1,0 +1,21 @@
+"""What the rest of the suite relies on. Under CI these fail instead of skipping, so
+that the emulator and FUSE tests can never be skipped there without anyone noticing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from tests.conftest import require
+from tests.support.azurite import Azurite
+
+
+def test_the_azure_emulator_is_installed() -> None:
+    require(Azurite.available(), "Azurite is not installed (run `npm ci`)")
+
+
+def test_fuse_is_usable() -> None:
+    require(os.path.exists("/dev/fuse"), "/dev/fuse is missing")
+    require(os.access("/dev/fuse", os.R_OK | os.W_OK), "/dev/fuse is not accessible")
+    require(shutil.which("fusermount3") is not None, "fusermount3 is missing (apt: fuse3)")
+    import pyfuse3  # noqa: F401  (fails if the extension was built without libfuse3)
