@@ -160,7 +160,7 @@ def test_a_failed_registration_registers_nothing(
     assert registry_dump(cli) == before
 
 
-def test_an_unreachable_store_is_a_runtime_error(cli: Cli, monkeypatch) -> None:  # noqa: ANN001
+def test_an_unreachable_store_is_a_runtime_error(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.support.azurite import ACCOUNT, ACCOUNT_KEY, free_port
 
     monkeypatch.setenv(
@@ -208,7 +208,7 @@ def test_verify_lists_instead_of_asking_per_file(cli: Cli, blob: Container) -> N
     calls = {"info": 0}
     real_info = storage.Store._info
 
-    def counting_info(self, full):  # noqa: ANN001, ANN202
+    def counting_info(self: storage.Store, full: str) -> dict | None:
         calls["info"] += 1
         return real_info(self, full)
 

@@ -9,7 +9,7 @@ import pytest
 
 from amlfs.datastores import make_datastore
 from amlfs.errors import StorageError, UserError
-from amlfs.storage import Store
+from amlfs.storage import Listing, Store
 from tests.conftest import CONNECTION_ENV, Container
 
 FILES = {
@@ -28,7 +28,7 @@ def store(container: Container) -> Store:
     return Store(ds)
 
 
-def names(listing) -> set[str]:  # noqa: ANN001
+def names(listing: Listing) -> set[str]:
     return {f.path for f in listing.files}
 
 
