@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     except click.Abort:
         click.echo("amlfs: interrupted", err=True)
         return 130
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help())  # a bare `amlfs` or `amlfs dataset`: show what to type
+        return EXIT_USAGE
     except click.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
         return _fail(exc.format_message() + hint, EXIT_USAGE, debug)

@@ -1,0 +1,1 @@
+"""amlfs benchmarks: every figure is measured against a ceiling in the same run."""

@@ -1,0 +1,50 @@
+"""What every benchmark needs: timing, the machine's description, writing results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> dict:
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "host_cpus": os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+
+
+def timed_run(args: list[str], env: dict | None = None, timeout: float = 1800) -> float:
+    """Seconds one command takes; it must succeed."""
+    started = time.perf_counter()
+    proc = subprocess.run(args, env=env, timeout=timeout, capture_output=True, text=True)
+    took = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return took
+
+
+def amlfs_cmd(home: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "amlfs", "--home", str(home), *args]
+
+
+def write_results(name: str, results: dict) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.write_text(json.dumps(results, indent=2))
+    return path
+
+
+def db_size(home: Path) -> int:
+    """Bytes the registry takes on disk (database plus WAL)."""
+    return sum(p.stat().st_size for p in home.glob("registry.db*"))

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs what amlfs needs on a Debian machine, from nothing: system packages (only the
+# missing ones), a virtualenv in .venv with amlfs and its test tools, and, with
+# --emulator, the pinned Azure Storage emulator from package-lock.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_emulator=false
+[[ "${1:-}" == "--emulator" ]] && want_emulator=true
+
+as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+dpkg -s fuse3 >/dev/null 2>&1 || missing+=(fuse3)
+dpkg -s libfuse3-dev >/dev/null 2>&1 || missing+=(libfuse3-dev)
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+command -v gcc >/dev/null || missing+=(gcc)
+command -v python3 >/dev/null || missing+=(python3)
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+[[ -f "$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null)/Python.h" ]] \
+  || missing+=(python3-dev)
+if $want_emulator; then
+  command -v npm >/dev/null || missing+=(nodejs npm)
+fi
+if ((${#missing[@]})); then
+  echo "bootstrap: installing system packages: ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c 'import amlfs, pytest, pyfuse3' 2>/dev/null \
+   || [[ pyproject.toml -nt .venv/.installed ]]; then
+  echo "bootstrap: installing amlfs into .venv"
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[test]'
+  touch .venv/.installed
+fi
+
+if $want_emulator && [[ ! -x node_modules/.bin/azurite-blob || package-lock.json -nt node_modules ]]; then
+  echo "bootstrap: installing the Azure Storage emulator (npm ci)"
+  npm ci --no-audit --no-fund --loglevel=error
+  touch node_modules
+fi

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The main job on an embedded default: a local folder as the datastore, with sample
+# data generated here. Registers two versions, shows and verifies them, exports a
+# manifest, then changes a source file to show that amlfs notices.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh
+
+demo=${AMLFS_DEMO_DIR:-$PWD/demo-home}
+rm -rf "$demo"
+mkdir -p "$demo"
+export AMLFS_HOME="$demo/state"
+amlfs=(.venv/bin/amlfs)
+step() { printf '\n\033[1m$ amlfs %s\033[0m\n' "$*"; "${amlfs[@]}" "$@"; }
+
+.venv/bin/python - "$demo/store" <<'PY'
+import random, sys
+from pathlib import Path
+root, rng = Path(sys.argv[1]), random.Random(27)
+for week in (27, 28):
+    for day in ("mon", "tue", "wed", "thu", "fri"):
+        path = root / "Weather" / f"week{week}" / f"{day}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = [f"{h},{rng.uniform(-5, 30):.1f},{rng.randint(0, 100)}" for h in range(24)]
+        path.write_text("hour,temp_c,humidity\n" + "\n".join(rows) + "\n")
+PY
+echo "sample data: $(find "$demo/store" -type f | wc -l) files under $demo/store"
+
+step datastore add local "file://$demo/store"
+step dataset register weather --datastore local --path Weather/week27 --description "week 27"
+step dataset register weather --datastore local --path Weather/week27 --path Weather/week28 \
+  --description "weeks 27 and 28" --tag source=demo
+step dataset versions weather
+step dataset show weather:2 --files
+step dataset verify weather:1
+step dataset export weather:1
+
+echo
+echo "Rewriting Weather/week27/mon.csv under the pinned versions..."
+echo "hour,temp_c,humidity" > "$demo/store/Weather/week27/mon.csv"
+if step dataset verify weather:2; then
+  echo "demo: verify should have reported the change" >&2
+  exit 1
+fi
+echo
+echo "demo: done. amlfs noticed the change instead of serving different bytes."
+echo "demo: state folder $AMLFS_HOME (delete $demo to start over)"
