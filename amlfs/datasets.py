@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from amlfs.errors import UserError
 from amlfs.registry import paths
 from amlfs.registry.models import Datastore, NewVersion, PinnedFile, Version
 from amlfs.registry.store import Registry
-from amlfs.storage import Listing, Store
+from amlfs.storage import Listing, Progress, Store
 
 log = logging.getLogger(__name__)
-
-# Called after each source path is listed: (source, files found so far).
-Progress = Callable[[str, int], None]
 
 
 def collect(
@@ -33,17 +30,13 @@ def collect(
     if not sources:
         raise UserError("give at least one --path")
     listings: list[Listing] = []
-    found = 0
     for source in sources:
-        listing = store.list_source(source)
+        listing = store.list_source(source, progress)
         if not listing.files:
             raise UserError(
                 f"path {source or '/'!r} matched no files in datastore {store.datastore.name!r}"
             )
         listings.append(listing)
-        found += len(listing.files)
-        if progress:
-            progress(source, found)
     root = paths.common_folder(listing.base for listing in listings)
     pinned: dict[str, PinnedFile] = {}
     for listing in listings:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import fsspec
+from fsspec.asyn import sync
 from fsspec.core import url_to_fs
 
 from amlfs.errors import StorageError, UserError
@@ -72,6 +73,10 @@ def check_credential(ds: Datastore) -> None:
         raise UserError(f"{ds.credential_env!r} is not an environment variable name")
 
 
+# Called with the number of files just found, as a listing goes on.
+Progress = Callable[[int], None]
+
+
 @dataclass(frozen=True)
 class Listing:
     """The files one source path matched, and the folder it is rooted at."""
@@ -96,36 +101,50 @@ class Store:
     def full_path(self, relative: str) -> str:
         return paths.join(self.root, relative) if relative else self.root
 
-    def list_source(self, source: str) -> Listing:
-        """Every file below SOURCE (a folder, a file or a glob, relative to the datastore)."""
+    def list_source(self, source: str, progress: Progress | None = None) -> Listing:
+        """Every file below SOURCE (a folder, a file or a glob, relative to the datastore).
+        PROGRESS, if given, hears how many more files were found as listing goes on."""
+        progress = progress or (lambda _found: None)
         source = paths.normalise_source(source)
         full = self.full_path(source)
         with self._errors(f"list {source or '/'}"):
             if paths.has_glob(source):
                 base = paths.glob_base(source)
-                matches = self.fs.glob(full, detail=True)
-                infos = self._expand_folders(matches)
+                infos = []
+                for info in self.fs.glob(full, detail=True).values():
+                    if info["type"] == "directory":
+                        infos += self._find(info["name"], progress)
+                    else:
+                        infos.append(info)
+                        progress(1)
             else:
                 info = self._info(full)
                 if info is None:
-                    infos = []
-                    base = source
+                    infos, base = [], source
                 elif info["type"] == "directory":
-                    base = source
-                    infos = self.fs.find(full, detail=True).values()
+                    infos, base = self._find(full, progress), source
                 else:
-                    base = paths.parent(source)
-                    infos = [info]
+                    infos, base = [info], paths.parent(source)
         files = [self._pin(info) for info in infos if info.get("type") != "directory"]
         return Listing(source, base, [f for f in files if f is not None])
 
-    def _expand_folders(self, matches: dict[str, dict]) -> list[dict]:
-        infos: list[dict] = []
-        for info in matches.values():
-            if info["type"] == "directory":
-                infos.extend(self.fs.find(info["name"], detail=True).values())
-            else:
-                infos.append(info)
+    def _find(self, full: str, progress: Progress) -> list[dict]:
+        """Every file below folder FULL. On Azure, page by page (5,000 blobs a request)
+        so that progress shows during a long listing; elsewhere fsspec's find."""
+        if protocol_of(self.datastore.url) not in AZURE_PROTOCOLS:
+            infos = list(self.fs.find(full, detail=True).values())
+            progress(len(infos))
+            return infos
+        container, _, prefix = full.partition("/")
+        pages = (
+            self.fs.service_client.get_container_client(container)
+            .list_blobs(name_starts_with=f"{prefix}/" if prefix else None, include=["metadata"])
+            .by_page()
+        )
+        infos = []
+        while (page := sync(self.fs.loop, _next_page, self.fs, pages)) is not None:
+            infos += page
+            progress(len(page))
         return infos
 
     def _info(self, full: str) -> dict | None:
@@ -169,6 +188,16 @@ class Store:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+
+async def _next_page(fs: fsspec.AbstractFileSystem, pages: object) -> list[dict] | None:
+    """The next page of an Azure listing as adlfs info dicts (adlfs's own conversion, so
+    that they match what its info() and find() return), or None at the end."""
+    try:
+        page = await pages.__anext__()
+    except StopAsyncIteration:
+        return None
+    return await fs._details([blob async for blob in page])
 
 
 def _storage_options(ds: Datastore, env: Mapping[str, str]) -> tuple[dict, list[str]]:

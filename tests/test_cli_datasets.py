@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -358,3 +359,35 @@ def test_concurrent_registrations_get_distinct_consecutive_versions(
     versions = json.loads(cli.ok("dataset", "versions", "race", "--json").out)
     assert [v["version"] for v in versions] == list(range(1, n + 1))
     assert all(v["file_count"] == 4 for v in versions)
+
+
+def test_register_shows_a_progress_line_on_a_terminal_only(cli: Cli, blob: Container) -> None:
+    args = ["dataset", "register", "w", "--datastore", "blob", "--path", "Weather"]
+    assert "listing" not in cli.process(*args).err  # not a terminal: no progress line
+    assert "listing" in run_in_terminal([sys.executable, "-m", "amlfs", "--home",
+                                         str(cli.home), *args])  # fmt: skip
+
+
+def run_in_terminal(command: list[str]) -> str:
+    """Run COMMAND with a 120x40 pseudo-terminal as stdout and stderr; return what it wrote."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    main_fd, terminal_fd = pty.openpty()
+    fcntl.ioctl(terminal_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen(command, stdout=terminal_fd, stderr=terminal_fd)
+    os.close(terminal_fd)
+    output = b""
+    while True:
+        try:
+            data = os.read(main_fd, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        output += data
+    os.close(main_fd)
+    assert proc.wait(timeout=60) == 0, output
+    return output.decode(errors="replace")

@@ -93,3 +93,12 @@ def test_an_unreachable_store_fails_within_seconds(monkeypatch: pytest.MonkeyPat
     assert time.monotonic() - started < 30
     assert "cannot list a" in str(raised.value)
     assert ACCOUNT_KEY not in str(raised.value) and secret not in str(raised.value)
+
+
+def test_listing_reports_progress_as_it_goes(store: Store) -> None:
+    heard: list[int] = []
+    listing = store.list_source("Weather", heard.append)
+    assert sum(heard) == len(listing.files) == 4
+    heard.clear()
+    listing = store.list_source("Weather/*/*.csv", heard.append)
+    assert sum(heard) == len(listing.files) == 2

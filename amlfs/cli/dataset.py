@@ -55,18 +55,10 @@ def register(
     Prints NAME:VERSION as the last line.
     """
     registry = app(ctx).registry()
-    with tqdm(
-        total=len(sources), unit="path", desc="listing", disable=not sys.stdout.isatty(),
-        leave=False,
-    ) as bar:  # fmt: skip
-
-        def progress(source: str, found: int) -> None:
-            bar.set_postfix_str(f"{found:,} files", refresh=False)
-            bar.update(1)
-
+    with tqdm(unit=" files", desc="listing", disable=not sys.stdout.isatty(), leave=False) as bar:
         version = datasets.register(
             registry, name, datastore_name, list(sources), description=description,
-            tags=_parse_tags(tags), progress=progress,
+            tags=_parse_tags(tags), progress=bar.update,
         )  # fmt: skip
     click.echo(
         f"registered {version.file_count:,} files ({human_bytes(version.total_bytes)}) "
