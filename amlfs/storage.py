@@ -81,7 +81,6 @@ Progress = Callable[[int], None]
 class Listing:
     """The files one source path matched, and the folder it is rooted at."""
 
-    source: str
     base: str  # folder the source stands for: itself, a file's parent, a glob's fixed part
     files: list[PinnedFile]  # paths relative to the datastore root
 
@@ -126,7 +125,7 @@ class Store:
                 else:
                     infos, base = [info], paths.parent(source)
         files = [self._pin(info) for info in infos if info.get("type") != "directory"]
-        return Listing(source, base, [f for f in files if f is not None])
+        return Listing(base, [f for f in files if f is not None])
 
     def _find(self, full: str, progress: Progress) -> list[dict]:
         """Every file below folder FULL. On Azure, page by page (5,000 blobs a request)
