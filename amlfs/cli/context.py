@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,6 @@ F = TypeVar("F", bound=Callable)
 @dataclass
 class AppContext:
     home: Path | None = None
-    debug: bool = False
     _registry: Registry | None = field(default=None, repr=False)
 
     def registry(self) -> Registry:
@@ -44,12 +42,6 @@ def _set_home(ctx: click.Context, _: click.Parameter, value: Path | None) -> Non
         app(ctx).home = value
 
 
-def _set_debug(ctx: click.Context, _: click.Parameter, value: bool) -> None:
-    if value:
-        app(ctx).debug = True
-        logging.getLogger("amlfs").setLevel(logging.DEBUG)
-
-
 def common_options(command: F) -> F:
     """`--home` and `--debug`, accepted before or after any subcommand."""
     command = click.option(
@@ -60,13 +52,9 @@ def common_options(command: F) -> F:
         is_eager=True,
         help="State folder (default: $AMLFS_HOME, else $XDG_DATA_HOME/amlfs).",
     )(command)
+    # main() reads --debug from the arguments itself, before parsing can fail.
     return click.option(
-        "--debug",
-        is_flag=True,
-        expose_value=False,
-        callback=_set_debug,
-        is_eager=True,
-        help="Log debug messages and show tracebacks.",
+        "--debug", is_flag=True, expose_value=False, help="Log debug messages and show tracebacks."
     )(command)
 
 
