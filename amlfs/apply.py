@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from amlfs.datasets import collect
 from amlfs.datastores import make_datastore
-from amlfs.errors import NotFound
+from amlfs.registry import paths
 from amlfs.registry.manifest import Declaration, DeclaredDataset
-from amlfs.registry.models import Datastore, NewVersion
+from amlfs.registry.models import Datastore, NewVersion, Version
 from amlfs.registry.store import Registry
 from amlfs.storage import Store
 
@@ -50,7 +50,7 @@ def apply(
             outcomes.append(Outcome("datastore", ds.name, registry.put_datastore(ds)))
         for declared, new in pending:
             # Checked again under the write lock: a concurrent apply may have registered it.
-            latest = _latest(registry, declared.name)
+            latest = registry.latest(declared.name)
             if new is None or _same_sources(latest, declared):
                 outcomes.append(Outcome("dataset", declared.name, "unchanged", latest.ref))
                 continue
@@ -66,7 +66,7 @@ def _listing_if_changed(
     env: Mapping[str, str],
 ) -> NewVersion | None:
     """The new version DECLARED asks for, or None if its latest version already matches."""
-    if _same_sources(_latest(registry, declared.name), declared):
+    if _same_sources(registry.latest(declared.name), declared):
         return None
     datastore = datastores.get(declared.datastore) or registry.get_datastore(declared.datastore)
     store = Store(datastore, env)
@@ -76,16 +76,9 @@ def _listing_if_changed(
     )  # fmt: skip
 
 
-def _latest(registry: Registry, dataset: str):
-    try:
-        return registry.get_version(dataset)
-    except NotFound:
-        return None
-
-
-def _same_sources(latest, declared: DeclaredDataset) -> bool:
+def _same_sources(latest: Version | None, declared: DeclaredDataset) -> bool:
     return (
         latest is not None
         and latest.datastore == declared.datastore
-        and latest.sources == list(dict.fromkeys(declared.paths))
+        and latest.sources == paths.normalise_sources(declared.paths)
     )

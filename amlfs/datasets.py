@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from amlfs.errors import UserError
 from amlfs.registry import paths
-from amlfs.registry.models import Datastore, NewVersion, PinnedFile, Version
+from amlfs.registry.models import NewVersion, PinnedFile, Version
 from amlfs.registry.store import Registry
 from amlfs.storage import Listing, Progress, Store
-
-log = logging.getLogger(__name__)
 
 
 def collect(
@@ -26,7 +23,7 @@ def collect(
     progress: Progress | None = None,
 ) -> NewVersion:
     """List SOURCES once each and pin every file, relative to their longest common folder."""
-    sources = list(dict.fromkeys(paths.normalise_source(s) for s in sources))
+    sources = paths.normalise_sources(sources)
     if not sources:
         raise UserError("give at least one --path")
     listings: list[Listing] = []
@@ -98,8 +95,7 @@ def verify(
 ) -> VerifyReport:
     """Compare every pinned file of VERSION with its store, listing each source once
     (a handful of listing calls, not one request per file)."""
-    datastore: Datastore = registry.get_datastore(version.datastore)
-    store = Store(datastore, env)
+    store = Store(registry.get_datastore(version.datastore), env)
     current: dict[str, PinnedFile] = {}
     for source in version.sources:
         for f in store.list_source(source).files:

@@ -53,7 +53,9 @@ def check_url(url: str) -> str:
         raise UserError(f"datastore URL {url!r}: unsupported protocol {protocol!r}") from exc
     if protocol == "file" and not urlsplit(url).path.startswith("/"):
         raise UserError(f"datastore URL {url!r}: a file:// URL needs an absolute path")
-    return url.rstrip("/") if url.rstrip("/").partition("://")[2] else url
+    stripped = url.rstrip("/")
+    # Keep the slash of a bare root such as file:/// (nothing after "://" without it).
+    return stripped if stripped.partition("://")[2] else url
 
 
 def default_credential(url: str) -> str:
@@ -154,13 +156,11 @@ class Store:
 
     def _pin(self, info: dict) -> PinnedFile | None:
         """The pinned record of one listed file, its path relative to the datastore."""
-        name = self.fs._strip_protocol(info["name"]).rstrip("/")
-        if self.root and not name.startswith(self.root + "/"):
-            return None
         if _is_folder_marker(info):
             return None
+        name = self.fs._strip_protocol(info["name"]).rstrip("/")
         return PinnedFile(
-            path=paths.relative_to(self.root, name) if self.root else name,
+            path=paths.relative_to(self.root, name),
             size=int(info["size"]),
             etag=_etag(info),
             md5=_md5(info),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -117,10 +118,13 @@ def test_the_minimal_manifest_loads() -> None:
 def test_a_bad_manifest_names_the_problem_and_the_line(
     change: tuple[str, str], line: int, message: str
 ) -> None:
-    text = MANIFEST.replace(*change)
+    assert_rejected(load_manifest, MANIFEST.replace(*change), line, message)
+
+
+def assert_rejected(load: Callable[[str, str], object], text: str, line: int, message: str) -> None:
     with pytest.raises(ManifestError) as raised:
-        load_manifest(text, "m.yaml")
-    assert f"m.yaml:{line}:" in str(raised.value)
+        load(text, "doc.yaml")
+    assert f"doc.yaml:{line}:" in str(raised.value)
     assert message in str(raised.value)
 
 
@@ -172,7 +176,4 @@ def test_a_declaration_loads() -> None:
 def test_a_bad_declaration_names_the_problem_and_the_line(
     change: tuple[str, str], line: int, message: str
 ) -> None:
-    with pytest.raises(ManifestError) as raised:
-        load_declaration(DECLARATION.replace(*change), "d.yaml")
-    assert f"d.yaml:{line}:" in str(raised.value)
-    assert message in str(raised.value)
+    assert_rejected(load_declaration, DECLARATION.replace(*change), line, message)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 CREDENTIAL_KINDS = (
     "connection-string-env",
@@ -27,14 +27,7 @@ class Datastore:
 
     def public_dict(self) -> dict:
         """What `datastore show --json` prints: no secret is ever part of a Datastore."""
-        return {
-            "name": self.name,
-            "url": self.url,
-            "credential": self.credential,
-            "credential_env": self.credential_env,
-            "account_name": self.account_name,
-            "created_at": self.created_at,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -70,19 +63,8 @@ class Version:
         return f"{self.dataset}:{self.version}"
 
     def public_dict(self) -> dict:
-        return {
-            "dataset": self.dataset,
-            "version": self.version,
-            "datastore": self.datastore,
-            "root": self.root,
-            "sources": self.sources,
-            "description": self.description,
-            "tags": self.tags,
-            "file_count": self.file_count,
-            "total_bytes": self.total_bytes,
-            "manifest_sha256": self.manifest_sha256,
-            "created_at": self.created_at,
-        }
+        """Every field but the registry's internal row id."""
+        return {k: v for k, v in asdict(self).items() if k != "id"}
 
 
 @dataclass(frozen=True)

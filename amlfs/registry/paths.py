@@ -88,6 +88,11 @@ def normalise_source(path: str) -> str:
     return "/".join(parts)
 
 
+def normalise_sources(sources: Iterable[str]) -> list[str]:
+    """SOURCES normalised, each once, in the order given."""
+    return list(dict.fromkeys(normalise_source(s) for s in sources))
+
+
 def has_glob(path: str) -> bool:
     return any(c in _GLOB_CHARS for c in path)
 

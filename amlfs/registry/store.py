@@ -46,6 +46,19 @@ def manifest_digest(datastore: str, root: str, files: list[PinnedFile]) -> str:
     return digest.hexdigest()
 
 
+def _checked_digest(new: NewVersion) -> str:
+    """The manifest digest of NEW, once its name and paths are known to form a tree."""
+    paths.check_name("dataset", new.dataset)
+    if not new.files:
+        raise UserError(f"cannot register {new.dataset}: no files")
+    problem = next(filter(None, map(paths.path_problem, (f.path for f in new.files))), None)
+    if problem is None and (conflict := paths.tree_problem(f.path for f in new.files)):
+        problem = conflict[1]
+    if problem:
+        raise UserError(f"cannot register {new.dataset}: {problem}")
+    return manifest_digest(new.datastore, new.root, new.files)
+
+
 class Registry:
     """One connection to the registry database. Not shared between threads."""
 
@@ -164,15 +177,19 @@ class Registry:
 
     def register(self, new: NewVersion) -> Version:
         """Store NEW as the next version of its dataset, all in one transaction."""
-        paths.check_name("dataset", new.dataset)
-        problem = next(filter(None, map(paths.path_problem, (f.path for f in new.files))), None)
-        if problem is None and (conflict := paths.tree_problem(f.path for f in new.files)):
-            problem = conflict[1]
-        if problem:
-            raise UserError(f"cannot register {new.dataset}: {problem}")
-        if not new.files:
-            raise UserError(f"cannot register {new.dataset}: no files")
-        digest = manifest_digest(new.datastore, new.root, new.files)
+        return self._register(new, _checked_digest(new))
+
+    def import_version(self, new: NewVersion) -> tuple[Version, bool]:
+        """Register NEW unless the dataset's latest version pins exactly the same files:
+        (the version, whether it was created). Importing a manifest twice is harmless."""
+        digest = _checked_digest(new)
+        with self.transaction():
+            latest = self.latest(new.dataset)
+            if latest is not None and latest.manifest_sha256 == digest:
+                return latest, False
+            return self._register(new, digest), True
+
+    def _register(self, new: NewVersion, digest: str) -> Version:
         with self.transaction():
             datastore_id = self._datastore_id(new.datastore)
             dataset_id = self._dataset_id(new.dataset, create=True)
@@ -193,19 +210,6 @@ class Registry:
             self._insert_tree(cursor.lastrowid, new.files)
         log.info("registered %s:%d (%d files)", new.dataset, number, len(new.files))
         return self.get_version(new.dataset, number)
-
-    def import_version(self, new: NewVersion) -> tuple[Version, bool]:
-        """Register NEW unless the dataset's latest version pins exactly the same files:
-        (the version, whether it was created). Importing a manifest twice is harmless."""
-        digest = manifest_digest(new.datastore, new.root, new.files)
-        with self.transaction():
-            try:
-                latest = self.get_version(new.dataset)
-            except NotFound:
-                latest = None
-            if latest is not None and latest.manifest_sha256 == digest:
-                return latest, False
-            return self.register(new), True
 
     def _insert_tree(self, version_id: int, files: list[PinnedFile]) -> None:
         """Insert the root, the folders and the files, parents before children and
@@ -256,6 +260,13 @@ class Registry:
         if row is None:
             raise NotFound(f"dataset {dataset!r} has no version {version}")
         return _version(row)
+
+    def latest(self, dataset: str) -> Version | None:
+        """The highest version of DATASET, or None if it has none yet."""
+        try:
+            return self.get_version(dataset)
+        except NotFound:
+            return None
 
     def resolve(self, ref: str) -> Version:
         """A `NAME[:VERSION]` reference to its version."""
