@@ -38,9 +38,9 @@ def amlfs_cmd(home: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "amlfs", "--home", str(home), *args]
 
 
-def write_results(name: str, results: dict) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+def write_results(name: str, results: dict, folder: Path = RESULTS) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
     path.write_text(json.dumps(results, indent=2))
     return path
 

@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
 # Installs what amlfs needs on a Debian machine, from nothing: system packages (only the
-# missing ones), a virtualenv in .venv with amlfs and its test tools, and, with
-# --emulator, the pinned Azure Storage emulator from package-lock.json.
+# missing ones) and a virtualenv in .venv with amlfs, its test tools and the benchmark's
+# plotting library. With --emulator, also the pinned Azure Storage emulator from
+# package-lock.json; with --bench, the benchmark's tools (fio, and rclone as the peer mount).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_emulator=false
-[[ "${1:-}" == "--emulator" ]] && want_emulator=true
+want_bench=false
+for arg in "$@"; do
+  case "$arg" in
+    --emulator) want_emulator=true ;;
+    --bench) want_emulator=true; want_bench=true ;;
+    *) echo "bootstrap: error: unknown option $arg (use --emulator, --bench)" >&2; exit 2 ;;
+  esac
+done
 
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 
@@ -22,6 +30,10 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if $want_emulator; then
   command -v npm >/dev/null || missing+=(nodejs npm)
 fi
+if $want_bench; then
+  command -v fio >/dev/null || missing+=(fio)
+  command -v rclone >/dev/null || missing+=(rclone)
+fi
 if ((${#missing[@]})); then
   echo "bootstrap: installing system packages: ${missing[*]}"
   as_root apt-get update -qq
@@ -31,11 +43,11 @@ fi
 if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c 'import amlfs, pytest, pyfuse3' 2>/dev/null \
+if ! .venv/bin/python -c 'import amlfs, pytest, pyfuse3, matplotlib' 2>/dev/null \
    || [[ pyproject.toml -nt .venv/.installed ]]; then
   echo "bootstrap: installing amlfs into .venv"
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[test]'
+  .venv/bin/pip install -q -e '.[test,bench]'
   touch .venv/.installed
 fi
 

@@ -1,0 +1,117 @@
+"""What the side-by-side benchmark measures: data set sizes, systems (columns) and workloads (rows).
+
+Nothing here runs anything; `bench/__main__.py` walks this plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+MiB = 2**20
+KiB = 2**10
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Sizes and time bounds of one run; the presets below, overridable by flags."""
+
+    large_files: int  # large-file set: sequential and random reads, transfers
+    large_mib: int
+    images: int  # image-like set: many ~100 KiB files in a few dozen folders
+    image_kib: int
+    image_folders: int
+    meta_files: int  # metadata set: tiny files for find and walk+stat
+    register_files: int  # registration on a file:// datastore (empty local files)
+    million: int  # files in the registry-only version for mount time and RSS
+    rand_seconds: float  # fio random-read runtime
+    cap_seconds: float  # time bound of any one file-by-file workload
+
+    def public(self) -> dict:
+        return asdict(self)
+
+
+PRESETS = {
+    # For the test suite: proves the harness end to end in seconds.
+    "smoke": Scale(2, 4, 40, 100, 4, 200, 500, 2_000, 1.0, 5.0),
+    # Under 3 minutes on a 2-core machine.
+    "quick": Scale(2, 64, 400, 100, 8, 2_000, 10_000, 100_000, 2.0, 10.0),
+    # Under 30 minutes: the figures in docs/performance.md.
+    "full": Scale(4, 256, 5_000, 100, 50, 50_000, 100_000, 1_000_000, 8.0, 40.0),
+}
+
+
+def scale_with(preset: str, overrides: dict) -> Scale:
+    chosen = {f.name: overrides[f.name] for f in fields(Scale) if overrides.get(f.name) is not None}
+    return replace(PRESETS[preset], **chosen)
+
+
+@dataclass(frozen=True)
+class System:
+    key: str
+    label: str
+    backends: tuple[str, ...]  # "azurite", "file"
+
+
+# Columns, in the order of the tables. Local disk is the physical ceiling of both backends
+# (the same bytes, measured once); "direct" is the no-FUSE ceiling of the emulator: adlfs
+# with the best parallelism it offers. In the operations table, "direct" is the same calls
+# through fsspec on either backend.
+SYSTEMS = (
+    System("local-cold", "local disk, cold", ("azurite", "file")),
+    System("local-warm", "local disk, page cache", ("azurite", "file")),
+    System("direct", "adlfs direct", ("azurite",)),
+    System("rclone-full", "rclone full", ("azurite",)),
+    System("rclone-off", "rclone off", ("azurite",)),
+    System("amlfs-cold", "amlfs cold", ("azurite", "file")),
+    System("amlfs-block", "amlfs block cache", ("azurite", "file")),
+    System("amlfs-page", "amlfs page cache", ("azurite", "file")),
+)
+SYSTEM_BY_KEY = {s.key: s for s in SYSTEMS}
+MOUNTS = ("rclone-full", "rclone-off", "amlfs-cold", "amlfs-block", "amlfs-page")
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
+    systems: tuple[str, ...]  # which columns it applies to
+
+
+PATH_SYSTEMS = ("local-cold", "local-warm", "direct", *MOUNTS)
+
+# Rows of the read table: every system reads the same bytes.
+READS = (
+    Workload("seq-cat", "sequential, cat, all large files", "MiB/s", True, PATH_SYSTEMS),
+    Workload("seq-fio-1", "sequential, fio, 1 job", "MiB/s", True, PATH_SYSTEMS),
+    Workload("seq-fio-4", "sequential, fio, 4 jobs", "MiB/s", True, PATH_SYSTEMS),
+    Workload("rand-qd1", "random 4 KiB, fio QD1", "IOPS", True, PATH_SYSTEMS),
+    Workload("rand-8", "random 4 KiB, fio 8 jobs", "IOPS", True, PATH_SYSTEMS),
+    Workload("small-serial", "small files, serial", "files/s", True, PATH_SYSTEMS),
+    Workload("small-8", "small files, 8 threads", "files/s", True, PATH_SYSTEMS),
+    Workload("shuffle", "shuffled pass, 4 workers", "files/s", True, PATH_SYSTEMS),
+    Workload("find", "find, metadata set", "s", False, PATH_SYSTEMS),
+    Workload("walk-stat", "walk + stat, metadata set", "s", False, PATH_SYSTEMS),
+    Workload("first-byte", "mount command to first byte", "s", False, ("direct", *MOUNTS)),
+    Workload("daemon-rss", "daemon peak RSS (VmHWM)", "MiB", False, MOUNTS),
+)
+
+# Rows of the operations table: amlfs against the direct ceiling.
+OPERATIONS = (
+    Workload("register", "register a version", "s", False, ("direct", "amlfs")),
+    Workload("download-large", "download, large files", "MiB/s", True, ("direct", "amlfs")),
+    Workload("download-small", "download, image set", "MiB/s", True, ("direct", "amlfs")),
+    Workload("upload-large", "upload, large files", "MiB/s", True, ("direct", "amlfs")),
+    Workload("upload-small", "upload, image set", "MiB/s", True, ("direct", "amlfs")),
+    Workload("mount-million", "mount of the million-file version", "s", False, ("amlfs",)),
+    Workload("rss-million", "daemon RSS on the million-file version", "MiB", False, ("amlfs",)),
+)
+WORKLOAD_BY_KEY = {w.key: w for w in (*READS, *OPERATIONS)}
+
+# Which columns each amlfs column is judged against, in the ratio table.
+COMPARISONS = (
+    ("amlfs-cold", "direct", "rclone-full"),
+    ("amlfs-block", "local-cold", None),
+    ("amlfs-page", "local-warm", None),
+)
