@@ -7,11 +7,15 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 RESULTS = Path(__file__).parent / "results"
+T = TypeVar("T")
 
 
 def machine() -> dict:
@@ -48,3 +52,29 @@ def write_results(name: str, results: dict, folder: Path = RESULTS) -> Path:
 def db_size(home: Path) -> int:
     """Bytes the registry takes on disk (database plus WAL)."""
     return sum(p.stat().st_size for p in home.glob("registry.db*"))
+
+
+def bounded(action: Callable[[], T], timeout: float) -> T:
+    """ACTION's result, or TimeoutError after TIMEOUT seconds.
+
+    It runs in a daemon thread, so a read stuck in a mount that stopped answering
+    cannot hold the run: the caller then tears the mount down, which fails the stuck
+    call, and the thread ends.
+    """
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, action()))
+        except BaseException as error:  # handed to the caller's thread
+            outcome.append((False, error))
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not outcome:
+        raise TimeoutError(f"no result within {timeout:.0f} s (a mount stopped answering?)")
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value

@@ -54,10 +54,11 @@ def generate(root: Path, scale: Scale) -> DataSets:
     large = [(f"part-{i:03}.bin", scale.large_mib * MiB) for i in range(scale.large_files)]
     for name, size in large:
         write_random(root / "large" / name, size)
-    images = [
+    # In listing order, as `find` or a dataset index built from a listing gives them.
+    images = sorted(
         (f"class{i % scale.image_folders:03}/img{i:06}.jpg", scale.image_kib * KiB)
         for i in range(scale.images)
-    ]
+    )
     for name, size in images:
         write_random(root / "images" / name, size)
     meta_folders = max(1, scale.meta_files // 500)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
+from amlfs.mounts import mounted_paths
 from bench.data import CONTAINER
 from tests.support.azurite import ACCOUNT, ACCOUNT_KEY
 
@@ -72,10 +73,10 @@ def rclone_mount(mode: str, sas_url: str, workdir: Path, probe: str) -> Iterator
         stop(proc, mountpoint)
 
 
-def wait_for_first_byte(path: Path, proc: subprocess.Popen) -> float:
+def wait_for_first_byte(path: Path, proc: subprocess.Popen | None) -> float:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"mount exited with {proc.returncode} before serving")
         try:
             with open(path, "rb") as f:
@@ -104,5 +105,10 @@ def stop(proc: subprocess.Popen, mountpoint: Path) -> None:
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=STOP_TIMEOUT_S)
-    if os.path.ismount(mountpoint):
+    unmount_if_mounted(mountpoint)
+
+
+def unmount_if_mounted(mountpoint: Path) -> None:
+    """Detach a mount left behind (os.path.ismount cannot see one whose daemon died)."""
+    if str(mountpoint) in mounted_paths():
         subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False, timeout=30)

@@ -11,9 +11,11 @@ import importlib.metadata
 import json
 import logging
 import os
+import random
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,14 +23,17 @@ from pathlib import Path
 
 import fsspec
 
+from amlfs.home import registry_path
+from amlfs.registry import NewVersion, PinnedFile, Registry
 from bench import pagecache, pathreads
+from bench.amlfs_mounts import AmlfsMounts
 from bench.cells import FAILED, NOT_YET, Cell, NotYet
-from bench.common import amlfs_cmd, machine
+from bench.common import amlfs_cmd, bounded, machine
 from bench.data import CONTAINER, DataSets
 from bench.direct import Direct
-from bench.mounts import MountedTree, container_sas_url, rclone_mount
+from bench.mounts import MountedTree, container_sas_url, peak_rss_mib, rclone_mount
 from bench.pathreads import Figure
-from bench.plan import MOUNTS, READS, MiB, Scale
+from bench.plan import READS, MiB, Scale
 from tests.support.azurite import Azurite
 
 log = logging.getLogger("bench")
@@ -79,11 +84,14 @@ class Run:
         self.emulator = emulator
         self.direct = Direct(emulator.connection_string)
         self.cells: list[Cell] = []
+        self.home = work / "home"
+        self.env = {**os.environ, CONNECTION_ENV: emulator.connection_string}
 
     def machine(self) -> dict:
         return {**machine(), "disk_free_gib": round(shutil.disk_usage(self.work).free / 2**30)}
 
     def measure_everything(self) -> None:
+        self.setup_registry()
         self.local_reads()
         self.direct_reads()
         for mode in ("full", "off"):
@@ -91,9 +99,18 @@ class Run:
         self.amlfs_reads()
         self.operations()
 
-    def measure(self, backend: str, workload: str, system: str, fn: Callable[[], Figure]) -> Cell:
+    def timeout(self, workload: str) -> float:
+        return pathreads.timeout_for(workload, self.data, self.scale)
+
+    def read(self, workload: str, fn: Callable, root: Path) -> Figure:
+        """One path workload, bounded in time (see `bounded`)."""
+        return bounded(lambda: fn(root, self.data, self.scale), self.timeout(workload))
+
+    def measure(self, backend: str, workload: str, system: str, fn: Callable[..., Figure],
+                *args: object) -> Cell:  # fmt: skip
+        """FN(*ARGS) as the cell (backend, workload, system); its failure is recorded."""
         try:
-            value, note, extra = fn()
+            value, note, extra = fn(*args)
             log.info("%-8s %-14s %-12s %.4g %s", backend, workload, system, value, note)
             cell = Cell(backend, workload, system, value, note=note, extra=extra)
         except NotYet as missing:
@@ -112,43 +129,45 @@ class Run:
         """Local disk, the physical ceiling of both backends; measured once ("both")."""
         for workload, fn in pathreads.WORKLOADS.items():
             files = self.data.local(SET_OF[workload[:3]])
+            self.measure("both", workload, "local-cold", self.local, workload, fn, files, False)
+            self.measure("both", workload, "local-warm", self.local, workload, fn, files, True)
 
-            def cold(fn=fn, files=files) -> Figure:
-                pagecache.drop(files)
-                return fn(self.data.root, self.data, self.scale)
-
-            def warm(fn=fn, files=files) -> Figure:
-                pagecache.warm(files)
-                return fn(self.data.root, self.data, self.scale)
-
-            self.measure("both", workload, "local-cold", cold)
-            self.measure("both", workload, "local-warm", warm)
+    def local(self, workload: str, fn: Callable, files: list[Path], warm: bool) -> Figure:
+        if warm:
+            pagecache.warm(files)
+        else:
+            pagecache.drop(files)
+        return self.read(workload, fn, self.data.root)
 
     def direct_reads(self) -> None:
         for workload, fn in self.direct.workloads().items():
+            self.measure("azurite", workload, "direct", self.direct_cold, workload, fn)
 
-            def cold(fn=fn) -> Figure:
-                pagecache.drop()
-                return fn(self.data, self.scale)
-
-            self.measure("azurite", workload, "direct", cold)
+    def direct_cold(self, workload: str, fn: Callable) -> Figure:
+        pagecache.drop()
+        return bounded(lambda: fn(self.data, self.scale), self.timeout(workload))
 
     def rclone_reads(self, mode: str) -> None:
         """Each workload on a fresh mount with an empty cache and a dropped page cache."""
         system = f"rclone-{mode}"
         sas_url = container_sas_url(self.emulator.port)
-        probe = f"images/{self.data.images[0][0]}"
         sessions: list[MountedTree] = []
         for workload, fn in pathreads.WORKLOADS.items():
-
-            def cold(fn=fn) -> Figure:
-                pagecache.drop()
-                with rclone_mount(mode, sas_url, self.work, probe) as tree:
-                    sessions.append(tree)
-                    return fn(tree.root, self.data, self.scale)
-
-            self.measure("azurite", workload, system, cold)
+            self.measure("azurite", workload, system, self.rclone_cold, mode, sas_url, sessions,
+                         workload, fn)  # fmt: skip
         self.mount_figures("azurite", system, sessions)
+
+    def rclone_cold(self, mode: str, sas_url: str, sessions: list, workload: str,
+                    fn: Callable) -> Figure:  # fmt: skip
+        pagecache.drop()
+        with rclone_mount(mode, sas_url, self.work, self.probe) as tree:
+            sessions.append(tree)
+            return self.read(workload, fn, tree.root)
+
+    @property
+    def probe(self) -> str:
+        """The file whose first byte counts as 'the mount serves'."""
+        return f"images/{self.data.images[0][0]}"
 
     def mount_figures(self, backend: str, system: str, sessions: list[MountedTree]) -> None:
         """Time to first byte (median over the fresh mounts) and the daemon's peak RSS."""
@@ -169,23 +188,73 @@ class Run:
         self.measure(backend, "daemon-rss", system, rss)
 
     def amlfs_reads(self) -> None:
-        if amlfs_supports("mount"):
-            raise NotImplementedError("bench: wire the amlfs mount in bench/runs.py")
-        for backend in ("azurite", "file"):
-            for workload in READS:
-                for system in MOUNTS:
-                    if system.startswith("amlfs"):
+        """Per workload: a fresh mount on an empty block cache (cold), which then reads the
+        whole set; a remount with the page cache dropped (block cache), read twice (the
+        second time from the page cache)."""
+        for backend, ref in (("azurite", "bench-az:1"), ("file", "bench-file:1")):
+            if not amlfs_supports("mount"):
+                for workload in READS:
+                    for system in ("amlfs-cold", "amlfs-block", "amlfs-page"):
                         self.measure(backend, workload.key, system, not_yet("amlfs mount"))
+                continue
+            self.amlfs_backend_reads(backend, ref)
+
+    def amlfs_backend_reads(self, backend: str, ref: str) -> None:
+        mounts = AmlfsMounts(self.home, self.work, self.env)
+        cold: list[MountedTree] = []
+        warm: list[MountedTree] = []
+        for workload, fn in pathreads.WORKLOADS.items():
+            page_figure: dict[str, Figure] = {}
+            self.measure(backend, workload, "amlfs-cold", self.amlfs_cold, mounts, ref, cold,
+                         workload, fn)  # fmt: skip
+            self.measure(backend, workload, "amlfs-block", self.amlfs_warm, mounts, ref, warm,
+                         workload, fn, page_figure)  # fmt: skip
+            self.measure(backend, workload, "amlfs-page", page_figure.__getitem__, "page")
+        self.mount_figures(backend, "amlfs-cold", cold)
+        self.mount_figures(backend, "amlfs-block", warm)
+
+    def amlfs_cold(self, mounts: AmlfsMounts, ref: str, sessions: list, workload: str,
+                   fn: Callable) -> Figure:  # fmt: skip
+        """An empty block cache and page cache; afterwards the whole set is read once more
+        through the mount, so that the block cache holds it for the warm runs."""
+        mounts.clear_cache()
+        pagecache.drop()
+        with mounts.mounted(ref, self.probe) as tree:
+            sessions.append(tree)
+            figure = self.read(workload, fn, tree.root)
+            which = SET_OF[workload[:3]]
+            files = [tree.root / which / name for name, _ in getattr(self.data, which)]
+            bounded(lambda: pagecache.warm(files), self.timeout(workload))
+        return figure
+
+    def amlfs_warm(self, mounts: AmlfsMounts, ref: str, sessions: list, workload: str,
+                   fn: Callable, page_figure: dict) -> Figure:  # fmt: skip
+        """A fresh mount on the warm block cache with the page cache dropped; then the same
+        again on that mount, now from the page cache."""
+        pagecache.drop()
+        with mounts.mounted(ref, self.probe) as tree:
+            sessions.append(tree)
+            figure = self.read(workload, fn, tree.root)
+            page_figure["page"] = self.read(workload, fn, tree.root)
+        return figure
 
     # --- operations -----------------------------------------------------------------
 
-    def operations(self) -> None:
-        home = self.work / "home"
-        shutil.rmtree(home, ignore_errors=True)  # a kept work folder starts a new registry
-        env = {**os.environ, CONNECTION_ENV: self.emulator.connection_string}
-        amlfs(home, env, "datastore", "add", "az", f"az://{CONTAINER}",
+    def setup_registry(self) -> None:
+        """The bench's own registry: both datastores, and a version of the three read
+        sets on each (when amlfs can mount them)."""
+        shutil.rmtree(self.home, ignore_errors=True)  # a kept work folder starts afresh
+        amlfs(self.home, self.env, "datastore", "add", "az", f"az://{CONTAINER}",
               "--connection-string-env", CONNECTION_ENV)  # fmt: skip
-        amlfs(home, env, "datastore", "add", "local", f"file://{self.data.root}")
+        amlfs(self.home, self.env, "datastore", "add", "local", f"file://{self.data.root}")
+        if amlfs_supports("mount"):
+            log.info("registering the read sets as bench-az:1 and bench-file:1")
+            for name, store in (("bench-az", "az"), ("bench-file", "local")):
+                amlfs(self.home, self.env, "dataset", "register", name, "--datastore", store,
+                      "--path", "large", "--path", "images", "--path", "meta")  # fmt: skip
+
+    def operations(self) -> None:
+        home, env = self.home, self.env
         stores = {
             "azurite": (self.direct.fs(8), CONTAINER, "az", "meta", len(self.data.meta)),
             "file": (fsspec.filesystem("file"), str(self.data.root), "local", "register",
@@ -209,8 +278,7 @@ class Run:
             self.measure(backend, "register", "direct", listing)
             self.measure(backend, "register", "amlfs", register)
             self.transfers(backend, fs, base)
-            self.measure(backend, "mount-million", "amlfs", not_yet("amlfs mount"))
-            self.measure(backend, "rss-million", "amlfs", not_yet("amlfs mount"))
+        self.million()
 
     def transfers(self, backend: str, fs, base: str) -> None:
         """Direct parallel fsspec get/put of the same files, beside amlfs download/upload."""
@@ -233,6 +301,65 @@ class Run:
             self.measure(backend, f"download-{kind}", "amlfs", not_yet("amlfs download"))
             self.measure(backend, f"upload-{kind}", "direct", upload)
             self.measure(backend, f"upload-{kind}", "amlfs", not_yet("amlfs upload"))
+
+    def million(self) -> None:
+        """Mount time and daemon RSS for a version of `scale.million` files (registry
+        only: the files need no bytes), beside a plain in-memory tree of the same paths."""
+        if not amlfs_supports("mount"):
+            for workload in ("mount-million", "rss-million"):
+                self.measure("file", workload, "amlfs", not_yet("amlfs mount"))
+            return
+        log.info("storing a version of %d files", self.scale.million)
+        names = million_names(self.scale.million)
+        with Registry(registry_path(self.home)) as registry:
+            registry.register(NewVersion("million", "local", "million", ["million"], [
+                PinnedFile(name, 0, "mtime-0.0-size-0") for name in names
+            ]))  # fmt: skip
+        del names
+        mounts = AmlfsMounts(self.home, self.work, self.env)
+        figures: dict[str, Figure] = {}
+
+        def mount_time() -> Figure:
+            with mounts.mounted("million:1", None) as tree:
+                rng = random.Random(7)
+                for i in rng.sample(range(self.scale.million), 1000):  # stat spread out
+                    os.stat(tree.root / million_names_one(i))
+                for folder in sorted(os.listdir(tree.root))[:10]:
+                    os.listdir(tree.root / folder)
+                rss = peak_rss_mib(tree.pid)
+            tree_rss = in_memory_tree_rss_mib(self.scale.million)
+            note = f"{self.scale.million:,} files"
+            figures["rss"] = (rss, f"a dict tree of the same paths: {tree_rss:,.0f} MiB",
+                              {"in_memory_tree_mib": tree_rss})  # fmt: skip
+            return tree.first_byte_s, note, {}
+
+        self.measure("file", "mount-million", "amlfs", mount_time)
+        self.measure("file", "rss-million", "amlfs", lambda: figures["rss"])
+
+
+MILLION_FOLDERS = 1000
+
+
+def million_names_one(i: int) -> str:
+    return f"d{i % MILLION_FOLDERS:04}/f{i:07}.bin"
+
+
+def million_names(n: int) -> list[str]:
+    return [million_names_one(i) for i in range(n)]
+
+
+def in_memory_tree_rss_mib(n: int) -> float:
+    """Peak RSS of a process holding N paths with size and etag in a dict: what a mount
+    that loads the whole tree would need at the least."""
+    code = (
+        "import resource\n"
+        f"tree = {{f'd{{i % {MILLION_FOLDERS}:04}}/f{{i:07}}.bin': (0, 'mtime-0.0-size-0')"
+        f" for i in range({n})}}\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=600)  # fmt: skip
+    return float(proc.stdout)
 
 
 def not_yet(feature: str) -> Callable[[], Figure]:
