@@ -38,5 +38,9 @@ class ManifestError(UserError):
         self.line = line
 
 
+class SourceChanged(AmlfsError):
+    """A pinned file no longer has the etag its version recorded: never serve its bytes."""
+
+
 class StorageError(AmlfsError):
     """The storage behind a datastore failed or could not be reached."""

@@ -40,6 +40,11 @@ def ensure_home(home: Path) -> Path:
     return home
 
 
+def cache_dir(home: Path) -> Path:
+    """The default block cache folder of HOME (shared by every mount that uses HOME)."""
+    return ensure_home(home) / "cache" / "blocks"
+
+
 def registry_path(home: Path) -> Path:
     """The registry database inside HOME, created empty with mode 0600 if missing."""
     path = ensure_home(home) / REGISTRY_FILE

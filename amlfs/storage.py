@@ -15,10 +15,12 @@ from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import fsspec
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from fsspec.asyn import sync
 from fsspec.core import url_to_fs
 
-from amlfs.errors import StorageError, UserError
+from amlfs.errors import SourceChanged, StorageError, UserError
 from amlfs.registry import paths
 from amlfs.registry.models import Datastore, PinnedFile
 
@@ -129,6 +131,30 @@ class Store:
         files = [self._pin(info) for info in infos if info.get("type") != "directory"]
         return Listing(base, [f for f in files if f is not None])
 
+    @property
+    def identity(self) -> str:
+        """Names the store across datastores and machines: the account (when there is
+        one) and the URL, so that the same blob is the same cache entry everywhere."""
+        account = getattr(self.fs, "account_name", None) or ""
+        return f"{protocol_of(self.datastore.url)}://{account}@{self.root}"
+
+    def read_pinned(self, relative: str, start: int, end: int, etag: str) -> bytes:
+        """Bytes [start, end) of a pinned file, only if it still has ETAG.
+
+        On Azure the read is conditional (If-Match), so a changed blob fails the request
+        itself; elsewhere the etag is checked after the read, so bytes that changed while
+        being read are never returned. Raises SourceChanged or StorageError.
+        """
+        full = self.full_path(relative)
+        with self._errors(f"read {relative}"):
+            if protocol_of(self.datastore.url) in AZURE_PROTOCOLS:
+                return sync(self.fs.loop, _azure_read, self.fs, full, start, end - start, etag)
+            data = self.fs.cat_file(full, start, end)
+            info = self._info(full)
+            if info is None or _etag(info) != etag:
+                raise SourceChanged(f"{relative} changed since it was pinned")
+            return data
+
     def _find(self, full: str, progress: Progress) -> list[dict]:
         """Every file below folder FULL. On Azure, page by page (5,000 blobs a request)
         so that progress shows during a long listing; elsewhere fsspec's find."""
@@ -172,8 +198,10 @@ class Store:
         """Turn any storage failure into a StorageError with the secrets scrubbed out."""
         try:
             yield
-        except (UserError, StorageError):
+        except (UserError, StorageError, SourceChanged):
             raise
+        except FileNotFoundError:
+            raise SourceChanged(f"{what}: the file is gone from the datastore") from None
         except PermissionError as exc:
             raise StorageError(self._scrub(f"{what}: access denied ({exc})")) from None
         except Exception as exc:
@@ -187,6 +215,23 @@ class Store:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+
+async def _azure_read(
+    fs: fsspec.AbstractFileSystem, full: str, start: int, length: int, etag: str
+) -> bytes:
+    container, blob, _ = fs.split_path(full)
+    async with fs.service_client.get_blob_client(container, blob) as client:
+        try:
+            stream = await client.download_blob(
+                offset=start, length=length, etag=etag,
+                match_condition=MatchConditions.IfNotModified,
+            )  # fmt: skip
+        except ResourceModifiedError:
+            raise SourceChanged(f"{full} changed since it was pinned") from None
+        except ResourceNotFoundError:
+            raise SourceChanged(f"{full} is gone from the datastore") from None
+        return await stream.readall()
 
 
 async def _next_page(fs: fsspec.AbstractFileSystem, pages: object) -> list[dict] | None:

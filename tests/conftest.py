@@ -19,6 +19,8 @@ import pytest
 
 from amlfs.cli.main import main
 from tests.support.azurite import Azurite
+from tests.support.mounts import Mounts
+from tests.support.sample import FILES
 
 IN_CI = os.environ.get("CI") == "true"
 CONNECTION_ENV = "AMLFS_TEST_CONNECTION_STRING"
@@ -118,3 +120,24 @@ def container(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> Iterator[Con
         # A test may have stopped the emulator; its data folder is removed at the end anyway.
         with contextlib.suppress(Exception):
             fs.rm(name, recursive=True)
+
+
+@pytest.fixture
+def mounts(cli: Cli, tmp_path: Path) -> Iterator[Mounts]:
+    """Real FUSE mounts made with `amlfs mount`; all unmounted and ended at teardown."""
+    require(os.path.exists("/dev/fuse"), "/dev/fuse is missing")
+    require(shutil.which("fusermount3") is not None, "fusermount3 is missing (apt: fuse3)")
+    helper = Mounts(cli, tmp_path)
+    try:
+        yield helper
+    finally:
+        helper.cleanup()
+
+
+@pytest.fixture
+def dataset(cli: Cli, container: Container) -> Container:
+    """The sample FILES in a container, registered as `ds:1` of datastore `blob`."""
+    container.put(FILES)
+    cli.ok("datastore", "add", "blob", container.url, "--connection-string-env", CONNECTION_ENV)
+    cli.ok("dataset", "register", "ds", "--datastore", "blob", "--path", ".")
+    return container

@@ -11,9 +11,11 @@ import click
 
 from amlfs import __version__
 from amlfs.cli.apply import apply_command
+from amlfs.cli.cache import cache
 from amlfs.cli.context import common_options
 from amlfs.cli.dataset import dataset
 from amlfs.cli.datastore import datastore
+from amlfs.cli.mount import mount, status, unmount
 from amlfs.errors import EXIT_RUNTIME, EXIT_USAGE, AmlfsError
 
 log = logging.getLogger("amlfs")
@@ -29,6 +31,10 @@ def cli() -> None:
 cli.add_command(datastore)
 cli.add_command(dataset)
 cli.add_command(apply_command)
+cli.add_command(mount)
+cli.add_command(unmount)
+cli.add_command(status)
+cli.add_command(cache)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -314,10 +314,17 @@ class Registry:
         ).fetchone()
         return _entry(row)
 
-    def entry(self, entry_id: int) -> Entry | None:
-        row = self._conn.execute(
-            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id = ?", (entry_id,)
-        ).fetchone()
+    def entry(self, entry_id: int, version: Version | None = None) -> Entry | None:
+        """The entry with this id (of VERSION only, when given): one primary-key probe."""
+        if version is None:
+            row = self._conn.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id = ?", (entry_id,)
+            ).fetchone()
+        else:
+            row = self._conn.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id = ? AND version_id = ?",
+                (entry_id, version.id),
+            ).fetchone()
         return _entry(row) if row else None
 
     def lookup(self, folder_id: int, name: str) -> Entry | None:

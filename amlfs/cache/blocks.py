@@ -1,0 +1,147 @@
+"""The persistent block cache: fixed-size blocks of pinned blobs in a diskcache store.
+
+A block is named by what makes it immutable: the blob's account-qualified URL, its
+etag, the block size and the block's index, under a cache-format prefix. A blob that
+changed has a new etag, so an old block can never be served for it, and nothing ever
+needs invalidating. The store is shared by every mount using the same folder (diskcache
+is safe across processes) and bounded in bytes, evicting the least recently used block.
+
+Each stored block carries its length and CRC-32; a block that fails the check is
+dropped and reported as a miss. Any failure of the store itself (disk full, a damaged
+database, a file removed underneath) is a miss or a skipped write, never an error for
+the reader. Methods block on disk I/O: call them from a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import diskcache
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1  # bump when the key or the stored layout changes
+HEADER = struct.Struct("<IQ")  # CRC-32 of the data, length of the data
+WARN_EVERY_S = 60.0  # a failing disk is reported at most once a minute
+
+
+@dataclass(frozen=True)
+class BlockKey:
+    source: str  # account-qualified URL of the blob
+    etag: str
+    block_size: int
+    index: int
+
+    def disk_key(self) -> str:
+        return f"v{CACHE_FORMAT}|{self.source}|{self.etag}|{self.block_size}|{self.index}"
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    directory: str
+    size_bytes: int
+    limit_bytes: int
+    blocks: int
+    hits: int
+    misses: int
+
+    @property
+    def hit_ratio(self) -> float | None:
+        looked = self.hits + self.misses
+        return self.hits / looked if looked else None
+
+
+class BlockCache:
+    def __init__(self, directory: Path, size_limit: int | None = None, *, required: bool = False):
+        """Open (or create) the store. If it cannot be opened (a full or read-only disk),
+        the cache is off: every get misses and every put is skipped, unless REQUIRED."""
+        self.directory = directory
+        self._last_warning: dict[str, float] = {}
+        settings = {"eviction_policy": "least-recently-used", "statistics": 1}
+        if size_limit is not None:
+            settings["size_limit"] = size_limit  # kept by the store: the latest limit wins
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._store: diskcache.Cache | None = diskcache.Cache(
+                str(directory), timeout=10, **settings
+            )
+        except Exception as error:
+            if required:
+                raise
+            log.warning("block cache %s unusable (%s); serving without it", directory, error)
+            self._store = None
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+    def get(self, key: BlockKey, length: int) -> bytes | None:
+        """The block's bytes if stored intact with the expected length; None otherwise."""
+        if self._store is None:
+            return None
+        try:
+            stored = self._store.get(key.disk_key())
+        except Exception as error:  # a damaged store is a miss
+            self._warn("block cache read failed (%s); fetching from storage instead", error)
+            return None
+        if stored is None:
+            return None
+        data = self._check(stored, length)
+        if data is None:
+            log.warning("dropping a damaged cached block of %s (block %d)", key.source, key.index)
+            self.discard(key)
+        return data
+
+    def put(self, key: BlockKey, data: bytes) -> bool:
+        """Store a block; False (and a warning, rate-limited) when the disk refuses."""
+        if self._store is None:
+            return False
+        try:
+            header = HEADER.pack(zlib.crc32(data), len(data))
+            self._store.set(key.disk_key(), header + data)
+            return True
+        except Exception as error:  # full disk, read-only disk, damaged database
+            self._warn("block cache write failed (%s); serving without caching", error)
+            return False
+
+    def discard(self, key: BlockKey) -> None:
+        if self._store is not None:
+            with contextlib.suppress(Exception):
+                self._store.delete(key.disk_key())
+
+    def clear(self) -> int:
+        """Remove every block (safe while mounts read: they see misses). Blocks removed."""
+        return self._store.clear()
+
+    def stats(self) -> CacheStats:
+        hits, misses = self._store.stats()
+        return CacheStats(
+            directory=str(self.directory),
+            size_bytes=self._store.volume(),
+            limit_bytes=self._store.size_limit,
+            blocks=len(self._store),
+            hits=hits,
+            misses=misses,
+        )
+
+    @staticmethod
+    def _check(stored: bytes, length: int) -> bytes | None:
+        if not isinstance(stored, bytes) or len(stored) != HEADER.size + length:
+            return None
+        crc, stored_length = HEADER.unpack_from(stored)
+        data = stored[HEADER.size :]
+        if stored_length != length or zlib.crc32(data) != crc:
+            return None
+        return data
+
+    def _warn(self, message: str, error: Exception) -> None:
+        now = time.monotonic()
+        if now - self._last_warning.get(message, -WARN_EVERY_S) >= WARN_EVERY_S:
+            self._last_warning[message] = now
+            log.warning(message, error)

@@ -1,0 +1,188 @@
+"""`amlfs mount`, `amlfs unmount`, `amlfs status`: read-only mounts of pinned versions."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+from pydantic import ByteSize, TypeAdapter, ValidationError
+
+from amlfs import mounts
+from amlfs.cli.context import app, common_options, json_option
+from amlfs.cli.output import emit_json, human_bytes, table
+from amlfs.errors import AmlfsError, UserError
+from amlfs.home import cache_dir as default_cache_dir
+from amlfs.home import default_home, ensure_home
+from amlfs.registry.models import Version
+
+if TYPE_CHECKING:
+    from amlfs.fuse.mount import MountOptions
+
+DEFAULTS = {
+    "cache_size": "10GiB",
+    "block_size": "4MiB",
+    "memory_cache": "64MiB",
+    "fetch_limit": 16,
+    "io_timeout": 30.0,
+}
+
+
+def parse_size(text: str, option: str) -> int:
+    try:
+        return int(TypeAdapter(ByteSize).validate_python(text))
+    except ValidationError:
+        raise UserError(f"{option}: not a size: {text!r} (try 4MiB, 512KiB, 10GB)") from None
+
+
+def home_of(ctx: click.Context) -> Path:
+    return ensure_home(app(ctx).home or default_home())
+
+
+@click.command("mount")
+@click.argument("ref", metavar="NAME[:VERSION]")
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Block cache folder, shared by mounts (default: HOME/cache/blocks).",
+)
+@click.option(
+    "--cache-size",
+    default=DEFAULTS["cache_size"],
+    show_default=True,
+    help="Bound of the block cache on disk; least recently used blocks go first.",
+)
+@click.option(
+    "--block-size",
+    default=DEFAULTS["block_size"],
+    show_default=True,
+    help="Size of the blocks fetched and cached.",
+)
+@click.option(
+    "--memory-cache",
+    default=DEFAULTS["memory_cache"],
+    show_default=True,
+    help="Recently used blocks kept in the daemon's memory.",
+)
+@click.option(
+    "--fetch-limit",
+    type=click.IntRange(1, 256),
+    default=DEFAULTS["fetch_limit"],
+    show_default=True,
+    help="Fetches from storage at once.",
+)
+@click.option(
+    "--io-timeout",
+    type=click.FloatRange(0.5, 3600),
+    default=DEFAULTS["io_timeout"],
+    show_default=True,
+    help="Seconds a read waits for storage before failing (EIO).",
+)
+@click.option("--allow-other", is_flag=True, help="Let other users read the mount.")
+@click.option("--foreground", is_flag=True, help="Serve in this process (systemd, debugging).")
+@common_options
+@click.pass_context
+def mount(ctx: click.Context, ref: str, mountpoint: Path, cache_dir: Path | None,
+          foreground: bool, **options: object) -> None:  # fmt: skip
+    """Mount version NAME[:VERSION] read-only at MOUNTPOINT (an empty folder).
+
+    Returns once the mount serves; the daemon keeps running until `amlfs unmount`.
+    """
+    home = home_of(ctx)
+    try:
+        registry = app(ctx).registry()
+        version = registry.resolve(ref)
+        path = mounts.check_mountpoint(mountpoint)
+        from amlfs.fuse.mount import MountOptions  # pyfuse3 only where a mount is made
+
+        settings = MountOptions(
+            cache_dir=(cache_dir or default_cache_dir(home)).absolute(),
+            cache_size=parse_size(options["cache_size"], "--cache-size"),
+            block_size=parse_size(options["block_size"], "--block-size"),
+            hot_bytes=parse_size(options["memory_cache"], "--memory-cache"),
+            fetch_limit=options["fetch_limit"],
+            io_timeout=options["io_timeout"],
+            allow_other=options["allow_other"],
+        )
+        if settings.block_size < 4096 or settings.block_size > 256 * 2**20:
+            raise UserError("--block-size must be between 4KiB and 256MiB")
+    except AmlfsError as error:
+        if foreground:
+            mounts.report_ready(("usage: " if error.exit_code == 2 else "error: ") + str(error))
+        raise
+    if not foreground:
+        args = ["mount", version.ref, str(path), "--cache-dir", str(settings.cache_dir)]
+        for name in ("cache_size", "block_size", "memory_cache", "fetch_limit", "io_timeout"):
+            args += [f"--{name.replace('_', '-')}", str(options[name])]
+        args += ["--allow-other"] if settings.allow_other else []
+        args += ["--debug"] if "--debug" in sys.argv else []
+        pid = mounts.start_daemon(home, args, log_name=f"mount-{path.name}-{version.ref}")
+        click.echo(f"mounted {version.ref} at {path} (pid {pid})")
+        return
+    serve_here(ctx, home, version, path, settings)
+
+
+def serve_here(ctx: click.Context, home: Path, version: Version, path: Path,
+               settings: MountOptions) -> None:  # fmt: skip
+    from amlfs.fuse.mount import serve
+
+    level = logging.DEBUG if "--debug" in sys.argv else logging.INFO
+    logging.getLogger("amlfs").setLevel(level)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s amlfs[%(process)d] %(levelname)s "
+                                               "%(name)s: %(message)s"))  # fmt: skip
+    try:
+        serve(home, app(ctx).registry(), version, path, settings)
+    except Exception as error:
+        mounts.report_ready(f"error: cannot mount {path}: {error}")
+        raise AmlfsError(f"cannot mount {path}: {error}") from error
+
+
+@click.command("unmount")
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@common_options
+@click.pass_context
+def unmount(ctx: click.Context, mountpoint: Path) -> None:
+    """Unmount MOUNTPOINT (also a stale mount whose daemon died) and stop its daemon."""
+    record = mounts.unmount(home_of(ctx), mountpoint)
+    what = f"{record.what} " if record else ""
+    click.echo(f"unmounted {what}from {mountpoint.expanduser().absolute()}")
+
+
+@click.command("status")
+@json_option
+@common_options
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """The mounts of this machine (under this state folder) and what they have done."""
+    home = home_of(ctx)
+    table_now = mounts.mounted_paths()
+    listed = []
+    for record in mounts.records(home):
+        mounted = record.mountpoint in table_now
+        if not record.alive and not mounted:
+            mounts.remove_record(home, record.pid)  # ended without cleaning up: forget it
+            continue
+        state = "serving" if record.alive and mounted else (
+            "stale: daemon gone, run amlfs unmount" if mounted else "stopping")  # fmt: skip
+        listed.append({**record.public(), "state": state})
+    if as_json:
+        emit_json(listed)
+        return
+    if not listed:
+        click.echo("no mounts")
+        return
+    rows = []
+    for item in listed:
+        stats = item["stats"]
+        rows.append([
+            item["what"], item["mountpoint"], item["pid"], item["state"],
+            stats.get("memory_hits", 0) + stats.get("disk_hits", 0), stats.get("misses", 0),
+            human_bytes(stats.get("bytes_fetched", 0)), human_bytes(stats.get("bytes_served", 0)),
+            stats.get("fetches_in_flight", 0),
+        ])  # fmt: skip
+    table(["VERSION", "MOUNTPOINT", "PID", "STATE", "HITS", "MISSES", "FETCHED", "SERVED",
+           "IN FLIGHT"], rows)  # fmt: skip

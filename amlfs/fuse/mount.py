@@ -1,0 +1,106 @@
+"""Serving one read-only mount in the foreground: open what it needs, mount, report
+readiness, serve until unmounted or signalled, then clean up.
+
+The fsspec filesystem is created here, in the daemon process itself (fsspec
+filesystems do not survive a fork), and pyfuse3 runs on trio.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from amlfs import mounts
+from amlfs.cache import BlockCache, HotBlocks
+from amlfs.fuse.operations import ReadOnlyOperations
+from amlfs.reader import BlockReader
+from amlfs.registry.models import Version
+from amlfs.registry.store import Registry
+from amlfs.storage import Store
+from amlfs.tree import VersionTree
+
+log = logging.getLogger(__name__)
+
+STATUS_EVERY_S = 1.0
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    cache_dir: Path
+    cache_size: int
+    block_size: int
+    hot_bytes: int
+    fetch_limit: int
+    io_timeout: float
+    allow_other: bool = False
+
+
+def serve(home: Path, registry: Registry, version: Version, mountpoint: Path,
+          options: MountOptions) -> None:  # fmt: skip
+    """Mount VERSION at MOUNTPOINT and serve it until unmounted, SIGTERM or SIGINT."""
+    store = Store(registry.get_datastore(version.datastore))
+    cache = BlockCache(options.cache_dir, options.cache_size)
+    tree = VersionTree(registry, version)
+    try:
+        trio.run(_serve, home, tree, store, cache, mountpoint, options)
+    finally:
+        cache.close()
+
+
+async def _serve(home: Path, tree: VersionTree, store: Store, cache: BlockCache,
+                 mountpoint: Path, options: MountOptions) -> None:  # fmt: skip
+    record = mounts.MountRecord(
+        pid=os.getpid(), kind="read-only", what=tree.version.ref, mountpoint=str(mountpoint),
+        started_at=time.time(), cache_dir=str(options.cache_dir), stats={},
+    )  # fmt: skip
+    async with trio.open_nursery() as nursery:
+        reader = BlockReader(
+            store, cache, HotBlocks(options.hot_bytes), nursery, block_size=options.block_size,
+            fetch_limit=options.fetch_limit, io_timeout=options.io_timeout,
+        )  # fmt: skip
+        operations = ReadOnlyOperations(
+            tree, reader, source_url=lambda path: f"{store.identity}/{tree.relative_path(path)}"
+        )
+        fuse_options = set(pyfuse3.default_options) | {
+            "ro", "noatime", f"fsname=amlfs:{tree.version.ref}", "subtype=amlfs",
+        }  # fmt: skip
+        if options.allow_other:
+            fuse_options.add("allow_other")
+        pyfuse3.init(operations, str(mountpoint), fuse_options)
+        log.info("serving %s at %s", tree.version.ref, mountpoint)
+        signalled = False
+        try:
+            mounts.write_record(home, record)
+            mounts.report_ready("ready")
+
+            async def on_signals() -> None:
+                nonlocal signalled
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+                    async for signum in received:
+                        log.info("%s: unmounting", signal.Signals(signum).name)
+                        signalled = True
+                        pyfuse3.terminate()
+                        return
+
+            async def publish_status() -> None:
+                while True:
+                    record.stats = reader.stats.public()
+                    mounts.write_record(home, record)
+                    await trio.sleep(STATUS_EVERY_S)
+
+            nursery.start_soon(on_signals)
+            nursery.start_soon(publish_status)
+            await pyfuse3.main()
+        finally:
+            # After `fusermount3 -u` the kernel has already detached the mount.
+            pyfuse3.close(unmount=signalled)
+            mounts.remove_record(home, os.getpid())
+            nursery.cancel_scope.cancel()
+    log.info("unmounted %s", mountpoint)

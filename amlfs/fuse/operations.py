@@ -1,0 +1,230 @@
+"""pyfuse3 operations serving one pinned version read-only.
+
+Metadata comes from the registry only (no storage request for ls, stat or find); file
+data comes from the block reader. The data never changes under a version, so the
+kernel may keep pages, entries and attributes for as long as it likes.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyfuse3
+
+from amlfs.cache.readahead import FILES_AHEAD, FolderWalk, SequentialReads
+from amlfs.reader import BlockReader, PinnedBlob, ReadFailed
+from amlfs.registry.models import Entry
+from amlfs.tree import VersionTree, iso_to_ns
+
+log = logging.getLogger(__name__)
+
+FOREVER_S = 365 * 24 * 3600.0  # immutable data: cached entries and attributes never expire
+LISTING_BATCH = 256
+XATTRS = (b"user.amlfs.source", b"user.amlfs.etag", b"user.amlfs.md5", b"user.amlfs.version")
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+
+def fuse_error(error: BaseException) -> pyfuse3.FUSEError:
+    """The one place a failure becomes an errno (pyfuse3 tolerates only FUSEError)."""
+    if isinstance(error, pyfuse3.FUSEError):
+        return error
+    if isinstance(error, ReadFailed):
+        return pyfuse3.FUSEError(errno.EIO)
+    log.exception("unexpected error in a filesystem request")
+    return pyfuse3.FUSEError(errno.EIO)
+
+
+def mapped(handler: Callable) -> Callable:
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await handler(*args, **kwargs)
+        except Exception as error:
+            raise fuse_error(error) from None
+
+    wrapper.__name__ = handler.__name__
+    wrapper.__doc__ = handler.__doc__
+    return wrapper
+
+
+@dataclass
+class OpenFile:
+    entry: Entry
+    blob: PinnedBlob
+    sequential: SequentialReads = field(default_factory=SequentialReads)
+
+
+class ReadOnlyOperations(pyfuse3.Operations):
+    def __init__(self, tree: VersionTree, reader: BlockReader, source_url: Callable[[str], str]):
+        super().__init__()
+        self.tree = tree
+        self.reader = reader
+        self.source_url = source_url  # relative path -> URL users recognise (xattr)
+        self.uid, self.gid = os.getuid(), os.getgid()
+        self.walk = FolderWalk()
+        self._open: dict[int, OpenFile] = {}
+        self._next_fh = 1
+
+    # --- metadata ---------------------------------------------------------------------
+
+    def attributes(self, entry: Entry) -> pyfuse3.EntryAttributes:
+        attrs = pyfuse3.EntryAttributes()
+        attrs.st_ino = self.tree.inode_of(entry)
+        if entry.is_dir:
+            attrs.st_mode = stat.S_IFDIR | 0o555
+            attrs.st_nlink = 2
+            mtime = self.tree.created_ns
+        else:
+            attrs.st_mode = stat.S_IFREG | 0o444
+            attrs.st_nlink = 1
+            attrs.st_size = entry.size
+            attrs.st_blocks = (entry.size + 511) // 512
+            mtime = iso_to_ns(entry.last_modified) or self.tree.created_ns
+        attrs.st_blksize = self.reader.block_size
+        attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = mtime
+        attrs.st_uid, attrs.st_gid = self.uid, self.gid
+        attrs.entry_timeout = attrs.attr_timeout = FOREVER_S
+        return attrs
+
+    def _entry(self, inode: int) -> Entry:
+        entry = self.tree.entry(inode)
+        if entry is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return entry
+
+    @mapped
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> Any:
+        folder = self._entry(parent_inode)
+        if name == b".":
+            return self.attributes(folder)
+        if name == b"..":
+            return self.attributes(self.tree.parent(folder))
+        entry = self.tree.lookup(folder, os.fsdecode(name))
+        if entry is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self.attributes(entry)
+
+    @mapped
+    async def getattr(self, inode: int, ctx: Any = None) -> Any:
+        return self.attributes(self._entry(inode))
+
+    @mapped
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        if not self._entry(inode).is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    @mapped
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        """Entries in name order; the offset handed back is the last entry's inode, and a
+        listing resumes after it: stable however the kernel splits the listing."""
+        folder = self._entry(fh)
+        after = self.tree.entry(start_id) if start_id else None
+        while True:
+            batch = self.tree.children(folder, after, LISTING_BATCH)
+            for entry in batch:
+                inode = self.tree.inode_of(entry)
+                if not pyfuse3.readdir_reply(token, os.fsencode(entry.name),
+                                             self.attributes(entry), inode):  # fmt: skip
+                    return
+            if len(batch) < LISTING_BATCH:
+                return
+            after = batch[-1]
+
+    @mapped
+    async def statfs(self, ctx: Any) -> Any:
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = 4096
+        data.f_blocks = (self.tree.version.total_bytes + 4095) // 4096
+        data.f_bfree = data.f_bavail = 0
+        data.f_files = self.tree.version.file_count
+        data.f_ffree = data.f_favail = 0
+        data.f_namemax = 255
+        return data
+
+    @mapped
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        return [] if self._entry(inode).is_dir else list(XATTRS)
+
+    @mapped
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        entry = self._entry(inode)
+        if entry.is_dir or name not in XATTRS:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        if name == b"user.amlfs.source":
+            return self.source_url(self.tree.path_of(entry)).encode()
+        if name == b"user.amlfs.etag":
+            return (entry.etag or "").encode()
+        if name == b"user.amlfs.md5":
+            if entry.md5 is None:
+                raise pyfuse3.FUSEError(errno.ENODATA)
+            return entry.md5.hex().encode()
+        return self.tree.version.ref.encode()
+
+    # --- data -------------------------------------------------------------------------
+
+    @mapped
+    async def open(self, inode: int, flags: int, ctx: Any) -> Any:
+        if flags & WRITE_FLAGS:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        entry = self._entry(inode)
+        if entry.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        handle = self._next_fh
+        self._next_fh += 1
+        self._open[handle] = opened = OpenFile(entry, self.blob(entry))
+        if self.walk.on_open(entry.parent_id, entry.id):
+            self._prefetch_following(entry)
+        elif entry.size <= self.reader.block_size:
+            self.reader.prefetch(opened.blob, range(1 if entry.size else 0))
+        # Versions never change: pages the kernel holds stay valid across opens.
+        return pyfuse3.FileInfo(fh=handle, keep_cache=True)
+
+    def blob(self, entry: Entry) -> PinnedBlob:
+        relative = self.tree.relative_to_datastore(entry)
+        return PinnedBlob(
+            source=self.source_url(self.tree.path_of(entry)),
+            relative=relative,
+            size=entry.size,
+            etag=entry.etag or "",
+            label=f"{self.tree.version.ref} {self.tree.path_of(entry)}",
+        )
+
+    def _prefetch_following(self, entry: Entry) -> None:
+        """A folder walked in listing order: fetch this file and the next few whole."""
+        for item in [entry, *self.tree.following(entry, FILES_AHEAD)]:
+            if not item.is_dir and item.size <= self.reader.block_size:
+                self.reader.prefetch(self.blob(item), range(1 if item.size else 0))
+
+    @mapped
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        opened = self._open[fh]
+        ahead = opened.sequential.on_read(off, size, self.reader.block_size, opened.entry.size)
+        data = await self.reader.read(opened.blob, off, size)
+        if ahead:
+            self.reader.prefetch(opened.blob, ahead)
+        return data
+
+    @mapped
+    async def release(self, fh: int) -> None:
+        self._open.pop(fh, None)
+
+    @mapped
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    async def forget(self, inode_list: Any) -> None:
+        return None  # inodes are registry ids: nothing to free
+
+    # --- everything that would change the tree: read-only ------------------------------
+
+    async def _read_only(self, *args: Any, **kwargs: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = _read_only
+    create = write = setxattr = removexattr = _read_only

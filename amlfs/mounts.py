@@ -1,0 +1,189 @@
+"""Mounts on this machine: checking a mountpoint, starting a mount daemon and waiting
+until it serves, the runtime records `amlfs status` reads, and unmounting.
+
+Each daemon writes a record (JSON, replaced atomically) under `<home>/run/mounts/`
+while it runs and removes it when it stops; a record whose process is gone is stale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from amlfs.errors import AmlfsError, UserError
+from amlfs.home import ensure_home
+
+READY_ENV = "AMLFS_READY_FD"  # the daemon reports "ready" or "error: …" on this pipe
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+
+
+def run_dir(home: Path) -> Path:
+    path = ensure_home(home) / "run" / "mounts"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def log_dir(home: Path) -> Path:
+    path = ensure_home(home) / "logs"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def mounted_paths() -> dict[str, str]:
+    """Mountpoint -> filesystem type, from the kernel's table (also lists dead FUSE
+    mounts, which os.path.ismount cannot stat)."""
+    table = {}
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        point = fields[4].encode().decode("unicode_escape")  # octal escapes like \040
+        table[point] = fields[fields.index("-") + 1]
+    return table
+
+
+def check_mountpoint(mountpoint: Path) -> Path:
+    """The absolute mountpoint, or a UserError saying why it cannot be used."""
+    path = mountpoint.expanduser().absolute()
+    if str(path) in mounted_paths():
+        raise UserError(f"{path} is already a mount point")
+    if not path.exists():
+        raise UserError(f"mountpoint {path} does not exist")
+    if not path.is_dir():
+        raise UserError(f"mountpoint {path} is not a directory")
+    if any(path.iterdir()):
+        raise UserError(f"mountpoint {path} is not empty")
+    return path
+
+
+@dataclass
+class MountRecord:
+    pid: int
+    kind: str  # "read-only"
+    what: str  # dataset:version
+    mountpoint: str
+    started_at: float
+    cache_dir: str
+    stats: dict
+
+    @property
+    def alive(self) -> bool:
+        return daemon_alive(self.pid)
+
+    def public(self) -> dict:
+        return {**self.__dict__, "alive": self.alive}
+
+
+def daemon_alive(pid: int) -> bool:
+    """Whether PID is a running amlfs process (not a zombie, not a reused pid)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status and b"amlfs" in cmdline
+
+
+def write_record(home: Path, record: MountRecord) -> None:
+    path = run_dir(home) / f"{record.pid}.json"
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(record.__dict__))
+    os.replace(temporary, path)
+
+
+def remove_record(home: Path, pid: int) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (run_dir(home) / f"{pid}.json").unlink()
+
+
+def records(home: Path) -> list[MountRecord]:
+    found = []
+    for path in sorted(run_dir(home).glob("*.json")):
+        try:
+            found.append(MountRecord(**json.loads(path.read_text())))
+        except (OSError, ValueError, TypeError):
+            continue  # being replaced, or not ours
+    return found
+
+
+def start_daemon(home: Path, args: list[str], log_name: str) -> int:
+    """Start `amlfs mount … --foreground` in the background; return its pid once it
+    serves. Its failure to start is raised here, with the daemon's own reason."""
+    read_end, write_end = os.pipe()
+    log_path = log_dir(home) / f"{log_name}.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "amlfs", "--home", str(home), *args, "--foreground"],
+            env={**os.environ, READY_ENV: str(write_end)}, pass_fds=(write_end,),
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        )  # fmt: skip
+    os.close(write_end)
+    try:
+        message = _read_report(read_end, proc)
+    finally:
+        os.close(read_end)
+    if message == "ready":
+        return proc.pid
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    code = 2 if message.startswith("usage: ") else 1
+    error = AmlfsError(message.removeprefix("usage: ").removeprefix("error: "))
+    error.exit_code = code
+    raise error
+
+
+def _read_report(fd: int, proc: subprocess.Popen) -> str:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    data = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break  # the daemon closed the pipe (it exited) without a word
+            data += chunk
+            if data.endswith(b"\n"):
+                return data.decode().strip()
+    if proc.poll() is None and not data:
+        return f"error: the mount daemon did not report within {START_TIMEOUT_S:.0f} s"
+    proc.wait(timeout=STOP_TIMEOUT_S)
+    return data.decode().strip() or f"error: the mount daemon exited ({proc.returncode})"
+
+
+def report_ready(message: str) -> None:
+    """In the daemon: tell the starting command how it went (once), if one is waiting."""
+    fd = os.environ.pop(READY_ENV, None)
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):
+        os.write(int(fd), (message + "\n").encode())
+        os.close(int(fd))
+
+
+def unmount(home: Path, mountpoint: Path) -> MountRecord | None:
+    """Unmount (also a stale mount whose daemon died) and wait for its daemon to end."""
+    path = mountpoint.expanduser().absolute()
+    table = mounted_paths()
+    if str(path) not in table:
+        raise UserError(f"{path} is not mounted")
+    if not table[str(path)].startswith("fuse"):
+        raise UserError(f"{path} is not an amlfs mount ({table[str(path)]})")
+    record = next((r for r in records(home) if r.mountpoint == str(path)), None)
+    proc = subprocess.run(["fusermount3", "-u", str(path)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        reason = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
+        raise AmlfsError(f"cannot unmount {path}: {reason}")
+    if record is not None:
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while record.alive and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not record.alive:
+            remove_record(home, record.pid)
+    return record

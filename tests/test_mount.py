@@ -1,0 +1,235 @@
+"""Read-only mounts of pinned versions, through the kernel, on the Azurite emulator.
+
+A mount shows exactly the pinned tree, serves exactly the pinned bytes, refuses every
+change, and goes away cleanly."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import Cli, Container
+from tests.support.mounts import Mounts
+from tests.support.sample import BLOCK, FILES, OPTIONS
+
+
+def tree_of(root: Path) -> dict[str, int]:
+    return {
+        str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def test_the_mounted_tree_and_bytes_are_the_pinned_ones(
+    cli: Cli, dataset: Container, mounts: Mounts
+) -> None:
+    root = mounts.mount("ds:1", *OPTIONS)
+    assert tree_of(root) == {path: len(data) for path, data in FILES.items()}
+    for path, data in FILES.items():
+        assert hashlib.sha256((root / path).read_bytes()).digest() == hashlib.sha256(data).digest()
+    listed = json.loads(cli.ok("dataset", "show", "ds:1", "--json", "--files").out)["files"]
+    assert sorted(f["path"] for f in listed) == sorted(tree_of(root))
+    assert sorted(os.listdir(root)) == ["labels.csv", "train", "valid"]
+
+
+def test_each_file_exposes_its_source_etag_and_md5(
+    cli: Cli, dataset: Container, mounts: Mounts
+) -> None:
+    root = mounts.mount("ds:1", *OPTIONS)
+    shown = json.loads(cli.ok("dataset", "show", "ds:1", "--json", "--files").out)
+    pinned = {f["path"]: f for f in shown["files"]}
+    path = root / "train" / "a.bin"
+    assert set(os.listxattr(path)) >= {"user.amlfs.source", "user.amlfs.etag", "user.amlfs.md5"}
+    assert os.getxattr(path, "user.amlfs.etag").decode() == pinned["train/a.bin"]["etag"]
+    assert (
+        os.getxattr(path, "user.amlfs.md5").decode()
+        == hashlib.md5(FILES["train/a.bin"]).hexdigest()
+    )
+    assert os.getxattr(path, "user.amlfs.source").decode().endswith(f"{dataset.name}/train/a.bin")
+    assert os.getxattr(path, "user.amlfs.version") == b"ds:1"
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_reads_at_any_offset_and_size_equal_the_source_slice(
+    data: st.DataObject, dataset: Container, mounts: Mounts
+) -> None:
+    if not mounts.pids:
+        mounts.mount("ds:1", *OPTIONS)
+    root = next(iter(mounts.pids))
+    name = data.draw(st.sampled_from(["train/a.bin", "train/b.bin", "labels.csv"]))
+    content = FILES[name]
+    offset = data.draw(st.integers(0, len(content) + 10))
+    size = data.draw(st.integers(0, 3 * BLOCK))
+    with open(root / name, "rb", buffering=0) as f:
+        assert os.pread(f.fileno(), size, offset) == content[offset : offset + size]
+
+
+def test_two_versions_mounted_at_once_each_show_their_own_files(
+    cli: Cli, dataset: Container, mounts: Mounts
+) -> None:
+    dataset.put({"train/new.bin": b"only in version 2"})
+    cli.ok("dataset", "register", "ds", "--datastore", "blob", "--path", ".")
+    first, second = mounts.mount("ds:1", *OPTIONS), mounts.mount("ds:2", *OPTIONS)
+    assert not (first / "train" / "new.bin").exists()
+    assert (second / "train" / "new.bin").read_bytes() == b"only in version 2"
+    assert (first / "labels.csv").read_bytes() == (second / "labels.csv").read_bytes()
+
+
+def test_inode_numbers_are_the_same_on_every_mount(dataset: Container, mounts: Mounts) -> None:
+    first, second = mounts.mount("ds:1", *OPTIONS), mounts.mount("ds:1", *OPTIONS)
+    for path in FILES:
+        assert (first / path).stat().st_ino == (second / path).stat().st_ino
+
+
+def test_many_threads_reading_one_file_all_get_its_bytes(
+    dataset: Container, mounts: Mounts
+) -> None:
+    root = mounts.mount("ds:1", *OPTIONS)
+    results: list[bytes] = []
+
+    def read() -> None:
+        with open(root / "train" / "a.bin", "rb", buffering=0) as f:
+            results.append(f.read())
+
+    threads = [threading.Thread(target=read) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results == [FILES["train/a.bin"]] * 16
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda root: open(root / "labels.csv", "r+b"),  # noqa: SIM115
+        lambda root: open(root / "new.txt", "wb"),  # noqa: SIM115
+        lambda root: os.unlink(root / "labels.csv"),
+        lambda root: os.rename(root / "labels.csv", root / "x.csv"),
+        lambda root: os.chmod(root / "labels.csv", 0o777),
+        lambda root: os.mkdir(root / "folder"),
+        lambda root: os.truncate(root / "labels.csv", 0),
+        lambda root: os.setxattr(root / "labels.csv", "user.x", b"1"),
+    ],
+    ids=["write", "create", "unlink", "rename", "chmod", "mkdir", "truncate", "setxattr"],
+)
+def test_every_change_is_refused_with_erofs(dataset: Container, mounts: Mounts, change) -> None:
+    root = mounts.mount("ds:1", *OPTIONS)
+    with pytest.raises(OSError) as raised:
+        change(root)
+    assert raised.value.errno == errno.EROFS
+
+
+def test_metadata_needs_no_storage(cli: Cli, dataset: Container, mounts: Mounts) -> None:
+    """ls, stat and find are answered from the registry: they work with storage gone."""
+    root = mounts.mount("ds:1", *OPTIONS)
+    dataset.fs.rm(dataset.name, recursive=True)  # storage no longer has any of it
+    assert tree_of(root) == {path: len(data) for path, data in FILES.items()}
+    assert os.statvfs(root).f_files == len(FILES)
+
+
+def test_unmount_removes_the_mount_and_its_daemon(
+    cli: Cli, dataset: Container, mounts: Mounts
+) -> None:
+    root = mounts.mount("ds:1", *OPTIONS)
+    assert (root / "labels.csv").read_bytes() == FILES["labels.csv"]
+    mounts.unmount(root)
+    assert mounts.wait_gone(root)
+    assert not os.listdir(root)
+    assert "no mounts" in cli.ok("status").out
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_unmounts_cleanly(dataset: Container, mounts: Mounts, signum: int) -> None:
+    root = mounts.mount("ds:1", *OPTIONS)
+    os.kill(mounts.pids[root], signum)
+    assert mounts.wait_gone(root)
+    assert not os.path.ismount(root)
+
+
+def test_unmount_clears_a_mount_whose_daemon_died(
+    cli: Cli, dataset: Container, mounts: Mounts
+) -> None:
+    root = mounts.mount("ds:1", *OPTIONS)
+    os.kill(mounts.pids[root], signal.SIGKILL)
+    assert mounts.wait_gone(root)
+    with pytest.raises(OSError) as raised:
+        os.listdir(root)
+    assert raised.value.errno == errno.ENOTCONN
+    assert "stale" in cli.ok("status").out
+    mounts.unmount(root)
+    assert os.listdir(root) == []
+
+
+def test_bad_mount_requests_are_one_line_and_exit_2(
+    cli: Cli, dataset: Container, mounts: Mounts, tmp_path: Path
+) -> None:
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "x").write_text("x")
+    (tmp_path / "file").write_text("x")
+    mounted = mounts.mount("ds:1", *OPTIONS)
+    empty = mounts.mountpoint()
+    cases = {
+        ("ds:1", str(tmp_path / "missing")): "does not exist",
+        ("ds:1", str(tmp_path / "file")): "not a directory",
+        ("ds:1", str(busy)): "not empty",
+        ("ds:1", str(mounted)): "already a mount point",
+        ("nope", str(empty)): "nope",
+        ("ds:9", str(empty)): "no version 9",
+        ("ds:1", str(empty), "--block-size", "lots"): "not a size",
+    }
+    for args, message in cases.items():
+        result = cli.process("mount", *args)
+        assert result.code == 2, (args, result.err)
+        assert message in result.err and result.err.count("\n") == 1, result.err
+    assert cli.process("unmount", str(empty)).code == 2
+
+
+def test_two_mounts_share_one_block_cache(cli: Cli, dataset: Container, mounts: Mounts) -> None:
+    first = mounts.mount("ds:1", *OPTIONS)
+    assert (first / "train" / "a.bin").read_bytes() == FILES["train/a.bin"]
+    fetched_once = status_of(cli, first)["bytes_fetched"]
+    assert fetched_once >= len(FILES["train/a.bin"])
+    second = mounts.mount("ds:1", *OPTIONS)
+    assert (second / "train" / "a.bin").read_bytes() == FILES["train/a.bin"]
+    stats = status_of(cli, second)
+    assert stats["bytes_fetched"] == 0 and stats["disk_hits"] >= 4
+    cache = json.loads(cli.ok("cache", "stats", "--json").out)
+    assert cache["blocks"] >= 4 and cache["hits"] >= 4
+
+
+def status_of(cli: Cli, root: Path, wait_s: float = 3.0) -> dict:
+    """The mount's counters once its status record has caught up (it is written every
+    second)."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        listed = json.loads(cli.ok("status", "--json").out)
+        [record] = [m for m in listed if m["mountpoint"] == str(root)]
+        if record["stats"].get("reads") or time.monotonic() > deadline:
+            time.sleep(1.1)  # one more write, so the counters include the last read
+            listed = json.loads(cli.ok("status", "--json").out)
+            return next(m for m in listed if m["mountpoint"] == str(root))["stats"]
+        time.sleep(0.1)
+
+
+def test_cache_clear_is_safe_while_mounted(cli: Cli, dataset: Container, mounts: Mounts) -> None:
+    root = mounts.mount("ds:1", *OPTIONS)
+    assert (root / "train" / "a.bin").read_bytes() == FILES["train/a.bin"]
+    assert "removed" in cli.ok("cache", "clear").out
+    assert (root / "train" / "b.bin").read_bytes() == FILES["train/b.bin"]
+    other = mounts.mount("ds:1", *OPTIONS)  # a fresh daemon: nothing in memory either
+    assert (other / "train" / "a.bin").read_bytes() == FILES["train/a.bin"]
