@@ -85,7 +85,8 @@ class BlockReader:
         self.io_timeout = io_timeout
         self.stats = ReadStats()
         self._fetch_limiter = trio.CapacityLimiter(fetch_limit)
-        self._disk_limiter = trio.CapacityLimiter(4)
+        self._disk_limiter = trio.CapacityLimiter(4)  # block files read at once
+        self._write_limiter = trio.CapacityLimiter(1)  # blocks written behind, one at a time
         self._flights: dict[BlockKey, Flight] = {}
         self._reported_changes: set[str] = set()
 
@@ -101,7 +102,7 @@ class BlockReader:
             parts.append(block[max(offset, start) - start : min(end, start + len(block)) - start])
         self.stats.reads += 1
         self.stats.bytes_served += end - offset
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
 
     async def block(self, blob: PinnedBlob, index: int) -> bytes:
         key = BlockKey(blob.source, blob.etag, self.block_size, index)
@@ -172,10 +173,16 @@ class BlockReader:
         for attempt in range(1, 1000):  # bounded by the deadline long before the count
             self.stats.fetches_in_flight += 1
             try:
-                data = await trio.to_thread.run_sync(
-                    self.store.read_pinned, blob.relative, start, start + length, blob.etag,
-                    limiter=self._fetch_limiter, abandon_on_cancel=True,
-                )  # fmt: skip
+                # A request that hangs is abandoned at the deadline (its thread ends when
+                # the SDK's own timeout fires), so the flight ends and later readers retry.
+                with trio.fail_after(max(0.0, deadline - trio.current_time())):
+                    data = await trio.to_thread.run_sync(
+                        self.store.read_pinned, blob.relative, start, start + length,
+                        blob.etag, limiter=self._fetch_limiter, abandon_on_cancel=True,
+                    )  # fmt: skip
+            except trio.TooSlowError:
+                log.error("%s: no answer from storage within %g s", blob.label, self.io_timeout)
+                raise ReadFailed(f"{blob.label}: storage did not answer in time") from None
             except SourceChanged:
                 if blob.source not in self._reported_changes:
                     self._reported_changes.add(blob.source)
@@ -200,7 +207,7 @@ class BlockReader:
         raise ReadFailed(f"{blob.label}: too many attempts")
 
     async def _keep(self, key: BlockKey, data: bytes) -> None:
-        await trio.to_thread.run_sync(self.cache.put, key, data, limiter=self._disk_limiter)
+        await trio.to_thread.run_sync(self.cache.put, key, data, limiter=self._write_limiter)
 
 
 def blocks_of(size: int, block_size: int) -> int:

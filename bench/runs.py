@@ -49,9 +49,9 @@ def missing_tools() -> list[str]:
 
 
 def amlfs_supports(command: str) -> bool:
-    from amlfs.cli.main import cli
+    from amlfs.cli.main import COMMANDS
 
-    return command in cli.commands
+    return command in COMMANDS
 
 
 def versions() -> dict:

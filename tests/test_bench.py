@@ -131,7 +131,9 @@ def test_a_smoke_run_measures_every_system_and_leaves_nothing_behind(tmp_path: P
                 else:
                     assert cell["status"] == OK and cell["value"] > 0, cell
     for workload in OPERATIONS:
-        for backend in ("azurite", "file"):
+        # The million-file version lives in the registry only: one backend is enough.
+        million = workload.key.endswith("million")
+        for backend in ("file",) if million else ("azurite", "file"):
             assert (backend, workload.key, "amlfs") in cells
     assert "#### Reads, Azurite emulator" in proc.stdout
     assert not mounts_under(work)

@@ -166,7 +166,8 @@ def test_unmount_clears_a_mount_whose_daemon_died(
     assert mounts.wait_gone(root)
     with pytest.raises(OSError) as raised:
         os.listdir(root)
-    assert raised.value.errno == errno.ENOTCONN
+    # The kernel says "not connected" or "connection aborted", depending on timing.
+    assert raised.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     assert "stale" in cli.ok("status").out
     mounts.unmount(root)
     assert os.listdir(root) == []

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import struct
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 1  # bump when the key or the stored layout changes
 HEADER = struct.Struct("<IQ")  # CRC-32 of the data, length of the data
 WARN_EVERY_S = 60.0  # a failing disk is reported at most once a minute
+HITS, MISSES = "amlfs:lookups:hits", "amlfs:lookups:misses"  # totals kept in the store
+COUNT_FLUSH_EVERY = 64  # lookups counted in memory before the totals are updated
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,12 @@ class BlockCache:
         the cache is off: every get misses and every put is skipped, unless REQUIRED."""
         self.directory = directory
         self._last_warning: dict[str, float] = {}
-        settings = {"eviction_policy": "least-recently-used", "statistics": 1}
+        # Our threads take turns in the SQLite index (each turn is short: block files are
+        # read and written outside it), so they never sleep in SQLite's busy handler
+        # waiting for each other.
+        self._index_lock = threading.Lock()
+        self._counts = {HITS: 0, MISSES: 0}  # not yet added to the store's totals
+        settings = {"eviction_policy": "least-recently-used"}
         if size_limit is not None:
             settings["size_limit"] = size_limit  # kept by the store: the latest limit wins
         try:
@@ -79,23 +87,27 @@ class BlockCache:
 
     def close(self) -> None:
         if self._store is not None:
+            self.flush_counts()
             self._store.close()
 
-    def get(self, key: BlockKey, length: int) -> bytes | None:
+    def get(self, key: BlockKey, length: int) -> memoryview | None:
         """The block's bytes if stored intact with the expected length; None otherwise."""
         if self._store is None:
             return None
         try:
-            stored = self._store.get(key.disk_key())
+            with self._index_lock:
+                stored = self._store.get(key.disk_key(), read=True)
+            if stored is not None and not isinstance(stored, bytes):
+                with stored:  # a block file: read outside the lock, in parallel with others
+                    stored = stored.read()
         except Exception as error:  # a damaged store is a miss
             self._warn("block cache read failed (%s); fetching from storage instead", error)
-            return None
-        if stored is None:
-            return None
-        data = self._check(stored, length)
-        if data is None:
+            stored = None
+        data = None if stored is None else self._check(stored, length)
+        if stored is not None and data is None:
             log.warning("dropping a damaged cached block of %s (block %d)", key.source, key.index)
             self.discard(key)
+        self._count(HITS if data is not None else MISSES)
         return data
 
     def put(self, key: BlockKey, data: bytes) -> bool:
@@ -104,7 +116,9 @@ class BlockCache:
             return False
         try:
             header = HEADER.pack(zlib.crc32(data), len(data))
-            self._store.set(key.disk_key(), header + data)
+            value = header + data
+            with self._index_lock:
+                self._store.set(key.disk_key(), value)
             return True
         except Exception as error:  # full disk, read-only disk, damaged database
             self._warn("block cache write failed (%s); serving without caching", error)
@@ -120,22 +134,39 @@ class BlockCache:
         return self._store.clear()
 
     def stats(self) -> CacheStats:
-        hits, misses = self._store.stats()
+        self.flush_counts()
+        hits, misses = self._store.get(HITS, 0), self._store.get(MISSES, 0)
         return CacheStats(
             directory=str(self.directory),
             size_bytes=self._store.volume(),
             limit_bytes=self._store.size_limit,
-            blocks=len(self._store),
+            blocks=len(self._store) - sum(key in self._store for key in (HITS, MISSES)),
             hits=hits,
             misses=misses,
         )
 
+    def _count(self, which: str) -> None:
+        with self._index_lock:
+            self._counts[which] += 1
+            due = sum(self._counts.values()) >= COUNT_FLUSH_EVERY
+        if due:
+            self.flush_counts()
+
+    def flush_counts(self) -> None:
+        """Add this process's lookups to the totals every process shares (in the store)."""
+        with self._index_lock:
+            counts, self._counts = self._counts, {HITS: 0, MISSES: 0}
+            for name, delta in counts.items():
+                if delta:
+                    with contextlib.suppress(Exception):  # counting must never fail a read
+                        self._store.incr(name, delta)
+
     @staticmethod
-    def _check(stored: bytes, length: int) -> bytes | None:
+    def _check(stored: bytes, length: int) -> memoryview | None:
         if not isinstance(stored, bytes) or len(stored) != HEADER.size + length:
             return None
         crc, stored_length = HEADER.unpack_from(stored)
-        data = stored[HEADER.size :]
+        data = memoryview(stored)[HEADER.size :]  # no copy of the block
         if stored_length != length or zlib.crc32(data) != crc:
             return None
         return data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sqlite3
 import sys
@@ -10,31 +11,42 @@ import traceback
 import click
 
 from amlfs import __version__
-from amlfs.cli.apply import apply_command
-from amlfs.cli.cache import cache
 from amlfs.cli.context import common_options
-from amlfs.cli.dataset import dataset
-from amlfs.cli.datastore import datastore
-from amlfs.cli.mount import mount, status, unmount
 from amlfs.errors import EXIT_RUNTIME, EXIT_USAGE, AmlfsError
 
 log = logging.getLogger("amlfs")
 
+# Command groups are imported when used: `amlfs mount` need not load YAML schemas or
+# the listing code, and every command starts faster.
+COMMANDS = {
+    "apply": "amlfs.cli.apply:apply_command",
+    "cache": "amlfs.cli.cache:cache",
+    "dataset": "amlfs.cli.dataset:dataset",
+    "datastore": "amlfs.cli.datastore:datastore",
+    "mount": "amlfs.cli.mount:mount",
+    "status": "amlfs.cli.mount:status",
+    "unmount": "amlfs.cli.mount:unmount",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """click's documented pattern for subcommands loaded on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attribute = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module), attribute)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="amlfs")
 @common_options
 def cli() -> None:
     """Pinned, versioned datasets from object storage under a local path."""
-
-
-cli.add_command(datastore)
-cli.add_command(dataset)
-cli.add_command(apply_command)
-cli.add_command(mount)
-cli.add_command(unmount)
-cli.add_command(status)
-cli.add_command(cache)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-from pydantic import ByteSize, TypeAdapter, ValidationError
 
 from amlfs import mounts
 from amlfs.cli.context import app, common_options, json_option
@@ -16,10 +16,11 @@ from amlfs.cli.output import emit_json, human_bytes, table
 from amlfs.errors import AmlfsError, UserError
 from amlfs.home import cache_dir as default_cache_dir
 from amlfs.home import default_home, ensure_home
-from amlfs.registry.models import Version
+from amlfs.registry.models import Datastore, Version
 
 if TYPE_CHECKING:
     from amlfs.fuse.mount import MountOptions
+    from amlfs.storage import Store
 
 DEFAULTS = {
     "cache_size": "10GiB",
@@ -31,6 +32,8 @@ DEFAULTS = {
 
 
 def parse_size(text: str, option: str) -> int:
+    from pydantic import ByteSize, TypeAdapter, ValidationError
+
     try:
         return int(TypeAdapter(ByteSize).validate_python(text))
     except ValidationError:
@@ -127,6 +130,10 @@ def mount(ctx: click.Context, ref: str, mountpoint: Path, cache_dir: Path | None
 
 def serve_here(ctx: click.Context, home: Path, version: Version, path: Path,
                settings: MountOptions) -> None:  # fmt: skip
+    # Opening the store (importing the Azure SDK, building its client) is the slowest part
+    # of starting; it runs while the FUSE side is imported and mounted.
+    datastore = app(ctx).registry().get_datastore(version.datastore)
+    opening = ThreadPoolExecutor(1, thread_name_prefix="open-store").submit(open_store, datastore)
     from amlfs.fuse.mount import serve
 
     level = logging.DEBUG if "--debug" in sys.argv else logging.INFO
@@ -135,10 +142,16 @@ def serve_here(ctx: click.Context, home: Path, version: Version, path: Path,
         handler.setFormatter(logging.Formatter("%(asctime)s amlfs[%(process)d] %(levelname)s "
                                                "%(name)s: %(message)s"))  # fmt: skip
     try:
-        serve(home, app(ctx).registry(), version, path, settings)
+        serve(home, app(ctx).registry(), version, path, settings, opening)
     except Exception as error:
         mounts.report_ready(f"error: cannot mount {path}: {error}")
         raise AmlfsError(f"cannot mount {path}: {error}") from error
+
+
+def open_store(datastore: Datastore) -> Store:
+    from amlfs.storage import Store
+
+    return Store(datastore)
 
 
 @click.command("unmount")

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,18 +44,33 @@ class MountOptions:
 
 
 def serve(home: Path, registry: Registry, version: Version, mountpoint: Path,
-          options: MountOptions) -> None:  # fmt: skip
-    """Mount VERSION at MOUNTPOINT and serve it until unmounted, SIGTERM or SIGINT."""
-    store = Store(registry.get_datastore(version.datastore))
+          options: MountOptions, opening: Future[Store]) -> None:  # fmt: skip
+    """Mount VERSION at MOUNTPOINT and serve it until unmounted, SIGTERM or SIGINT.
+
+    OPENING is the datastore being opened in another thread; the mount is only reported
+    ready (and a failure to open it is a failure to mount) once it is open.
+    """
     cache = BlockCache(options.cache_dir, options.cache_size)
     tree = VersionTree(registry, version)
     try:
-        trio.run(_serve, home, tree, store, cache, mountpoint, options)
+        trio.run(_serve, home, tree, opening, cache, mountpoint, options)
     finally:
         cache.close()
 
 
-async def _serve(home: Path, tree: VersionTree, store: Store, cache: BlockCache,
+def widen_readahead(mountpoint: Path, block_size: int) -> None:
+    """Let the kernel read ahead two blocks instead of its default 128 KiB, so that
+    sequential readers send large requests and several at once. Only root may; without
+    it the default stays and read-ahead is ours alone."""
+    device = os.stat(mountpoint).st_dev
+    knob = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
+    try:
+        knob.write_text(str(max(128, 2 * block_size // 1024)))
+    except OSError as error:
+        log.debug("kernel read-ahead left at its default (%s)", error)
+
+
+async def _serve(home: Path, tree: VersionTree, opening: Future[Store], cache: BlockCache,
                  mountpoint: Path, options: MountOptions) -> None:  # fmt: skip
     record = mounts.MountRecord(
         pid=os.getpid(), kind="read-only", what=tree.version.ref, mountpoint=str(mountpoint),
@@ -62,12 +78,13 @@ async def _serve(home: Path, tree: VersionTree, store: Store, cache: BlockCache,
     )  # fmt: skip
     async with trio.open_nursery() as nursery:
         reader = BlockReader(
-            store, cache, HotBlocks(options.hot_bytes), nursery, block_size=options.block_size,
+            None, cache, HotBlocks(options.hot_bytes), nursery, block_size=options.block_size,
             fetch_limit=options.fetch_limit, io_timeout=options.io_timeout,
         )  # fmt: skip
         operations = ReadOnlyOperations(
-            tree, reader, source_url=lambda path: f"{store.identity}/{tree.relative_path(path)}"
-        )
+            tree, reader,
+            source_url=lambda path: f"{reader.store.identity}/{tree.relative_path(path)}",
+        )  # fmt: skip
         fuse_options = set(pyfuse3.default_options) | {
             "ro", "noatime", f"fsname=amlfs:{tree.version.ref}", "subtype=amlfs",
         }  # fmt: skip
@@ -77,6 +94,7 @@ async def _serve(home: Path, tree: VersionTree, store: Store, cache: BlockCache,
         log.info("serving %s at %s", tree.version.ref, mountpoint)
         signalled = False
         try:
+            reader.store = await trio.to_thread.run_sync(opening.result)
             mounts.write_record(home, record)
             mounts.report_ready("ready")
 
@@ -93,8 +111,12 @@ async def _serve(home: Path, tree: VersionTree, store: Store, cache: BlockCache,
                 while True:
                     record.stats = reader.stats.public()
                     mounts.write_record(home, record)
+                    await trio.to_thread.run_sync(cache.flush_counts)
                     await trio.sleep(STATUS_EVERY_S)
 
+            # stat()ing the mountpoint asks this very filesystem: only once it serves.
+            nursery.start_soon(trio.to_thread.run_sync, widen_readahead, mountpoint,
+                               options.block_size)  # fmt: skip
             nursery.start_soon(on_signals)
             nursery.start_soon(publish_status)
             await pyfuse3.main()

@@ -104,7 +104,11 @@ class ReadOnlyOperations(pyfuse3.Operations):
             return self.attributes(folder)
         if name == b"..":
             return self.attributes(self.tree.parent(folder))
-        entry = self.tree.lookup(folder, os.fsdecode(name))
+        try:
+            text = name.decode("utf-8")
+        except UnicodeDecodeError:  # the registry holds only UTF-8 names
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        entry = self.tree.lookup(folder, text)
         if entry is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self.attributes(entry)
@@ -203,7 +207,9 @@ class ReadOnlyOperations(pyfuse3.Operations):
 
     @mapped
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        opened = self._open[fh]
+        opened = self._open.get(fh)
+        if opened is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
         ahead = opened.sequential.on_read(off, size, self.reader.block_size, opened.entry.size)
         data = await self.reader.read(opened.blob, off, size)
         if ahead:

@@ -1,0 +1,153 @@
+"""Read-ahead policy, pure decisions: how far ahead of a sequential reader to fetch, and
+when opening files one after another is a walk through a folder in listing order."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from amlfs.cache.readahead import FILES_AHEAD, FIRST_WINDOW, MAX_WINDOW, FolderWalk, SequentialReads
+
+BLOCK = 1024 * 1024
+KERNEL_READ = 128 * 1024
+
+
+def windows(reads: SequentialReads, offsets: list[int], size: int, file_size: int) -> list[range]:
+    return [reads.on_read(offset, size, BLOCK, file_size) for offset in offsets]
+
+
+# --- SequentialReads --------------------------------------------------------------------
+
+
+def test_reading_a_file_straight_through_grows_the_window_two_four_eight() -> None:
+    reads = SequentialReads()
+    ahead = windows(reads, [i * BLOCK for i in range(6)], BLOCK, 100 * BLOCK)
+    assert ahead == [range(1, 3), range(2, 6), range(3, 11), range(4, 12), range(5, 13),
+                     range(6, 14)]  # fmt: skip
+    assert [len(r) for r in ahead] == [FIRST_WINDOW, 4, MAX_WINDOW, MAX_WINDOW, MAX_WINDOW,
+                                       MAX_WINDOW]  # fmt: skip
+
+
+def test_the_window_starts_after_the_block_the_read_ends_in() -> None:
+    reads = SequentialReads()
+    assert reads.on_read(0, KERNEL_READ, BLOCK, 100 * BLOCK) == range(1, 3)
+    assert reads.on_read(KERNEL_READ, KERNEL_READ, BLOCK, 100 * BLOCK) == range(1, 5)
+    # A read that ends exactly at a block's end looks ahead from the next block.
+    assert reads.on_read(2 * KERNEL_READ, BLOCK - 2 * KERNEL_READ, BLOCK, 100 * BLOCK) == (
+        range(1, 9)
+    )
+
+
+def test_kernel_reads_in_small_pieces_grow_the_window_to_its_cap() -> None:
+    reads = SequentialReads()
+    ahead = windows(reads, [i * KERNEL_READ for i in range(64)], KERNEL_READ, 100 * BLOCK)
+    assert max(len(r) for r in ahead) == MAX_WINDOW
+    assert reads.window == MAX_WINDOW
+
+
+def test_the_window_never_passes_the_last_block_of_the_file() -> None:
+    reads = SequentialReads()
+    file_size = 5 * BLOCK + 10  # blocks 0..5
+    ahead = windows(reads, [i * BLOCK for i in range(6)], BLOCK, file_size)
+    assert ahead == [range(1, 3), range(2, 6), range(3, 6), range(4, 6), range(5, 6), range(0)]
+
+
+def test_a_small_file_read_whole_has_nothing_ahead() -> None:
+    assert SequentialReads().on_read(0, KERNEL_READ, BLOCK, 4096) == range(0)
+    assert SequentialReads().on_read(0, KERNEL_READ, BLOCK, 0) == range(0)
+
+
+def test_a_jump_resets_the_window() -> None:
+    reads = SequentialReads()
+    windows(reads, [0, BLOCK, 2 * BLOCK], BLOCK, 100 * BLOCK)
+    assert reads.window == MAX_WINDOW
+    assert reads.on_read(50 * BLOCK, BLOCK, BLOCK, 100 * BLOCK) == range(0)
+    assert reads.window == 0
+    # Reading on from where the jump landed is sequential again, from the first window.
+    assert reads.on_read(51 * BLOCK, BLOCK, BLOCK, 100 * BLOCK) == range(52, 54)
+
+
+def test_a_jump_backwards_resets_the_window() -> None:
+    reads = SequentialReads()
+    windows(reads, [10 * BLOCK, 11 * BLOCK], BLOCK, 100 * BLOCK)
+    assert reads.on_read(0, BLOCK, BLOCK, 100 * BLOCK) == range(0)
+
+
+def test_the_first_read_away_from_the_start_is_not_sequential() -> None:
+    assert SequentialReads().on_read(40 * BLOCK, BLOCK, BLOCK, 100 * BLOCK) == range(0)
+
+
+def test_reads_slightly_out_of_order_still_count_as_sequential() -> None:
+    reads = SequentialReads()
+    reads.on_read(0, KERNEL_READ, BLOCK, 100 * BLOCK)
+    # The kernel's read-ahead asked for the piece after next before the next one.
+    assert reads.on_read(2 * KERNEL_READ, KERNEL_READ, BLOCK, 100 * BLOCK) == range(1, 5)
+    assert reads.on_read(KERNEL_READ, KERNEL_READ, BLOCK, 100 * BLOCK) == range(1, 9)
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 64 * BLOCK), st.integers(1, 4 * BLOCK)), min_size=1, max_size=40
+    ),
+    st.integers(0, 64 * BLOCK),
+)
+def test_blocks_ahead_are_always_within_the_file_and_the_window(
+    reads_made: list[tuple[int, int]], file_size: int
+) -> None:
+    reads = SequentialReads()
+    last_block = (file_size - 1) // BLOCK
+    for offset, size in reads_made:
+        ahead = reads.on_read(offset, size, BLOCK, file_size)
+        assert len(ahead) <= MAX_WINDOW
+        assert 0 <= reads.window <= MAX_WINDOW
+        if ahead:
+            assert ahead.step == 1
+            assert ahead.start == (offset + size - 1) // BLOCK + 1  # only blocks not yet read
+            assert ahead[-1] <= last_block
+
+
+# --- FolderWalk -------------------------------------------------------------------------
+
+
+def test_opening_files_of_a_folder_in_ascending_ids_is_a_walk() -> None:
+    walk = FolderWalk()
+    assert walk.on_open(10, 11) is False  # a first open is not a walk yet
+    assert [walk.on_open(10, entry) for entry in range(12, 20)] == [True] * 8
+
+
+def test_skipping_a_few_entries_forward_is_still_a_walk() -> None:
+    # Entry ids grow in name order but subfolders' entries come in between.
+    walk = FolderWalk()
+    walk.on_open(10, 100)
+    assert walk.on_open(10, 100 + FILES_AHEAD + 1) is True
+
+
+def test_a_big_jump_forward_is_not_a_walk() -> None:
+    walk = FolderWalk()
+    walk.on_open(10, 100)
+    assert walk.on_open(10, 100 + FILES_AHEAD + 2) is False
+    assert walk.on_open(10, 100 + FILES_AHEAD + 3) is True  # a walk from where it landed
+
+
+def test_a_jump_backwards_or_the_same_file_again_is_not_a_walk() -> None:
+    walk = FolderWalk()
+    walk.on_open(10, 100)
+    walk.on_open(10, 101)
+    assert walk.on_open(10, 99) is False
+    assert walk.on_open(10, 99) is False  # opening the same file twice
+
+
+def test_folders_are_tracked_separately() -> None:
+    walk = FolderWalk()
+    walk.on_open(10, 100)
+    walk.on_open(20, 500)  # another folder in between does not break the walk of the first
+    assert walk.on_open(10, 101) is True
+    assert walk.on_open(20, 501) is True
+    assert walk.on_open(30, 102) is False  # nor does one folder's walk start another's
+
+
+def test_the_folders_remembered_are_bounded() -> None:
+    walk = FolderWalk()
+    for folder in range(25_000):
+        walk.on_open(folder, folder)
+    assert len(walk.last_opened) <= 10_001

@@ -1,0 +1,397 @@
+"""BlockReader: reading pinned files block by block from memory, the disk cache, then storage.
+
+Pure logic with an in-memory store: what is read equals the source, each missing block
+is fetched once however many read it at the same time, a fetched block is served again
+without storage, a changed source is never served nor cached, storage failures are
+retried, and every read ends within its time bound.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import amlfs.reader
+from amlfs.cache import BlockCache, BlockKey, HotBlocks
+from amlfs.errors import SourceChanged, StorageError
+from amlfs.reader import MAX_PREFETCHES, BlockReader, PinnedBlob, ReadFailed, blocks_of
+
+BLOCK = 1024
+ETAG = '"0x8DC0FFEE"'
+WAIT_S = 10.0  # bound on waiting for background work that takes milliseconds
+
+
+def content(size: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def pinned(relative: str, size: int) -> PinnedBlob:
+    return PinnedBlob(f"az://acct@box/{relative}", relative, size, ETAG, f"ds:1 {relative}")
+
+
+class FakeStore:
+    """Pinned files in memory, with the contract of Store.read_pinned; counts requests.
+
+    FAIL, when set, is consulted before each read and may raise (or block).
+    """
+
+    def __init__(self, files: dict[str, bytes]):
+        self.files = files
+        self.calls: list[tuple[str, int, int]] = []
+        self.fail: Callable[[int], None] | None = None
+        self._lock = threading.Lock()
+
+    def read_pinned(self, relative: str, start: int, end: int, etag: str) -> bytes:
+        with self._lock:
+            self.calls.append((relative, start, end))
+            attempt = len(self.calls)
+        if self.fail is not None:
+            self.fail(attempt)
+        if etag != ETAG:
+            raise SourceChanged(f"{relative} changed since it was pinned")
+        return self.files[relative][start:end]
+
+
+@asynccontextmanager
+async def open_reader(
+    store: FakeStore,
+    folder: Path,
+    *,
+    hot_bytes: int = 64 * BLOCK,
+    io_timeout: float = WAIT_S,
+    fetch_limit: int = 4,
+) -> AsyncIterator[BlockReader]:
+    """A reader over STORE with its block cache in FOLDER; its background work is
+    cancelled and its cache closed when the block ends."""
+    cache = BlockCache(folder, 64 * 1024 * 1024)
+    try:
+        async with trio.open_nursery() as nursery:
+            yield BlockReader(
+                store, cache, HotBlocks(hot_bytes), nursery, block_size=BLOCK,
+                fetch_limit=fetch_limit, io_timeout=io_timeout,
+            )  # fmt: skip
+            nursery.cancel_scope.cancel()
+    finally:
+        cache.close()
+
+
+async def eventually(condition: Callable[[], bool], what: str) -> None:
+    """Wait (boundedly) for background work of the reader to show its effect."""
+    with trio.move_on_after(WAIT_S):
+        while not condition():
+            await trio.sleep(0.005)
+        return
+    pytest.fail(f"not within {WAIT_S} s: {what}")
+
+
+def failing(error: Exception, attempts: int | None = None) -> Callable[[int], None]:
+    """A FakeStore.fail raising ERROR on the first ATTEMPTS requests (all, if None)."""
+
+    def fail(attempt: int) -> None:
+        if attempts is None or attempt <= attempts:
+            raise error
+
+    return fail
+
+
+def on_disk(reader: BlockReader, blob: PinnedBlob, index: int) -> bool:
+    key = BlockKey(blob.source, blob.etag, BLOCK, index)
+    length = min(BLOCK, blob.size - index * BLOCK)
+    return reader.cache.get(key, length) is not None
+
+
+# --- what is read is the source ---------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    size=st.integers(0, 6 * BLOCK),
+    reads=st.lists(
+        st.tuples(st.integers(0, 7 * BLOCK), st.integers(0, 3 * BLOCK)), min_size=1, max_size=12
+    ),
+)
+async def test_reads_at_any_offset_and_size_equal_the_source(
+    size: int, reads: list[tuple[int, int]]
+) -> None:
+    data = content(size, seed=size)
+    store = FakeStore({"f.bin": data})
+    blob = pinned("f.bin", size)
+    with tempfile.TemporaryDirectory() as folder:
+        # Two blocks in memory: later reads come from memory, the disk cache and storage.
+        async with open_reader(store, Path(folder), hot_bytes=2 * BLOCK) as reader:
+            for offset, length in reads:
+                assert await reader.read(blob, offset, length) == data[offset : offset + length]
+
+
+async def test_a_read_across_block_boundaries_joins_the_blocks(tmp_path: Path) -> None:
+    data = content(5 * BLOCK + 17)
+    store = FakeStore({"f.bin": data})
+    blob = pinned("f.bin", len(data))
+    async with open_reader(store, tmp_path) as reader:
+        assert await reader.read(blob, BLOCK - 1, 2) == data[BLOCK - 1 : BLOCK + 1]
+        assert await reader.read(blob, 100, 4 * BLOCK) == data[100 : 100 + 4 * BLOCK]
+        assert await reader.read(blob, 0, 1 << 20) == data
+    # Each block was fetched once, with exactly its own range (the last one short).
+    assert sorted(store.calls) == [
+        ("f.bin", i * BLOCK, min((i + 1) * BLOCK, len(data))) for i in range(6)
+    ]
+
+
+async def test_reads_at_or_past_the_end_are_short_or_empty(tmp_path: Path) -> None:
+    data = content(2 * BLOCK + 5)
+    store = FakeStore({"f.bin": data, "empty": b""})
+    blob = pinned("f.bin", len(data))
+    async with open_reader(store, tmp_path) as reader:
+        assert await reader.read(blob, len(data) - 3, 100) == data[-3:]
+        assert await reader.read(blob, len(data), 100) == b""
+        assert await reader.read(blob, 10 * BLOCK, 100) == b""
+        assert await reader.read(blob, 0, 0) == b""
+        assert await reader.read(pinned("empty", 0), 0, 4096) == b""
+    assert all(start < len(data) for _, start, _ in store.calls)
+
+
+def test_blocks_of_counts_the_short_last_block() -> None:
+    assert [blocks_of(size, BLOCK) for size in (0, 1, BLOCK, BLOCK + 1)] == [0, 1, 1, 2]
+
+
+# --- each block is fetched once ---------------------------------------------------------
+
+
+async def test_concurrent_readers_of_a_missing_block_share_one_fetch(tmp_path: Path) -> None:
+    data = content(BLOCK)
+    store = FakeStore({"f.bin": data})
+    gate = threading.Event()
+    store.fail = lambda _attempt: gate.wait(WAIT_S)  # hold the fetch until all wait on it
+    blob = pinned("f.bin", len(data))
+    results: list[bytes] = []
+
+    async def read_one(offset: int) -> None:
+        results.append(await reader.read(blob, offset, 100))
+
+    async with open_reader(store, tmp_path) as reader, trio.open_nursery() as readers:
+        for offset in range(0, 1000, 50):
+            readers.start_soon(read_one, offset)
+        await trio.testing.wait_all_tasks_blocked()
+        gate.set()
+    assert len(store.calls) == 1
+    assert sorted(results) == sorted(data[o : o + 100] for o in range(0, 1000, 50))
+    assert reader.stats.fetches == 1
+
+
+async def test_a_block_read_again_comes_from_memory(tmp_path: Path) -> None:
+    data = content(3 * BLOCK)
+    store = FakeStore({"f.bin": data})
+    blob = pinned("f.bin", len(data))
+    async with open_reader(store, tmp_path) as reader:
+        await reader.read(blob, 0, len(data))
+        assert await reader.read(blob, 10, 2 * BLOCK) == data[10 : 10 + 2 * BLOCK]
+        assert len(store.calls) == 3
+        assert reader.stats.memory_hits == 3
+
+
+async def test_a_block_fetched_once_is_served_from_disk_to_the_next_mount(
+    tmp_path: Path,
+) -> None:
+    data = content(2 * BLOCK + 100)
+    blob = pinned("f.bin", len(data))
+    first_store = FakeStore({"f.bin": data})
+    async with open_reader(first_store, tmp_path) as first:
+        assert await first.read(blob, 0, len(data)) == data
+        await eventually(lambda: all(on_disk(first, blob, i) for i in range(3)), "blocks kept")
+
+    unreachable = FakeStore({})  # another mount of the same folder: storage is not needed
+    unreachable.fail = failing(StorageError("offline"))
+    async with open_reader(unreachable, tmp_path) as second:
+        assert await second.read(blob, 0, len(data)) == data
+        assert await second.read(blob, BLOCK, 10) == data[BLOCK : BLOCK + 10]  # then memory
+    assert unreachable.calls == []
+    assert (second.stats.disk_hits, second.stats.memory_hits, second.stats.misses) == (3, 1, 0)
+
+
+async def test_another_etag_of_a_blob_is_never_served_from_the_cache(tmp_path: Path) -> None:
+    data = content(BLOCK)
+    store = FakeStore({"f.bin": data})
+    blob = pinned("f.bin", len(data))
+    async with open_reader(store, tmp_path) as reader:
+        await reader.read(blob, 0, BLOCK)
+        await eventually(lambda: on_disk(reader, blob, 0), "block kept")
+        changed = PinnedBlob(blob.source, blob.relative, blob.size, '"0xNEW"', blob.label)
+        with pytest.raises(ReadFailed):
+            await reader.read(changed, 0, BLOCK)  # fetched with its own etag: refused
+    assert len(store.calls) == 2
+
+
+async def test_prefetched_blocks_need_no_fetch_when_read(tmp_path: Path) -> None:
+    data = content(4 * BLOCK)
+    store = FakeStore({"f.bin": data})
+    blob = pinned("f.bin", len(data))
+    async with open_reader(store, tmp_path) as reader:
+        reader.prefetch(blob, range(4))
+        reader.prefetch(blob, range(4))  # asking again while under way fetches nothing more
+        await eventually(lambda: reader.stats.prefetches == 0, "prefetches done")
+        assert len(store.calls) == 4
+        assert await reader.read(blob, 0, len(data)) == data
+        assert len(store.calls) == 4
+        assert reader.stats.memory_hits == 4
+        reader.prefetch(blob, range(4))  # already in memory: nothing to do
+        assert reader.stats.prefetches == 0
+
+
+async def test_prefetches_under_way_are_bounded(tmp_path: Path) -> None:
+    size = 2 * MAX_PREFETCHES * BLOCK
+    store = FakeStore({"f.bin": content(size)})
+    gate = threading.Event()
+    store.fail = lambda _attempt: gate.wait(WAIT_S)
+    blob = pinned("f.bin", size)
+    async with open_reader(store, tmp_path) as reader:
+        reader.prefetch(blob, range(2 * MAX_PREFETCHES))
+        assert reader.stats.prefetches == MAX_PREFETCHES
+        gate.set()
+        await eventually(lambda: reader.stats.prefetches == 0, "prefetches done")
+    assert len(store.calls) == MAX_PREFETCHES
+
+
+async def test_a_failed_prefetch_leaves_the_failure_to_the_reader(tmp_path: Path) -> None:
+    data = content(BLOCK)
+    store = FakeStore({"f.bin": data})
+    blob = pinned("f.bin", len(data))
+    store.fail = failing(SourceChanged("f.bin changed since it was pinned"), attempts=1)
+    async with open_reader(store, tmp_path) as reader:
+        reader.prefetch(blob, range(1))
+        await eventually(lambda: reader.stats.prefetches == 0, "prefetch done")
+        assert await reader.read(blob, 0, BLOCK) == data  # tried again, not a remembered error
+
+
+# --- failures ---------------------------------------------------------------------------
+
+
+async def test_a_changed_source_fails_the_read_and_nothing_is_cached(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = FakeStore({"f.bin": content(2 * BLOCK)})
+    store.fail = failing(SourceChanged("f.bin changed since it was pinned"))
+    blob = pinned("f.bin", 2 * BLOCK)
+    async with open_reader(store, tmp_path) as reader:
+        with pytest.raises(ReadFailed, match="changed"):
+            await reader.read(blob, 0, 10)
+        assert len(store.calls) == 1  # final at once: not retried
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(reader.hot) == 0
+        assert reader.cache.stats().blocks == 0
+        with pytest.raises(ReadFailed):
+            await reader.read(blob, 0, 10)  # still refused, never served from a cache
+        assert reader.stats.errors == 2
+        assert reader.stats.bytes_served == 0
+    reported = [r for r in caplog.records if "changed since its version" in r.getMessage()]
+    assert len(reported) == 1  # logged once per file, however often it is read
+
+
+async def test_storage_errors_are_retried_until_a_fetch_succeeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(amlfs.reader, "RETRY_FIRST_S", 0.01)
+    monkeypatch.setattr(amlfs.reader, "RETRY_MAX_S", 0.04)
+    data = content(BLOCK)
+    store = FakeStore({"f.bin": data})
+    store.fail = failing(StorageError("connection reset"), attempts=3)
+    async with open_reader(store, tmp_path, io_timeout=5.0) as reader:
+        assert await reader.read(pinned("f.bin", BLOCK), 0, BLOCK) == data
+    assert len(store.calls) == 4
+    assert (reader.stats.fetches, reader.stats.errors) == (1, 0)
+
+
+async def test_storage_that_keeps_failing_fails_the_read_within_the_time_bound(
+    tmp_path: Path,
+) -> None:
+    # A real clock: the fetch runs in a worker thread, which a mock clock's autojump
+    # would race with. The default backoff (0.5 s, then 1 s) gives up after 0.5 s here.
+    io_timeout = 1.0
+    store = FakeStore({"f.bin": content(BLOCK)})
+    store.fail = failing(StorageError("503 server busy"))
+    async with open_reader(store, tmp_path, io_timeout=io_timeout) as reader:
+        started = trio.current_time()
+        with pytest.raises(ReadFailed, match="server busy"):
+            await reader.read(pinned("f.bin", BLOCK), 0, BLOCK)
+        assert trio.current_time() - started <= io_timeout + 0.2
+    assert len(store.calls) >= 2  # retried before giving up
+    assert reader.cache.stats().blocks == 0
+
+
+async def test_storage_that_hangs_fails_the_read_within_the_time_bound(tmp_path: Path) -> None:
+    io_timeout = 0.3
+    store = FakeStore({"f.bin": content(BLOCK)})
+    hung = threading.Event()
+    store.fail = lambda _attempt: hung.wait(WAIT_S)
+    try:
+        async with open_reader(store, tmp_path, io_timeout=io_timeout) as reader:
+            started = trio.current_time()
+            with pytest.raises(ReadFailed, match=r"no data within|did not answer"):
+                await reader.read(pinned("f.bin", BLOCK), 0, BLOCK)
+            assert io_timeout - 0.05 <= trio.current_time() - started <= io_timeout + 0.3
+    finally:
+        hung.set()  # let the abandoned worker thread end
+
+
+async def test_a_short_answer_from_storage_fails_the_read(tmp_path: Path) -> None:
+    store = FakeStore({"f.bin": content(BLOCK // 2)})  # shorter than what was pinned
+    async with open_reader(store, tmp_path) as reader:
+        with pytest.raises(ReadFailed, match="expected"):
+            await reader.read(pinned("f.bin", BLOCK), 0, BLOCK)
+        assert len(reader.hot) == 0
+
+
+async def test_a_reader_that_gives_up_does_not_cancel_the_fetch_for_others(
+    tmp_path: Path,
+) -> None:
+    data = content(BLOCK)
+    store = FakeStore({"f.bin": data})
+    slow = threading.Event()
+    store.fail = lambda _attempt: slow.wait(WAIT_S)
+    blob = pinned("f.bin", BLOCK)
+    async with open_reader(store, tmp_path, io_timeout=5.0) as reader:
+        with trio.move_on_after(0.2) as gave_up:  # e.g. the reader was interrupted
+            await reader.read(blob, 0, BLOCK)
+        assert gave_up.cancelled_caught
+        slow.set()  # storage answers after the first reader gave up
+        await eventually(lambda: len(reader.hot) == 1, "the fetch landed")
+        assert await reader.read(blob, 0, BLOCK) == data
+        await eventually(lambda: on_disk(reader, blob, 0), "block kept")
+    assert len(store.calls) == 1
+
+
+# --- statistics -------------------------------------------------------------------------
+
+
+async def test_stats_count_hits_misses_and_bytes(tmp_path: Path) -> None:
+    data = content(2 * BLOCK + 512)
+    store = FakeStore({"f.bin": data})
+    blob = pinned("f.bin", len(data))
+    async with open_reader(store, tmp_path) as reader:
+        await reader.read(blob, 0, len(data))  # three misses, fetched
+        await reader.read(blob, 100, 200)  # one memory hit
+        await eventually(lambda: all(on_disk(reader, blob, i) for i in range(3)), "kept")
+        reader.hot.clear()
+        await reader.read(blob, BLOCK, BLOCK + 512)  # two disk hits
+        stats = reader.stats.public()
+    assert stats == {
+        "reads": 3,
+        "bytes_served": len(data) + 200 + BLOCK + 512,
+        "memory_hits": 1,
+        "disk_hits": 2,
+        "misses": 3,
+        "fetches": 3,
+        "bytes_fetched": len(data),
+        "fetches_in_flight": 0,
+        "prefetches": 0,
+        "errors": 0,
+    }
