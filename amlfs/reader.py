@@ -10,7 +10,6 @@ fsspec, the diskcache store) runs in worker threads under capacity limiters.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 
 import trio
@@ -24,6 +23,7 @@ log = logging.getLogger(__name__)
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 4.0
 MAX_PREFETCHES = 64  # background read-ahead tasks at once; more requests are dropped
+RUN_BLOCKS = 4  # neighbouring blocks read ahead are fetched in one request, up to this many
 
 
 class ReadFailed(Exception):
@@ -90,8 +90,9 @@ class BlockReader:
         self._flights: dict[BlockKey, Flight] = {}
         self._reported_changes: set[str] = set()
 
-    async def read(self, blob: PinnedBlob, offset: int, size: int) -> bytes:
-        """Bytes [offset, offset+size) of BLOB, short at its end. Raises ReadFailed."""
+    async def read(self, blob: PinnedBlob, offset: int, size: int) -> bytes | memoryview:
+        """Bytes [offset, offset+size) of BLOB, short at its end (a view into a cached
+        block when they lie in one). Raises ReadFailed."""
         end = min(offset + size, blob.size)
         if offset >= end:
             return b""
@@ -99,10 +100,12 @@ class BlockReader:
         for index in range(offset // self.block_size, (end - 1) // self.block_size + 1):
             block = await self.block(blob, index)
             start = index * self.block_size
-            parts.append(block[max(offset, start) - start : min(end, start + len(block)) - start])
+            view = memoryview(block)
+            parts.append(view[max(offset, start) - start : min(end, start + len(block)) - start])
         self.stats.reads += 1
         self.stats.bytes_served += end - offset
-        return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+        # pyfuse3 replies from any buffer: a slice of a block goes out without a copy.
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def block(self, blob: PinnedBlob, index: int) -> bytes:
         key = BlockKey(blob.source, blob.etag, self.block_size, index)
@@ -112,8 +115,8 @@ class BlockReader:
             return data
         flight = self._flights.get(key)
         if flight is None:
-            flight = self._flights[key] = Flight()
-            self.nursery.start_soon(self._fly, blob, key, flight)
+            self._launch(blob, [index])
+            flight = self._flights[key]
         with trio.move_on_after(self.io_timeout):
             await flight.done.wait()
         if not flight.done.is_set():
@@ -125,46 +128,80 @@ class BlockReader:
         return flight.data
 
     def prefetch(self, blob: PinnedBlob, indices: range) -> None:
-        """Start fetching these blocks in the background, unless cached or under way."""
+        """Start fetching these blocks in the background, unless cached or under way.
+        Neighbouring blocks are fetched together, up to RUN_BLOCKS in one request."""
+        wanted = []
         for index in indices:
+            key = self._key(blob, index)
+            if key not in self._flights and self.hot.get(key) is None:
+                wanted.append(index)
+        for run in runs(wanted, RUN_BLOCKS):
             if self.stats.prefetches >= MAX_PREFETCHES:
                 return
-            key = BlockKey(blob.source, blob.etag, self.block_size, index)
-            if key in self._flights or self.hot.get(key) is not None:
-                continue
+            self._launch(blob, run, prefetch=True)
+
+    def _key(self, blob: PinnedBlob, index: int) -> BlockKey:
+        return BlockKey(blob.source, blob.etag, self.block_size, index)
+
+    def _length(self, blob: PinnedBlob, index: int) -> int:
+        return min(self.block_size, blob.size - index * self.block_size)
+
+    def _launch(self, blob: PinnedBlob, run: list[int], prefetch: bool = False) -> None:
+        """One background task loads the consecutive blocks RUN. Their flights are
+        registered now, before any await, so that no second fetch of them can start."""
+        flights = {index: Flight() for index in run}
+        for index, flight in flights.items():
+            self._flights[self._key(blob, index)] = flight
+        if prefetch:
             self.stats.prefetches += 1
-            self.nursery.start_soon(self._prefetch, blob, index)
+        self.nursery.start_soon(self._fly, blob, flights, prefetch)
 
-    async def _prefetch(self, blob: PinnedBlob, index: int) -> None:
+    async def _fly(self, blob: PinnedBlob, flights: dict[int, Flight], prefetch: bool) -> None:
         try:
-            await self.block(blob, index)
-        except ReadFailed:
-            pass  # the reader, if it comes, will see the failure itself
-        finally:
-            self.stats.prefetches -= 1
-
-    async def _fly(self, blob: PinnedBlob, key: BlockKey, flight: Flight) -> None:
-        try:
-            flight.data = await self._load(blob, key)
-            self.hot.put(key, flight.data)
+            await self._load(blob, flights)
         except (ReadFailed, SourceChanged) as error:
-            flight.error = error
+            for flight in flights.values():
+                flight.error = flight.error or (None if flight.done.is_set() else error)
         finally:
-            del self._flights[key]
+            for index, flight in flights.items():
+                self._flights.pop(self._key(blob, index), None)
+                flight.done.set()
+            if prefetch:
+                self.stats.prefetches -= 1
+
+    async def _load(self, blob: PinnedBlob, flights: dict[int, Flight]) -> None:
+        """Blocks from the disk cache where it has them; the rest from storage, each run
+        of missing neighbours in one request. Each flight ends as soon as its block is in."""
+
+        def land(index: int, data: bytes) -> None:
+            flight = flights[index]
+            flight.data = data
+            self.hot.put(self._key(blob, index), data)
             flight.done.set()
 
-    async def _load(self, blob: PinnedBlob, key: BlockKey) -> bytes:
-        length = min(self.block_size, blob.size - key.index * self.block_size)
-        data = await trio.to_thread.run_sync(
-            self.cache.get, key, length, limiter=self._disk_limiter
-        )
-        if data is not None:
-            self.stats.disk_hits += 1
-            return data
-        self.stats.misses += 1
-        data = await self._fetch(blob, key.index * self.block_size, length)
-        self.nursery.start_soon(self._keep, key, data)
-        return data
+        def lookup() -> dict[int, bytes | None]:
+            return {i: self.cache.get(self._key(blob, i), self._length(blob, i)) for i in flights}
+
+        found = await trio.to_thread.run_sync(lookup, limiter=self._disk_limiter)
+        missing = []
+        for index, data in found.items():
+            if data is None:
+                missing.append(index)
+            else:
+                self.stats.disk_hits += 1
+                land(index, data)
+        self.stats.misses += len(missing)
+        for run in runs(missing, len(missing)):
+            start = run[0] * self.block_size
+            length = sum(self._length(blob, i) for i in run)
+            data = await self._fetch(blob, start, length)
+            view = memoryview(data)
+            for index in run:
+                offset = index * self.block_size - start
+                block = bytes(view[offset : offset + self._length(blob, index)]) if (
+                    len(run) > 1) else data  # fmt: skip
+                land(index, block)
+                self.nursery.start_soon(self._keep, self._key(blob, index), block)
 
     async def _fetch(self, blob: PinnedBlob, start: int, length: int) -> bytes:
         """Fetch from storage, retrying storage failures with backoff until the time
@@ -210,5 +247,12 @@ class BlockReader:
         await trio.to_thread.run_sync(self.cache.put, key, data, limiter=self._write_limiter)
 
 
-def blocks_of(size: int, block_size: int) -> int:
-    return math.ceil(size / block_size) if size else 0
+def runs(indices: list[int], longest: int) -> list[list[int]]:
+    """Sorted INDICES cut into runs of consecutive numbers, each at most LONGEST long."""
+    cut: list[list[int]] = []
+    for index in sorted(indices):
+        if cut and cut[-1][-1] == index - 1 and len(cut[-1]) < longest:
+            cut[-1].append(index)
+        else:
+            cut.append([index])
+    return cut

@@ -15,7 +15,6 @@ import diskcache
 import pytest
 
 from amlfs.cache import BlockCache, BlockKey, HotBlocks
-from amlfs.cache.blocks import HEADER
 
 SOURCE = "az://account@container/data/train.bin"
 BLOCK = 64 * 1024  # stored by diskcache as a file of its own (more than 32 KiB)
@@ -44,12 +43,12 @@ def raw_store(cache: BlockCache) -> diskcache.Cache:
 
 
 def damage(cache: BlockCache, block_key: BlockKey) -> None:
-    """Flip one data byte of a stored block, header untouched, as a bad disk would."""
-    raw = raw_store(cache)
-    stored = bytearray(raw[block_key.disk_key()])
-    stored[HEADER.size + 1000] ^= 0xFF
-    raw[block_key.disk_key()] = bytes(stored)
-    raw.close()
+    """Flip one data byte of a stored block, its checksum untouched, as a bad disk would."""
+    with raw_store(cache) as raw:
+        stored, crc = raw.get(block_key.disk_key(), tag=True)
+        changed = bytearray(stored)
+        changed[1000] ^= 0xFF
+        raw.set(block_key.disk_key(), bytes(changed), tag=crc)
 
 
 # --- BlockCache -------------------------------------------------------------------------
@@ -109,20 +108,21 @@ def test_a_block_with_damaged_bytes_is_a_miss_and_is_removed(cache: BlockCache) 
 
 
 @pytest.mark.parametrize(
-    "change",
+    ("change", "keep_checksum"),
     [
-        lambda stored: stored[:-1],  # truncated
-        lambda stored: stored + b"\0",  # a byte too many
-        lambda stored: stored[: HEADER.size // 2],  # not even a whole header
+        (lambda stored: stored[:-1], True),  # truncated
+        (lambda stored: stored + b"\0", True),  # a byte too many
+        (lambda stored: stored, False),  # intact bytes, but no checksum to prove it
     ],
-    ids=["truncated", "extended", "no-header"],
+    ids=["truncated", "extended", "no-checksum"],
 )
-def test_a_block_of_the_wrong_length_is_a_miss_and_is_removed(
-    cache: BlockCache, change: Callable[[bytes], object]
+def test_a_block_of_the_wrong_length_or_unchecked_is_a_miss_and_is_removed(
+    cache: BlockCache, change: Callable[[bytes], object], keep_checksum: bool
 ) -> None:
     cache.put(key(0), block(0))
     with raw_store(cache) as raw:
-        raw[key(0).disk_key()] = change(raw[key(0).disk_key()])
+        stored, crc = raw.get(key(0).disk_key(), tag=True)
+        raw.set(key(0).disk_key(), change(stored), tag=crc if keep_checksum else None)
 
     assert cache.get(key(0), BLOCK) is None
     with raw_store(cache) as raw:

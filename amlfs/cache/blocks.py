@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import struct
 import threading
 import time
 import zlib
@@ -28,9 +27,11 @@ import diskcache
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1  # bump when the key or the stored layout changes
-HEADER = struct.Struct("<IQ")  # CRC-32 of the data, length of the data
 WARN_EVERY_S = 60.0  # a failing disk is reported at most once a minute
 HITS, MISSES = "amlfs:lookups:hits", "amlfs:lookups:misses"  # totals kept in the store
+# Blocks smaller than this (whole small files) live inside the index database: no file to
+# create, name and remove for each, which is most of the cost of caching a small file.
+INLINE_BELOW = 256 * 1024
 COUNT_FLUSH_EVERY = 64  # lookups counted in memory before the totals are updated
 
 
@@ -71,7 +72,7 @@ class BlockCache:
         # waiting for each other.
         self._index_lock = threading.Lock()
         self._counts = {HITS: 0, MISSES: 0}  # not yet added to the store's totals
-        settings = {"eviction_policy": "least-recently-used"}
+        settings = {"eviction_policy": "least-recently-used", "disk_min_file_size": INLINE_BELOW}
         if size_limit is not None:
             settings["size_limit"] = size_limit  # kept by the store: the latest limit wins
         try:
@@ -90,20 +91,20 @@ class BlockCache:
             self.flush_counts()
             self._store.close()
 
-    def get(self, key: BlockKey, length: int) -> memoryview | None:
+    def get(self, key: BlockKey, length: int) -> bytes | None:
         """The block's bytes if stored intact with the expected length; None otherwise."""
         if self._store is None:
             return None
         try:
             with self._index_lock:
-                stored = self._store.get(key.disk_key(), read=True)
+                stored, crc = self._store.get(key.disk_key(), read=True, tag=True)
             if stored is not None and not isinstance(stored, bytes):
                 with stored:  # a block file: read outside the lock, in parallel with others
                     stored = stored.read()
         except Exception as error:  # a damaged store is a miss
             self._warn("block cache read failed (%s); fetching from storage instead", error)
-            stored = None
-        data = None if stored is None else self._check(stored, length)
+            stored = crc = None
+        data = None if stored is None else self._check(stored, crc, length)
         if stored is not None and data is None:
             log.warning("dropping a damaged cached block of %s (block %d)", key.source, key.index)
             self.discard(key)
@@ -115,10 +116,9 @@ class BlockCache:
         if self._store is None:
             return False
         try:
-            header = HEADER.pack(zlib.crc32(data), len(data))
-            value = header + data
+            crc = zlib.crc32(data)
             with self._index_lock:
-                self._store.set(key.disk_key(), value)
+                self._store.set(key.disk_key(), data, tag=crc)
             return True
         except Exception as error:  # full disk, read-only disk, damaged database
             self._warn("block cache write failed (%s); serving without caching", error)
@@ -162,14 +162,12 @@ class BlockCache:
                         self._store.incr(name, delta)
 
     @staticmethod
-    def _check(stored: bytes, length: int) -> memoryview | None:
-        if not isinstance(stored, bytes) or len(stored) != HEADER.size + length:
+    def _check(stored: bytes, crc: object, length: int) -> bytes | None:
+        """The block if it has the expected length and its CRC-32 (kept as the entry's
+        tag, so that the data is stored and read back without a header to cut off)."""
+        if not isinstance(stored, bytes) or len(stored) != length or not isinstance(crc, int):
             return None
-        crc, stored_length = HEADER.unpack_from(stored)
-        data = memoryview(stored)[HEADER.size :]  # no copy of the block
-        if stored_length != length or zlib.crc32(data) != crc:
-            return None
-        return data
+        return stored if zlib.crc32(stored) == crc else None
 
     def _warn(self, message: str, error: Exception) -> None:
         now = time.monotonic()
