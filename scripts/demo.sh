@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on an embedded default: a local folder as the datastore, with sample
 # data generated here. Registers two versions, shows and verifies them, exports a
-# manifest, then changes a source file to show that amlfs notices.
+# manifest, mounts a version read-only and reads it through the mount, then changes a
+# source file to show that amlfs notices (verify reports it, the mount refuses its bytes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
@@ -12,6 +13,10 @@ mkdir -p "$demo"
 export AMLFS_HOME="$demo/state"
 amlfs=(.venv/bin/amlfs)
 step() { printf '\n\033[1m$ amlfs %s\033[0m\n' "$*"; "${amlfs[@]}" "$@"; }
+shell() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
+mnt="$demo/mnt"
+# Whatever happens, leave no mount behind.
+trap '[[ -d "$mnt" ]] && grep -qs " $mnt " /proc/mounts && "${amlfs[@]}" unmount "$mnt"' EXIT
 
 .venv/bin/python - "$demo/store" <<'PY'
 import random, sys
@@ -35,6 +40,14 @@ step dataset show weather:2 --files
 step dataset verify weather:1
 step dataset export weather:1
 
+mkdir -p "$mnt"
+step mount weather:2 "$mnt"
+shell find "$mnt" -type f
+shell head -3 "$mnt/week28/fri.csv"
+shell cmp "$mnt/week27/mon.csv" "$demo/store/Weather/week27/mon.csv"
+step status
+step unmount "$mnt"
+
 echo
 echo "Rewriting Weather/week27/mon.csv under the pinned versions..."
 echo "hour,temp_c,humidity" > "$demo/store/Weather/week27/mon.csv"
@@ -42,6 +55,17 @@ if step dataset verify weather:2; then
   echo "demo: verify should have reported the change" >&2
   exit 1
 fi
+# Cached blocks hold the pinned bytes, so a mount may still serve them; what it never
+# does is fetch the changed file from storage. Emptying the cache shows that.
+step cache clear
+step mount weather:2 "$mnt"
+if shell cat "$mnt/week27/mon.csv"; then
+  echo "demo: the mount should have refused the changed file" >&2
+  exit 1
+fi
+shell head -2 "$mnt/week27/tue.csv"   # the unchanged files still read
+shell grep -h "changed since" "$AMLFS_HOME"/logs/*.log
+step unmount "$mnt"
 echo
 echo "demo: done. amlfs noticed the change instead of serving different bytes."
 echo "demo: state folder $AMLFS_HOME (delete $demo to start over)"

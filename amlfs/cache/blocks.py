@@ -131,7 +131,9 @@ class BlockCache:
 
     def clear(self) -> int:
         """Remove every block (safe while mounts read: they see misses). Blocks removed."""
-        return self._store.clear()
+        blocks = len(self._store) - sum(key in self._store for key in (HITS, MISSES))
+        self._store.clear()
+        return blocks
 
     def stats(self) -> CacheStats:
         self.flush_counts()
