@@ -9,15 +9,20 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import signal
+import subprocess
+import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Cli, Container
+from amlfs.mounts import mounted_paths
+from tests.conftest import Cli, Container, require
 from tests.support.mounts import Mounts
 from tests.support.sample import BLOCK, FILES, OPTIONS
 
@@ -234,3 +239,36 @@ def test_cache_clear_is_safe_while_mounted(cli: Cli, dataset: Container, mounts:
     assert (root / "train" / "b.bin").read_bytes() == FILES["train/b.bin"]
     other = mounts.mount("ds:1", *OPTIONS)  # a fresh daemon: nothing in memory either
     assert (other / "train" / "a.bin").read_bytes() == FILES["train/a.bin"]
+
+
+@pytest.fixture
+def public_mountpoint(mounts: Mounts) -> Iterator[Path]:
+    """An empty folder that every user can reach (pytest's own folders are private)."""
+    require(os.geteuid() == 0, "reading as another user needs root")
+    require(shutil.which("setpriv") is not None, "setpriv is missing (util-linux)")
+    folder = Path(tempfile.mkdtemp(prefix="amlfs-public-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        if str(folder) in mounted_paths():
+            subprocess.run(["fusermount3", "-u", "-z", str(folder)], check=False)
+        folder.rmdir()
+
+
+def read_as_nobody(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", str(path)],
+        capture_output=True, timeout=30,
+    )  # fmt: skip
+
+
+def test_other_users_read_only_with_allow_other(
+    dataset: Container, mounts: Mounts, public_mountpoint: Path
+) -> None:
+    root = mounts.mount("ds:1", *OPTIONS, mountpoint=public_mountpoint)
+    assert read_as_nobody(root / "labels.csv").returncode != 0  # FUSE keeps others out
+    mounts.unmount(root)
+    assert mounts.wait_gone(root)
+    root = mounts.mount("ds:1", *OPTIONS, "--allow-other", mountpoint=public_mountpoint)
+    assert read_as_nobody(root / "labels.csv").stdout == FILES["labels.csv"]
