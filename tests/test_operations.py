@@ -34,12 +34,12 @@ from amlfs.registry import Datastore, NewVersion, PinnedFile, Registry
 from amlfs.registry import paths as registry_paths
 from amlfs.registry.models import Entry
 from amlfs.tree import ROOT_INODE, VersionTree, iso_to_ns
+from tests.support.waiting import eventually
 
 BLOCK = 1024
 ROOT = "datasets/pets"  # the version's folder in the datastore
 IMAGES = 1500
 MODIFIED = "2024-05-01T12:00:00+00:00"
-WAIT_S = 10.0
 
 
 def image(i: int) -> str:
@@ -160,14 +160,6 @@ def entry_at(registry: Registry, tree: VersionTree, path: str) -> Entry:
         assert found is not None, path
         entry = found
     return entry
-
-
-async def eventually(condition: Callable[[], bool], what: str) -> None:
-    with trio.move_on_after(WAIT_S):
-        while not condition():
-            await trio.sleep(0.005)
-        return
-    pytest.fail(f"not within {WAIT_S} s: {what}")
 
 
 # --- names and inodes -------------------------------------------------------------------

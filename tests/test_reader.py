@@ -32,10 +32,10 @@ from amlfs.reader import (
     ReadFailed,
     runs,
 )
+from tests.support.waiting import WAIT_S, eventually
 
 BLOCK = 1024
 ETAG = '"0x8DC0FFEE"'
-WAIT_S = 10.0  # bound on waiting for background work that takes milliseconds
 
 
 def content(size: int, seed: int = 0) -> bytes:
@@ -90,15 +90,6 @@ async def open_reader(
             nursery.cancel_scope.cancel()
     finally:
         cache.close()
-
-
-async def eventually(condition: Callable[[], bool], what: str) -> None:
-    """Wait (boundedly) for background work of the reader to show its effect."""
-    with trio.move_on_after(WAIT_S):
-        while not condition():
-            await trio.sleep(0.005)
-        return
-    pytest.fail(f"not within {WAIT_S} s: {what}")
 
 
 def failing(error: Exception, attempts: int | None = None) -> Callable[[int], None]:
