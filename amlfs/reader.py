@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 4.0
 MAX_PREFETCHES = 64  # background read-ahead tasks at once; more requests are dropped
+MAX_PENDING_WRITES = 32  # blocks waiting to be written to the disk cache, at most
 RUN_BLOCKS = 4  # neighbouring blocks read ahead are fetched in one request, up to this many
 
 
@@ -52,6 +53,8 @@ class ReadStats:
     bytes_fetched: int = 0
     fetches_in_flight: int = 0
     prefetches: int = 0
+    pending_writes: int = 0
+    writes_skipped: int = 0
     errors: int = 0
 
     def public(self) -> dict:
@@ -201,7 +204,7 @@ class BlockReader:
                 block = bytes(view[offset : offset + self._length(blob, index)]) if (
                     len(run) > 1) else data  # fmt: skip
                 land(index, block)
-                self.nursery.start_soon(self._keep, self._key(blob, index), block)
+                self._keep_later(self._key(blob, index), block)
 
     async def _fetch(self, blob: PinnedBlob, start: int, length: int) -> bytes:
         """Fetch from storage, retrying storage failures with backoff until the time
@@ -243,8 +246,20 @@ class BlockReader:
             return data
         raise ReadFailed(f"{blob.label}: too many attempts")
 
+    def _keep_later(self, key: BlockKey, data: bytes) -> None:
+        """Write the block to the disk cache behind the reader. If the disk falls behind,
+        blocks beyond MAX_PENDING_WRITES are not kept: memory stays bounded."""
+        if self.stats.pending_writes >= MAX_PENDING_WRITES:
+            self.stats.writes_skipped += 1
+            return
+        self.stats.pending_writes += 1
+        self.nursery.start_soon(self._keep, key, data)
+
     async def _keep(self, key: BlockKey, data: bytes) -> None:
-        await trio.to_thread.run_sync(self.cache.put, key, data, limiter=self._write_limiter)
+        try:
+            await trio.to_thread.run_sync(self.cache.put, key, data, limiter=self._write_limiter)
+        finally:
+            self.stats.pending_writes -= 1
 
 
 def runs(indices: list[int], longest: int) -> list[list[int]]:

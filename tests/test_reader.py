@@ -382,6 +382,7 @@ async def test_stats_count_hits_misses_and_bytes(tmp_path: Path) -> None:
         await eventually(lambda: all(on_disk(reader, blob, i) for i in range(3)), "kept")
         reader.hot.clear()
         await reader.read(blob, BLOCK, BLOCK + 512)  # two disk hits
+        await eventually(lambda: reader.stats.pending_writes == 0, "writes done")
         stats = reader.stats.public()
     assert stats == {
         "reads": 3,
@@ -393,5 +394,7 @@ async def test_stats_count_hits_misses_and_bytes(tmp_path: Path) -> None:
         "bytes_fetched": len(data),
         "fetches_in_flight": 0,
         "prefetches": 0,
+        "pending_writes": 0,
+        "writes_skipped": 0,
         "errors": 0,
     }
