@@ -115,6 +115,7 @@ def files_per_second(
     queue = iter(items)
     lock = threading.Lock()
     latencies: list[float] = []
+    errors: list[OSError] = []
     done_bytes = [0]
     deadline = time.monotonic() + cap_seconds
 
@@ -125,7 +126,11 @@ def files_per_second(
             if item is None:
                 return
             started = time.perf_counter()
-            size = read(item)
+            try:
+                size = read(item)
+            except OSError as error:  # the first failure ends this reader, and the figure
+                errors.append(error)
+                return
             took = time.perf_counter() - started
             with lock:
                 latencies.append(took)
@@ -138,6 +143,8 @@ def files_per_second(
     for w in workers:
         w.join()
     took = time.perf_counter() - started
+    if errors:
+        raise errors[0]
     p50, p99 = percentiles(latencies)
     note = f"p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms"
     extra = {"files": len(latencies), "of": len(items), "seconds": took, "bytes": done_bytes[0],

@@ -93,11 +93,22 @@ class Run:
     def measure_everything(self) -> None:
         self.setup_registry()
         self.local_reads()
+        self.fresh_emulator()
         self.direct_reads()
         for mode in ("full", "off"):
+            self.fresh_emulator()
             self.rclone_reads(mode)
+        self.fresh_emulator()
         self.amlfs_reads()
+        self.fresh_emulator()
         self.operations()
+
+    def fresh_emulator(self) -> None:
+        """Restart the emulator (same port, same data) so that no system inherits work
+        another left behind: requests a killed mount abandoned can keep the
+        single-threaded emulator busy long after the mount is gone."""
+        self.emulator.stop()
+        self.emulator.start()
 
     def timeout(self, workload: str) -> float:
         return pathreads.timeout_for(workload, self.data, self.scale)
