@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 4.0
-MAX_PREFETCHES = 64  # background read-ahead tasks at once; more requests are dropped
-MAX_PENDING_WRITES = 32  # blocks waiting to be written to the disk cache, at most
+MAX_PREFETCHES = 16  # background read-ahead runs at once; more requests are dropped
+MAX_PENDING_WRITES = 8  # blocks waiting to be written to the disk cache, at most
 RUN_BLOCKS = 4  # neighbouring blocks read ahead are fetched in one request, up to this many
 
 

@@ -34,9 +34,9 @@ PRESETS = {
     # For the test suite: proves the harness end to end in seconds.
     "smoke": Scale(2, 4, 40, 100, 4, 200, 500, 2_000, 1.0, 5.0),
     # Under 3 minutes on a 2-core machine.
-    "quick": Scale(2, 64, 400, 100, 8, 2_000, 10_000, 100_000, 2.0, 10.0),
+    "quick": Scale(2, 64, 400, 100, 8, 2_000, 10_000, 50_000, 1.5, 8.0),
     # Under 30 minutes: the figures in docs/performance.md.
-    "full": Scale(4, 256, 5_000, 100, 50, 50_000, 100_000, 1_000_000, 8.0, 40.0),
+    "full": Scale(4, 256, 5_000, 100, 50, 50_000, 100_000, 1_000_000, 8.0, 30.0),
 }
 
 

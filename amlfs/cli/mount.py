@@ -26,7 +26,7 @@ DEFAULTS = {
     "cache_size": "10GiB",
     "block_size": "4MiB",
     "memory_cache": "64MiB",
-    "fetch_limit": 16,
+    "fetch_limit": 8,
     "io_timeout": 30.0,
 }
 
