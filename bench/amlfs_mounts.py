@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -11,9 +12,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from amlfs.mounts import daemon_alive
 from bench.common import amlfs_cmd
 from bench.mounts import MountedTree, peak_rss_mib, unmount_if_mounted, wait_for_first_byte
 
+STOP_TIMEOUT_S = 15.0
 CACHE_SIZE = "50GiB"  # larger than any data set: the bench measures hits, not eviction
 
 
@@ -25,7 +28,8 @@ class AmlfsMounts:
         self.mountpoint = work / "amlfs-mnt"
 
     def clear_cache(self) -> None:
-        run(amlfs_cmd(self.home, "cache", "clear", "--cache-dir", str(self.cache)), self.env)
+        """No mount is running here: removing the folder is `amlfs cache clear`, faster."""
+        shutil.rmtree(self.cache, ignore_errors=True)
 
     @contextmanager
     def mounted(self, ref: str, probe: str | None, *extra: str) -> Iterator[MountedTree]:
@@ -49,8 +53,12 @@ class AmlfsMounts:
     def unmount(self, pid: int) -> None:
         """`amlfs unmount`; if that fails (a reader still busy after a time-out or Ctrl-C),
         end the daemon and detach the mount. Never raises: it runs while unwinding."""
-        with contextlib.suppress(Exception):
-            run(amlfs_cmd(self.home, "unmount", str(self.mountpoint)), self.env)
+        # What `amlfs unmount` does, without starting an interpreter for it each time.
+        subprocess.run(["fusermount3", "-u", str(self.mountpoint)], capture_output=True,
+                       timeout=30, check=False)  # fmt: skip
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while daemon_alive(pid) and time.monotonic() < deadline:  # a zombie counts as gone
+            time.sleep(0.01)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)  # still there after unmount: never left behind
         unmount_if_mounted(self.mountpoint)
