@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import select
 import subprocess
 import sys
@@ -40,10 +41,16 @@ def log_dir(home: Path) -> Path:
 def mounted_paths() -> dict[str, str]:
     """Mountpoint -> filesystem type, from the kernel's table (also lists dead FUSE
     mounts, which os.path.ismount cannot stat)."""
+    return parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+
+
+def parse_mountinfo(text: str) -> dict[str, str]:
     table = {}
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+    for line in text.splitlines():
         fields = line.split()
-        point = fields[4].encode().decode("unicode_escape")  # octal escapes like \040
+        # The kernel writes space, tab, newline and backslash as octal (\040); the rest
+        # of the path, UTF-8 included, is as it is.
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
         table[point] = fields[fields.index("-") + 1]
     return table
 
@@ -60,6 +67,19 @@ def check_mountpoint(mountpoint: Path) -> Path:
     if any(path.iterdir()):
         raise UserError(f"mountpoint {path} is not empty")
     return path
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    """How a read-only mount serves (the `amlfs mount` options, parsed)."""
+
+    cache_dir: Path
+    cache_size: int
+    block_size: int
+    hot_bytes: int
+    fetch_limit: int
+    io_timeout: float
+    allow_other: bool = False
 
 
 @dataclass
@@ -133,10 +153,9 @@ def start_daemon(home: Path, args: list[str], log_name: str) -> int:
     if proc.poll() is None:
         proc.kill()
         proc.wait()
-    code = 2 if message.startswith("usage: ") else 1
-    error = AmlfsError(message.removeprefix("usage: ").removeprefix("error: "))
-    error.exit_code = code
-    raise error
+    if message.startswith("usage: "):
+        raise UserError(message.removeprefix("usage: "))
+    raise AmlfsError(message.removeprefix("error: "))
 
 
 def _read_report(fd: int, proc: subprocess.Popen) -> str:
@@ -165,6 +184,12 @@ def report_ready(message: str) -> None:
     with contextlib.suppress(OSError):
         os.write(int(fd), (message + "\n").encode())
         os.close(int(fd))
+
+
+def report_failure(error: AmlfsError) -> None:
+    """In the daemon: why it cannot serve, with its kind (bad input or not), for the
+    starting command to raise again (see start_daemon)."""
+    report_ready(f"{'usage' if error.exit_code == 2 else 'error'}: {error}")
 
 
 def unmount(home: Path, mountpoint: Path) -> MountRecord | None:

@@ -111,7 +111,7 @@ class BlockReader:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def block(self, blob: PinnedBlob, index: int) -> bytes:
-        key = BlockKey(blob.source, blob.etag, self.block_size, index)
+        key = self._key(blob, index)
         data = self.hot.get(key)
         if data is not None:
             self.stats.memory_hits += 1
@@ -164,7 +164,8 @@ class BlockReader:
             await self._load(blob, flights)
         except (ReadFailed, SourceChanged) as error:
             for flight in flights.values():
-                flight.error = flight.error or (None if flight.done.is_set() else error)
+                if not flight.done.is_set():  # blocks that landed before the failure stay good
+                    flight.error = error
         finally:
             for index, flight in flights.items():
                 self._flights.pop(self._key(blob, index), None)
@@ -210,7 +211,9 @@ class BlockReader:
         """Fetch from storage, retrying storage failures with backoff until the time
         bound; a changed source is final and is logged once per file."""
         deadline = trio.current_time() + self.io_timeout
-        for attempt in range(1, 1000):  # bounded by the deadline long before the count
+        attempt = 0
+        while True:  # bounded by the deadline
+            attempt += 1
             self.stats.fetches_in_flight += 1
             try:
                 # A request that hangs is abandoned at the deadline (its thread ends when
@@ -244,7 +247,6 @@ class BlockReader:
             self.stats.fetches += 1
             self.stats.bytes_fetched += length
             return data
-        raise ReadFailed(f"{blob.label}: too many attempts")
 
     def _keep_later(self, key: BlockKey, data: bytes) -> None:
         """Write the block to the disk cache behind the reader. If the disk falls behind,

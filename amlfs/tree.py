@@ -54,9 +54,6 @@ class VersionTree:
             return entry  # the root is its own parent
         return self.registry.entry(entry.parent_id, self.version) or self.root
 
-    def relative_to_datastore(self, entry: Entry) -> str:
-        return self.relative_path(self.path_of(entry))
-
     def relative_path(self, path: str) -> str:
         """A path inside the version as a path relative to the datastore root."""
         return paths.join(self.version.root, path)

@@ -6,17 +6,16 @@ import contextlib
 import os
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from amlfs.mounts import daemon_alive
-from bench.common import amlfs_cmd
+from amlfs import mounts
+from amlfs.errors import AmlfsError
+from bench.common import amlfs_cmd, run_command
 from bench.mounts import MountedTree, peak_rss_mib, unmount_if_mounted, wait_for_first_byte
 
-STOP_TIMEOUT_S = 15.0
 CACHE_SIZE = "50GiB"  # larger than any data set: the bench measures hits, not eviction
 
 
@@ -38,7 +37,7 @@ class AmlfsMounts:
         args = amlfs_cmd(self.home, "mount", ref, str(self.mountpoint), "--cache-dir",
                          str(self.cache), "--cache-size", CACHE_SIZE, *extra)  # fmt: skip
         started = time.perf_counter()
-        out = run(args, self.env)
+        out = run_command(args, self.env, timeout=600)
         pid = int(out.rsplit("(pid ", 1)[1].rstrip(")\n"))
         try:
             first = time.perf_counter()
@@ -51,21 +50,11 @@ class AmlfsMounts:
             self.unmount(pid)
 
     def unmount(self, pid: int) -> None:
-        """`amlfs unmount`; if that fails (a reader still busy after a time-out or Ctrl-C),
-        end the daemon and detach the mount. Never raises: it runs while unwinding."""
-        # What `amlfs unmount` does, without starting an interpreter for it each time.
-        subprocess.run(["fusermount3", "-u", str(self.mountpoint)], capture_output=True,
-                       timeout=30, check=False)  # fmt: skip
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while daemon_alive(pid) and time.monotonic() < deadline:  # a zombie counts as gone
-            time.sleep(0.01)
+        """What `amlfs unmount` does (called in-process: no interpreter per unmount); if
+        that fails (a reader still busy after a time-out or Ctrl-C), end the daemon and
+        detach the mount. Never raises: it runs while unwinding."""
+        with contextlib.suppress(AmlfsError):
+            mounts.unmount(self.home, self.mountpoint)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)  # still there after unmount: never left behind
         unmount_if_mounted(self.mountpoint)
-
-
-def run(args: list[str], env: dict) -> str:
-    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args[3:6])}: {proc.stderr.strip()}")
-    return proc.stdout

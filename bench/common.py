@@ -28,14 +28,19 @@ def machine() -> dict:
     }
 
 
+def run_command(args: list[str], env: dict | None = None, timeout: float = 1800) -> str:
+    """The output of one command, which must succeed (else RuntimeError with its stderr)."""
+    proc = subprocess.run(args, env=env, timeout=timeout, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc.stdout
+
+
 def timed_run(args: list[str], env: dict | None = None, timeout: float = 1800) -> float:
     """Seconds one command takes; it must succeed."""
     started = time.perf_counter()
-    proc = subprocess.run(args, env=env, timeout=timeout, capture_output=True, text=True)
-    took = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
-    return took
+    run_command(args, env, timeout)
+    return time.perf_counter() - started
 
 
 def amlfs_cmd(home: Path, *args: str) -> list[str]:

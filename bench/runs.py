@@ -28,7 +28,7 @@ from amlfs.registry import NewVersion, PinnedFile, Registry
 from bench import pagecache, pathreads
 from bench.amlfs_mounts import AmlfsMounts
 from bench.cells import FAILED, NOT_YET, Cell, NotYet
-from bench.common import amlfs_cmd, bounded, machine
+from bench.common import amlfs_cmd, bounded, machine, run_command
 from bench.data import CONTAINER, DataSets
 from bench.direct import Direct
 from bench.mounts import MountedTree, container_sas_url, peak_rss_mib, rclone_mount
@@ -381,10 +381,7 @@ def not_yet(feature: str) -> Callable[[], Figure]:
 
 
 def amlfs(home: Path, env: dict, *args: str) -> None:
-    proc = subprocess.run(amlfs_cmd(home, *args), env=env, capture_output=True, text=True,
-                          timeout=3600)  # fmt: skip
-    if proc.returncode != 0:
-        raise RuntimeError(f"amlfs {' '.join(args)}: {proc.stderr.strip()}")
+    run_command(amlfs_cmd(home, *args), env)
 
 
 def timed(action: Callable[[], object]) -> float:

@@ -18,6 +18,7 @@ from bench.plan import OPERATIONS, READS, SYSTEMS
 from bench.report import ratio, render
 from bench.runs import amlfs_supports, missing_tools
 from tests.conftest import require
+from tests.support.mounts import processes_mentioning
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT_S = 300
@@ -87,21 +88,6 @@ def bench_args(work: Path, results: Path) -> list[str]:
 def mounts_under(folder: Path) -> list[str]:
     return [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
             if line.split()[1].startswith(str(folder))]  # fmt: skip
-
-
-def processes_mentioning(folder: Path) -> list[int]:
-    """Processes (other than us) whose command line names the folder: mounts, emulator."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if str(folder).encode() in cmdline:
-            found.append(int(entry.name))
-    return found
 
 
 def test_a_smoke_run_measures_every_system_and_leaves_nothing_behind(tmp_path: Path) -> None:

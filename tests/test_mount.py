@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from amlfs.mounts import mounted_paths
 from tests.conftest import Cli, Container, require
-from tests.support.mounts import Mounts
+from tests.support.mounts import Mounts, processes_mentioning
 from tests.support.sample import BLOCK, FILES, OPTIONS
 
 
@@ -272,3 +272,28 @@ def test_other_users_read_only_with_allow_other(
     assert mounts.wait_gone(root)
     root = mounts.mount("ds:1", *OPTIONS, "--allow-other", mountpoint=public_mountpoint)
     assert read_as_nobody(root / "labels.csv").stdout == FILES["labels.csv"]
+
+
+def test_a_second_read_is_served_by_the_kernel_without_the_daemon(
+    cli: Cli, dataset: Container, mounts: Mounts
+) -> None:
+    """Versions never change, so the kernel keeps the pages across opens: a second epoch
+    over data that fits in memory does not reach the daemon."""
+    root = mounts.mount("ds:1", *OPTIONS)
+    assert (root / "train" / "a.bin").read_bytes() == FILES["train/a.bin"]
+    reads = status_of(cli, root)["reads"]
+    assert reads > 0
+    assert (root / "train" / "a.bin").read_bytes() == FILES["train/a.bin"]
+    assert status_of(cli, root)["reads"] == reads
+
+
+def test_a_mount_that_cannot_start_fails_the_command_with_the_reason(
+    cli: Cli, dataset: Container, mounts: Mounts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(dataset.env_var)  # the datastore's credential is not there
+    root = mounts.mountpoint()
+    result = cli.process("mount", "ds:1", str(root), *OPTIONS)
+    assert result.code == 2  # a configuration problem, like any bad input
+    assert f"${dataset.env_var}" in result.err and result.err.count("\n") == 1, result.err
+    assert str(root) not in mounted_paths()
+    assert not processes_mentioning(root)

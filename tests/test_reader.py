@@ -398,3 +398,32 @@ async def test_stats_count_hits_misses_and_bytes(tmp_path: Path) -> None:
         "writes_skipped": 0,
         "errors": 0,
     }
+
+
+async def test_fetches_from_storage_run_at_most_fetch_limit_at_once(tmp_path: Path) -> None:
+    blocks = 12
+    data = content(blocks * BLOCK)
+    store = FakeStore({"f.bin": data})
+    gate = threading.Event()
+    lock = threading.Lock()
+    running, most = [0], [0]
+
+    def hold(_attempt: int) -> None:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        gate.wait(WAIT_S)
+        with lock:
+            running[0] -= 1
+
+    store.fail = hold
+    blob = pinned("f.bin", len(data))
+    async with open_reader(store, tmp_path, fetch_limit=3) as reader:
+        for index in range(0, blocks, 2):  # no neighbours: one request each, six at once
+            reader.prefetch(blob, range(index, index + 1))
+        await eventually(lambda: most[0] == 3, "three fetches under way")
+        await trio.sleep(0.2)  # time for a fourth to start, were it allowed
+        assert most[0] == 3
+        gate.set()
+        await eventually(lambda: len(store.calls) == blocks // 2, "all fetched")
+    assert most[0] == 3

@@ -131,7 +131,7 @@ class BlockCache:
 
     def clear(self) -> int:
         """Remove every block (safe while mounts read: they see misses). Blocks removed."""
-        blocks = len(self._store) - sum(key in self._store for key in (HITS, MISSES))
+        blocks = self._block_count()
         self._store.clear()
         return blocks
 
@@ -142,10 +142,14 @@ class BlockCache:
             directory=str(self.directory),
             size_bytes=self._store.volume(),
             limit_bytes=self._store.size_limit,
-            blocks=len(self._store) - sum(key in self._store for key in (HITS, MISSES)),
+            blocks=self._block_count(),
             hits=hits,
             misses=misses,
         )
+
+    def _block_count(self) -> int:
+        """Entries of the store, less the lookup totals kept beside the blocks."""
+        return len(self._store) - sum(key in self._store for key in (HITS, MISSES))
 
     def _count(self, which: str) -> None:
         with self._index_lock:

@@ -19,7 +19,6 @@ from amlfs.home import default_home, ensure_home
 from amlfs.registry.models import Datastore, Version
 
 if TYPE_CHECKING:
-    from amlfs.fuse.mount import MountOptions
     from amlfs.storage import Store
 
 DEFAULTS = {
@@ -99,9 +98,7 @@ def mount(ctx: click.Context, ref: str, mountpoint: Path, cache_dir: Path | None
         registry = app(ctx).registry()
         version = registry.resolve(ref)
         path = mounts.check_mountpoint(mountpoint)
-        from amlfs.fuse.mount import MountOptions  # pyfuse3 only where a mount is made
-
-        settings = MountOptions(
+        settings = mounts.MountOptions(
             cache_dir=(cache_dir or default_cache_dir(home)).absolute(),
             cache_size=parse_size(options["cache_size"], "--cache-size"),
             block_size=parse_size(options["block_size"], "--block-size"),
@@ -114,7 +111,7 @@ def mount(ctx: click.Context, ref: str, mountpoint: Path, cache_dir: Path | None
             raise UserError("--block-size must be between 4KiB and 256MiB")
     except AmlfsError as error:
         if foreground:
-            mounts.report_ready(("usage: " if error.exit_code == 2 else "error: ") + str(error))
+            mounts.report_failure(error)
         raise
     if not foreground:
         args = ["mount", version.ref, str(path), "--cache-dir", str(settings.cache_dir)]
@@ -129,7 +126,7 @@ def mount(ctx: click.Context, ref: str, mountpoint: Path, cache_dir: Path | None
 
 
 def serve_here(ctx: click.Context, home: Path, version: Version, path: Path,
-               settings: MountOptions) -> None:  # fmt: skip
+               settings: mounts.MountOptions) -> None:  # fmt: skip
     # Opening the store (importing the Azure SDK, building its client) is the slowest part
     # of starting; it runs while the FUSE side is imported and mounted.
     datastore = app(ctx).registry().get_datastore(version.datastore)
@@ -143,9 +140,13 @@ def serve_here(ctx: click.Context, home: Path, version: Version, path: Path,
                                                "%(name)s: %(message)s"))  # fmt: skip
     try:
         serve(home, app(ctx).registry(), version, path, settings, opening)
+    except AmlfsError as error:  # bad input (a credential not set: exit 2) stays so
+        mounts.report_failure(error)
+        raise
     except Exception as error:
-        mounts.report_ready(f"error: cannot mount {path}: {error}")
-        raise AmlfsError(f"cannot mount {path}: {error}") from error
+        failure = AmlfsError(f"cannot mount {path}: {error}")
+        mounts.report_failure(failure)
+        raise failure from error
 
 
 def open_store(datastore: Datastore) -> Store:

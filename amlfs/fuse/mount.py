@@ -12,7 +12,6 @@ import os
 import signal
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyfuse3
@@ -21,6 +20,7 @@ import trio
 from amlfs import mounts
 from amlfs.cache import BlockCache, HotBlocks
 from amlfs.fuse.operations import ReadOnlyOperations
+from amlfs.mounts import MountOptions
 from amlfs.reader import BlockReader
 from amlfs.registry.models import Version
 from amlfs.registry.store import Registry
@@ -30,17 +30,6 @@ from amlfs.tree import VersionTree
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 1.0
-
-
-@dataclass(frozen=True)
-class MountOptions:
-    cache_dir: Path
-    cache_size: int
-    block_size: int
-    hot_bytes: int
-    fetch_limit: int
-    io_timeout: float
-    allow_other: bool = False
 
 
 def serve(home: Path, registry: Registry, version: Version, mountpoint: Path,
@@ -72,18 +61,21 @@ def widen_readahead(mountpoint: Path, block_size: int) -> None:
 
 async def _serve(home: Path, tree: VersionTree, opening: Future[Store], cache: BlockCache,
                  mountpoint: Path, options: MountOptions) -> None:  # fmt: skip
+    # The datastore has been opening in a thread while pyfuse3 and trio were imported.
+    # Taken here, before the nursery, a failure to open it is a plain failure to mount.
+    store = await trio.to_thread.run_sync(opening.result)
     record = mounts.MountRecord(
         pid=os.getpid(), kind="read-only", what=tree.version.ref, mountpoint=str(mountpoint),
         started_at=time.time(), cache_dir=str(options.cache_dir), stats={},
     )  # fmt: skip
     async with trio.open_nursery() as nursery:
         reader = BlockReader(
-            None, cache, HotBlocks(options.hot_bytes), nursery, block_size=options.block_size,
+            store, cache, HotBlocks(options.hot_bytes), nursery, block_size=options.block_size,
             fetch_limit=options.fetch_limit, io_timeout=options.io_timeout,
         )  # fmt: skip
         operations = ReadOnlyOperations(
             tree, reader,
-            source_url=lambda path: f"{reader.store.identity}/{tree.relative_path(path)}",
+            source_url=lambda path: f"{store.identity}/{tree.relative_path(path)}",
         )  # fmt: skip
         fuse_options = set(pyfuse3.default_options) | {
             "ro", "noatime", f"fsname=amlfs:{tree.version.ref}", "subtype=amlfs",
@@ -93,8 +85,8 @@ async def _serve(home: Path, tree: VersionTree, opening: Future[Store], cache: B
         pyfuse3.init(operations, str(mountpoint), fuse_options)
         log.info("serving %s at %s", tree.version.ref, mountpoint)
         signalled = False
+        detached_by_kernel = False  # `fusermount3 -u` ended the session: nothing to undo
         try:
-            reader.store = await trio.to_thread.run_sync(opening.result)
             mounts.write_record(home, record)
             mounts.report_ready("ready")
 
@@ -120,9 +112,11 @@ async def _serve(home: Path, tree: VersionTree, opening: Future[Store], cache: B
             nursery.start_soon(on_signals)
             nursery.start_soon(publish_status)
             await pyfuse3.main()
+            detached_by_kernel = not signalled
         finally:
-            # After `fusermount3 -u` the kernel has already detached the mount.
-            pyfuse3.close(unmount=signalled)
+            # Signalled, or failing after the mount was made: detach it ourselves, never
+            # leave a dead mount behind.
+            pyfuse3.close(unmount=not detached_by_kernel)
             mounts.remove_record(home, os.getpid())
             nursery.cancel_scope.cancel()
     log.info("unmounted %s", mountpoint)

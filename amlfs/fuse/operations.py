@@ -183,27 +183,26 @@ class ReadOnlyOperations(pyfuse3.Operations):
         self._next_fh += 1
         self._open[handle] = opened = OpenFile(entry, self.blob(entry))
         if self.walk.on_open(entry.parent_id, entry.id):
-            self._prefetch_following(entry)
-        elif entry.size <= self.reader.block_size:
-            self.reader.prefetch(opened.blob, range(1 if entry.size else 0))
+            for item in self.tree.following(entry, FILES_AHEAD):  # a walk: the next files too
+                self._fetch_if_small(item, self.blob(item))
+        self._fetch_if_small(entry, opened.blob)
         # Versions never change: pages the kernel holds stay valid across opens.
         return pyfuse3.FileInfo(fh=handle, keep_cache=True)
 
     def blob(self, entry: Entry) -> PinnedBlob:
-        relative = self.tree.relative_to_datastore(entry)
+        path = self.tree.path_of(entry)
         return PinnedBlob(
-            source=self.source_url(self.tree.path_of(entry)),
-            relative=relative,
+            source=self.source_url(path),
+            relative=self.tree.relative_path(path),
             size=entry.size,
             etag=entry.etag or "",
-            label=f"{self.tree.version.ref} {self.tree.path_of(entry)}",
+            label=f"{self.tree.version.ref} {path}",
         )
 
-    def _prefetch_following(self, entry: Entry) -> None:
-        """A folder walked in listing order: fetch this file and the next few whole."""
-        for item in [entry, *self.tree.following(entry, FILES_AHEAD)]:
-            if not item.is_dir and item.size <= self.reader.block_size:
-                self.reader.prefetch(self.blob(item), range(1 if item.size else 0))
+    def _fetch_if_small(self, entry: Entry, blob: PinnedBlob) -> None:
+        """A file that fits in one block is fetched whole before its first read."""
+        if not entry.is_dir and 0 < entry.size <= self.reader.block_size:
+            self.reader.prefetch(blob, range(1))
 
     @mapped
     async def read(self, fh: int, off: int, size: int) -> bytes:

@@ -14,6 +14,22 @@ from pathlib import Path
 from amlfs.mounts import daemon_alive, mounted_paths
 
 
+def processes_mentioning(folder: Path) -> list[int]:
+    """Processes (other than this one) whose command line names FOLDER: the daemons and
+    emulators a test started there."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(folder).encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
 class Mounts:
     def __init__(self, cli, tmp_path: Path):
         self.cli = cli
