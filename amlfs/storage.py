@@ -12,11 +12,13 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import fsspec
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+from azure.storage.blob import ContentSettings
 from fsspec.asyn import sync
 from fsspec.core import url_to_fs
 
@@ -38,6 +40,8 @@ _ENV_OPTION = {
 AZURE_RETRY = {"total_retries": 3, "connect_retries": 3, "read_retries": 3,
                "status_retries": 3, "initial_backoff": 0.5, "increment_base": 2}  # fmt: skip
 AZURE_TIMEOUTS = {"connection_timeout": 10, "read_timeout": 60}
+# Requests in flight for one large blob's transfer; small blobs take one request anyway.
+BLOB_CONCURRENCY = 4
 
 
 def protocol_of(url: str) -> str:
@@ -138,6 +142,10 @@ class Store:
         account = getattr(self.fs, "account_name", None) or ""
         return f"{protocol_of(self.datastore.url)}://{account}@{self.root}"
 
+    def source_name(self, relative: str) -> str:
+        """The blob's name in the block cache and in the xattrs of a mount."""
+        return f"{self.identity}/{relative}"
+
     def read_pinned(self, relative: str, start: int, end: int, etag: str) -> bytes:
         """Bytes [start, end) of a pinned file, only if it still has ETAG.
 
@@ -147,13 +155,78 @@ class Store:
         """
         full = self.full_path(relative)
         with self._errors(f"read {relative}"):
-            if protocol_of(self.datastore.url) in AZURE_PROTOCOLS:
+            if self.azure:
                 return sync(self.fs.loop, _azure_read, self.fs, full, start, end - start, etag)
             data = self.fs.cat_file(full, start, end)
             info = self._info(full)
             if info is None or _etag(info) != etag:
                 raise SourceChanged(f"{relative} changed since it was pinned")
             return data
+
+    @property
+    def azure(self) -> bool:
+        return protocol_of(self.datastore.url) in AZURE_PROTOCOLS
+
+    def download_pinned(self, relative: str, etag: str, local: Path) -> None:
+        """Write the whole pinned file to LOCAL, only if it still has ETAG (as read_pinned).
+        LOCAL may hold a partial file if this raises; the caller owns cleaning it up."""
+        full = self.full_path(relative)
+        with self._errors(f"download {relative}"):
+            if self.azure:
+                sync(self.fs.loop, _azure_download, self.fs, full, etag, local)
+                return
+            self.fs.get_file(full, str(local))
+            info = self._info(full)
+            if info is None or _etag(info) != etag:
+                raise SourceChanged(f"{relative} changed since it was pinned")
+
+    def upload(self, local: Path, relative: str, md5: bytes | None = None) -> PinnedFile:
+        """Store the local file at RELATIVE (replacing what is there) and return it pinned.
+
+        A reader never sees a partial file: Azure commits a blob's blocks at once, and a
+        local folder receives a temporary name that is renamed into place. MD5, when given,
+        is stored as the blob's Content-MD5 so that later comparisons need no download.
+        """
+        full = self.full_path(relative)
+        with self._errors(f"upload {relative}"):
+            if self.azure:
+                etag, modified = sync(self.fs.loop, _azure_upload, self.fs, full, local, md5)
+                size = local.stat().st_size
+                return PinnedFile(relative, size, etag, md5, _last_modified({"mtime": modified}))
+            if protocol_of(self.datastore.url) == "file":
+                partial = f"{full}.amlfs-part"
+                self.fs.makedirs(paths.parent(full) or self.root, exist_ok=True)
+                self.fs.put_file(str(local), partial)
+                self.fs.mv(partial, full)
+            else:
+                self.fs.put_file(str(local), full)
+            info = self._info(full)
+            if info is None:
+                raise StorageError(f"{relative}: not found right after its upload")
+            pinned = self._pin(info)
+            assert pinned is not None  # an uploaded file is never a folder marker
+            return PinnedFile(relative, pinned.size, pinned.etag, pinned.md5 or md5,
+                              pinned.last_modified)  # fmt: skip
+
+    def copy(self, source: str, target: str) -> PinnedFile:
+        """Copy a stored file within the datastore (server-side where the store can)."""
+        with self._errors(f"copy {source} to {target}"):
+            self.fs.copy(self.full_path(source), self.full_path(target))
+            info = self._info(self.full_path(target))
+            pinned = self._pin(info) if info else None
+            if pinned is None:
+                raise StorageError(f"{target}: not found right after it was copied")
+            return PinnedFile(target, pinned.size, pinned.etag, pinned.md5, pinned.last_modified)
+
+    def delete(self, relative: str) -> None:
+        """Remove a stored file; one that is already gone is fine."""
+        with self._errors(f"delete {relative}"), contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self.full_path(relative))
+
+    def read(self, relative: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of a stored file, whatever its etag (files amlfs wrote)."""
+        with self._errors(f"read {relative}"):
+            return self.fs.cat_file(self.full_path(relative), start, end)
 
     def _find(self, full: str, progress: Progress) -> list[dict]:
         """Every file below folder FULL. On Azure, page by page (5,000 blobs a request)
@@ -232,6 +305,36 @@ async def _azure_read(
         except ResourceNotFoundError:
             raise SourceChanged(f"{full} is gone from the datastore") from None
         return await stream.readall()
+
+
+async def _azure_download(fs: fsspec.AbstractFileSystem, full: str, etag: str, local: Path) -> None:
+    container, blob, _ = fs.split_path(full)
+    async with fs.service_client.get_blob_client(container, blob) as client:
+        try:
+            stream = await client.download_blob(
+                etag=etag, match_condition=MatchConditions.IfNotModified,
+                max_concurrency=BLOB_CONCURRENCY,
+            )  # fmt: skip
+            with open(local, "wb") as out:
+                await stream.readinto(out)
+        except ResourceModifiedError:
+            raise SourceChanged(f"{full} changed since it was pinned") from None
+        except ResourceNotFoundError:
+            raise SourceChanged(f"{full} is gone from the datastore") from None
+
+
+async def _azure_upload(
+    fs: fsspec.AbstractFileSystem, full: str, local: Path, md5: bytes | None
+) -> tuple[str, datetime]:
+    container, blob, _ = fs.split_path(full)
+    async with fs.service_client.get_blob_client(container, blob) as client:
+        with open(local, "rb") as data:
+            result = await client.upload_blob(
+                data, overwrite=True, max_concurrency=BLOB_CONCURRENCY,
+                content_settings=ContentSettings(content_md5=bytearray(md5) if md5 else None),
+            )  # fmt: skip
+    fs.invalidate_cache()
+    return str(result["etag"]), result["last_modified"]
 
 
 async def _next_page(fs: fsspec.AbstractFileSystem, pages: object) -> list[dict] | None:

@@ -111,6 +111,16 @@ class BlockCache:
         self._count(HITS if data is not None else MISSES)
         return data
 
+    def contains(self, key: BlockKey) -> bool:
+        """Whether a block is stored (not checked, not counted as a lookup)."""
+        if self._store is None:
+            return False
+        try:
+            with self._index_lock:
+                return key.disk_key() in self._store
+        except Exception:
+            return False
+
     def put(self, key: BlockKey, data: bytes) -> bool:
         """Store a block; False (and a warning, rate-limited) when the disk refuses."""
         if self._store is None:

@@ -23,9 +23,11 @@ COMMANDS = {
     "cache": "amlfs.cli.cache:cache",
     "dataset": "amlfs.cli.dataset:dataset",
     "datastore": "amlfs.cli.datastore:datastore",
+    "download": "amlfs.cli.transfer:download_command",
     "mount": "amlfs.cli.mount:mount",
     "status": "amlfs.cli.mount:status",
     "unmount": "amlfs.cli.mount:unmount",
+    "upload": "amlfs.cli.transfer:upload_command",
 }
 
 

@@ -75,7 +75,7 @@ async def _serve(home: Path, tree: VersionTree, opening: Future[Store], cache: B
         )  # fmt: skip
         operations = ReadOnlyOperations(
             tree, reader,
-            source_url=lambda path: f"{store.identity}/{tree.relative_path(path)}",
+            source_url=lambda path: store.source_name(tree.relative_path(path)),
         )  # fmt: skip
         fuse_options = set(pyfuse3.default_options) | {
             "ro", "noatime", f"fsname=amlfs:{tree.version.ref}", "subtype=amlfs",

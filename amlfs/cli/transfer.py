@@ -1,0 +1,126 @@
+"""`amlfs download` and `amlfs upload`: whole datasets between a datastore and local disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from amlfs.cli.context import app, common_options
+from amlfs.cli.mount import home_of, parse_size
+from amlfs.cli.output import human_bytes
+from amlfs.cli.progress import TransferProgress
+from amlfs.errors import UserError
+from amlfs.home import cache_dir
+
+
+@click.command("download")
+@click.argument("ref", metavar="NAME[:VERSION]")
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--workers", type=click.IntRange(1, 256), default=None,
+              help="Files fetched at once [default: 8].")  # fmt: skip
+@click.option("--overwrite", is_flag=True,
+              help="Replace files under DEST that differ from the version.")  # fmt: skip
+@click.option("--block-size", default="4MiB", show_default=True,
+              help="Block size of the mounts whose cached blocks may be reused.")  # fmt: skip
+@common_options
+@click.pass_context
+def download_command(ctx: click.Context, ref: str, dest: Path, workers: int | None,
+                     overwrite: bool, block_size: str) -> None:  # fmt: skip
+    """Materialise version NAME[:VERSION] under DEST, every file verified.
+
+    Re-running after an interruption skips the files already in place. Files of DEST
+    that are not part of the version are left alone.
+    """
+    from amlfs.cache.blocks import BlockCache
+    from amlfs.storage import Store
+    from amlfs.transfer.download import DEFAULT_WORKERS, DownloadFailed, download
+    from amlfs.transfer.journal import Journal
+
+    home = home_of(ctx)
+    registry = app(ctx).registry()
+    version = registry.resolve(ref)
+    files = list(registry.iter_files(version))
+    store = Store(registry.get_datastore(version.datastore))
+    blocks = cache_dir(home)
+    cache = BlockCache(blocks) if (blocks / "cache.db").exists() else None
+    journal = Journal(home, durable=False)
+    try:
+        with TransferProgress("download", len(files), version.total_bytes) as progress:
+            report = download(
+                version, files, store, dest, journal,
+                workers=workers or DEFAULT_WORKERS, overwrite=overwrite, cache=cache,
+                block_size=parse_size(block_size, "--block-size"),
+                progress=lambda f, _fetched: progress.advance(f.size),
+            )  # fmt: skip
+    finally:
+        journal.close()
+        if cache is not None:
+            cache.close()
+    rate = report.bytes_fetched / report.seconds if report.seconds else 0
+    cached = f", {report.from_cache} from the block cache" if report.from_cache else ""
+    click.echo(
+        f"downloaded {version.ref} to {report.dest}: {report.fetched} file(s) fetched"
+        f" ({human_bytes(report.bytes_fetched)}, {human_bytes(int(rate))}/s{cached}),"
+        f" {report.present} already in place"
+    )
+    for path, reason in sorted(report.failed.items()):
+        click.echo(f"amlfs: failed: {path}: {reason}", err=True)
+    if report.failed:
+        raise DownloadFailed(report)
+
+
+def parse_location(text: str) -> tuple[str, str]:
+    """DATASTORE:PATH as (datastore, path); PATH may be empty (the datastore's root)."""
+    name, sep, path = text.partition(":")
+    if not sep or not name:
+        raise UserError(f"{text!r}: expected DATASTORE:PATH")
+    return name, path.strip("/")
+
+
+@click.command("upload")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("location", metavar="DATASTORE:PATH")
+@click.option("--register", "dataset", metavar="NAME",
+              help="Register the uploaded files as the next version of NAME.")  # fmt: skip
+@click.option("--workers", type=click.IntRange(1, 256), default=None,
+              help="Files uploaded at once [default: 8].")  # fmt: skip
+@common_options
+@click.pass_context
+def upload_command(ctx: click.Context, src: Path, location: str, dataset: str | None,
+                   workers: int | None) -> None:  # fmt: skip
+    """Upload the local folder SRC to DATASTORE:PATH.
+
+    Files already identical at the destination (size and MD5) are skipped. With
+    --register, the files are registered only once every one is uploaded.
+    """
+    from amlfs.registry import paths
+    from amlfs.storage import Store
+    from amlfs.transfer.upload import DEFAULT_WORKERS, UploadFailed, local_files, upload
+
+    datastore, target = parse_location(location)
+    if dataset is not None:
+        paths.check_name("dataset", dataset)
+    registry = app(ctx).registry()
+    store = Store(registry.get_datastore(datastore))
+    files = local_files(src)
+    with TransferProgress("upload", len(files), sum(f.size for f in files)) as progress:
+        report = upload(
+            files, store, target, workers=workers or DEFAULT_WORKERS,
+            progress=lambda f: progress.advance(f.size),
+        )  # fmt: skip
+    rate = report.bytes_sent / report.seconds if report.seconds else 0
+    click.echo(
+        f"uploaded {src} to {datastore}:{target or '/'}: {report.sent} file(s) sent"
+        f" ({human_bytes(report.bytes_sent)}, {human_bytes(int(rate))}/s),"
+        f" {report.identical} already identical"
+    )
+    for path, reason in sorted(report.failed.items()):
+        click.echo(f"amlfs: failed: {path}: {reason}", err=True)
+    if report.failed:
+        raise UploadFailed(report)
+    if dataset is not None:
+        from amlfs.transfer.upload import register_uploaded
+
+        version = register_uploaded(registry, store, dataset, target, report.pinned)
+        click.echo(version.ref)

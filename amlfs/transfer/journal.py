@@ -1,0 +1,226 @@
+"""HOME/transfers.db: what downloads placed, and what output mounts must still upload.
+
+Kept apart from the registry: it is machine-local bookkeeping that changes on every file,
+and a registry can be shared or copied between machines while this cannot.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+JOURNAL_FILE = "transfers.db"
+BUSY_TIMEOUT_S = 30.0
+
+_SCHEMA = """
+-- Files `amlfs download` wrote and verified: a re-run skips those still as written, and
+-- may replace them (another version) where it would refuse to touch anyone else's files.
+CREATE TABLE IF NOT EXISTS downloaded (
+    dest     TEXT NOT NULL,     -- absolute destination folder
+    path     TEXT NOT NULL,     -- relative to dest, '/'-separated
+    size     INTEGER NOT NULL,  -- as written
+    mtime_ns INTEGER NOT NULL,  -- as written: a changed file is no longer ours to skip
+    etag     TEXT NOT NULL,     -- of the source the bytes came from
+    PRIMARY KEY (dest, path)
+);
+
+-- One output mount: where its files go and how far it got.
+CREATE TABLE IF NOT EXISTS sessions (
+    id         INTEGER PRIMARY KEY,
+    datastore  TEXT NOT NULL,
+    target     TEXT NOT NULL,   -- folder in the datastore the files go under
+    mountpoint TEXT NOT NULL,
+    pid        INTEGER NOT NULL,  -- of the daemon serving it
+    staging    TEXT NOT NULL,   -- folder of the staged copies
+    register   TEXT,            -- dataset to register the files as, on a clean unmount
+    state      TEXT NOT NULL CHECK (state IN ('serving', 'closing', 'done')),
+    started_at TEXT NOT NULL
+);
+
+-- Every closed file of an output mount, recorded before close() returns.
+CREATE TABLE IF NOT EXISTS uploads (
+    session_id  INTEGER NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    file_id     INTEGER NOT NULL,  -- the file's inode in its mount
+    path        TEXT NOT NULL,     -- where it belongs, relative to the session's target
+    staged      TEXT,              -- staged copy (file name in staging) not yet uploaded
+    size        INTEGER NOT NULL,
+    md5         BLOB,              -- of the staged copy
+    remote_path TEXT,              -- where an uploaded copy is (may lag behind a rename)
+    etag        TEXT,              -- of that uploaded copy
+    removed     INTEGER NOT NULL DEFAULT 0,  -- unlinked: its uploaded copy must go too
+    error       TEXT,              -- the last failure, while it keeps failing
+    updated_at  TEXT NOT NULL,
+    PRIMARY KEY (session_id, file_id)
+);
+"""
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Placed:
+    size: int
+    mtime_ns: int
+    etag: str
+
+
+@dataclass(frozen=True)
+class Session:
+    id: int
+    datastore: str
+    target: str
+    mountpoint: str
+    pid: int
+    staging: str
+    register: str | None
+    state: str
+
+    @property
+    def destination(self) -> str:
+        return f"{self.datastore}:{self.target}"
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One journaled file of an output mount and what remains to do for it."""
+
+    session_id: int
+    file_id: int
+    path: str
+    staged: str | None
+    size: int
+    md5: bytes | None
+    remote_path: str | None
+    etag: str | None
+    removed: bool
+    error: str | None
+
+    @property
+    def settled(self) -> bool:
+        """Nothing left to do: stored where it belongs, or removed and gone."""
+        if self.removed:
+            return self.remote_path is None
+        return self.staged is None and self.remote_path == self.path
+
+
+_UPLOAD_COLUMNS = "session_id, file_id, path, staged, size, md5, remote_path, etag, removed, error"
+_SESSION_COLUMNS = "id, datastore, target, mountpoint, pid, staging, register, state"
+
+
+class Journal:
+    """One connection, usable from several threads (each call takes the lock)."""
+
+    def __init__(self, home: Path, *, durable: bool = True):
+        """DURABLE: each commit reaches the disk before it returns (output mounts promise
+        that of a closed file); downloads only need the bookkeeping to be consistent."""
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            home / JOURNAL_FILE, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+            check_same_thread=False,
+        )  # fmt: skip
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)  # idempotent; executescript commits on its own
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # Downloads
+
+    def placed(self, dest: Path) -> dict[str, Placed]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT path, size, mtime_ns, etag FROM downloaded WHERE dest = ?", (str(dest),)
+            ).fetchall()
+        return {path: Placed(size, mtime, etag) for path, size, mtime, etag in rows}
+
+    def record_placed(self, dest: Path, path: str, placed: Placed) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO downloaded VALUES (?, ?, ?, ?, ?)",
+                (str(dest), path, placed.size, placed.mtime_ns, placed.etag),
+            )
+
+    # Output mounts
+
+    def open_session(self, datastore: str, target: str, mountpoint: str, pid: int,
+                     staging: str, register: str | None) -> int:  # fmt: skip
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO sessions (datastore, target, mountpoint, pid, staging, register,"
+                " state, started_at) VALUES (?, ?, ?, ?, ?, ?, 'serving', ?)",
+                (datastore, target, mountpoint, pid, staging, register, now()),
+            )
+            return int(cursor.lastrowid)
+
+    def set_state(self, session_id: int, state: str) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE sessions SET state = ? WHERE id = ?", (state, session_id))
+
+    def session(self, session_id: int) -> Session:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
+        return Session(*row)
+
+    def sessions(self, state: str | None = None) -> list[Session]:
+        query = f"SELECT {_SESSION_COLUMNS} FROM sessions"
+        with self._lock:
+            if state is None:
+                rows = self._db.execute(query + " ORDER BY id").fetchall()
+            else:
+                rows = self._db.execute(query + " WHERE state = ? ORDER BY id", (state,))
+                rows = rows.fetchall()
+        return [Session(*row) for row in rows]
+
+    def record(self, upload: Upload) -> None:
+        """Write one file's row; durable when this returns (see __init__)."""
+        with self._transaction() as db:
+            db.execute(
+                f"INSERT OR REPLACE INTO uploads ({_UPLOAD_COLUMNS}, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (upload.session_id, upload.file_id, upload.path, upload.staged, upload.size,
+                 upload.md5, upload.remote_path, upload.etag, int(upload.removed),
+                 upload.error, now()),
+            )  # fmt: skip
+
+    def forget(self, session_id: int, file_id: int) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "DELETE FROM uploads WHERE session_id = ? AND file_id = ?", (session_id, file_id)
+            )
+
+    def uploads(self, session_id: int) -> list[Upload]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE session_id = ? ORDER BY path",
+                (session_id,),
+            ).fetchall()
+        return [_upload(row) for row in rows]
+
+
+def _upload(row: tuple) -> Upload:
+    values = list(row)
+    values[8] = bool(values[8])
+    return Upload(*values)
