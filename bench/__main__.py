@@ -41,6 +41,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="rewrite docs/performance.md (default: only in full mode)",
     )
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
+    parser.add_argument(
+        "--only",
+        choices=("reads", "operations"),
+        help="measure one half of the plan (the other half's cells are left out)",
+    )
     parser.add_argument("--results-name", default="bench", help="prefix of the JSON file")
     parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where the JSON goes")
     for f in fields(Scale):
@@ -81,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         run = Run(work, data, scale, emulator)
         log.info("uploading to the emulator on 127.0.0.1:%d", emulator.port)
         upload_s = upload(run.direct.fs(8), data)
-        run.measure_everything()
+        run.measure_everything(only=args.only)
         results = {
             "mode": args.mode,
             "machine": run.machine(),

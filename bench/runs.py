@@ -90,18 +90,21 @@ class Run:
     def machine(self) -> dict:
         return {**machine(), "disk_free_gib": round(shutil.disk_usage(self.work).free / 2**30)}
 
-    def measure_everything(self) -> None:
+    def measure_everything(self, only: str | None = None) -> None:
+        """Every cell of the plan; ONLY "reads" or "operations" measures that half."""
         self.setup_registry()
-        self.local_reads()
-        self.fresh_emulator()
-        self.direct_reads()
-        for mode in ("full", "off"):
+        if only != "operations":
+            self.local_reads()
             self.fresh_emulator()
-            self.rclone_reads(mode)
-        self.fresh_emulator()
-        self.amlfs_reads()
-        self.fresh_emulator()
-        self.operations()
+            self.direct_reads()
+            for mode in ("full", "off"):
+                self.fresh_emulator()
+                self.rclone_reads(mode)
+            self.fresh_emulator()
+            self.amlfs_reads()
+        if only != "reads":
+            self.fresh_emulator()
+            self.operations()
 
     def fresh_emulator(self) -> None:
         """Restart the emulator (same port, same data) so that no system inherits work
@@ -288,13 +291,17 @@ class Run:
 
             self.measure(backend, "register", "direct", listing)
             self.measure(backend, "register", "amlfs", register)
-            self.transfers(backend, fs, base)
+            self.transfers(backend, fs, base, store)
         self.million()
 
-    def transfers(self, backend: str, fs, base: str) -> None:
+    def transfers(self, backend: str, fs, base: str, store: str) -> None:
         """Direct parallel fsspec get/put of the same files, beside amlfs download/upload."""
         sizes = {"large": self.data.large_bytes, "images": self.data.images_bytes}
+        home, env = self.home, self.env
         for which, kind in (("large", "large"), ("images", "small")):
+            if amlfs_supports("download"):
+                amlfs(home, env, "dataset", "register", f"{store}-{which}", "--datastore", store,
+                      "--path", which)  # fmt: skip
 
             def download(which=which) -> Figure:
                 pagecache.drop()
@@ -302,16 +309,34 @@ class Run:
                     took = timed(lambda: fs.get(f"{base}/{which}/", dest, recursive=True))
                 return sizes[which] / MiB / took, "fsspec get", {"seconds": took}
 
+            def amlfs_download(which=which) -> Figure:
+                shutil.rmtree(home / "cache", ignore_errors=True)  # mounts' blocks: not reused
+                pagecache.drop()
+                with tempfile.TemporaryDirectory(dir=self.work) as dest:
+                    took = timed(lambda: amlfs(home, env, "download", f"{store}-{which}:1",
+                                               f"{dest}/data"))  # fmt: skip
+                return sizes[which] / MiB / took, "", {"seconds": took}
+
             def upload(which=which) -> Figure:
                 pagecache.drop()
                 target = f"{base}/uploads/{backend}-{which}-{time.monotonic_ns()}/"
                 took = timed(lambda: fs.put(str(self.data.root / which), target, recursive=True))
                 return sizes[which] / MiB / took, "fsspec put", {"seconds": took}
 
+            def amlfs_upload(which=which) -> Figure:
+                pagecache.drop()
+                target = f"{store}:uploads/amlfs-{which}-{time.monotonic_ns()}"
+                took = timed(lambda: amlfs(home, env, "upload", str(self.data.root / which),
+                                           target))  # fmt: skip
+                return sizes[which] / MiB / took, "", {"seconds": took}
+
+            have = amlfs_supports
             self.measure(backend, f"download-{kind}", "direct", download)
-            self.measure(backend, f"download-{kind}", "amlfs", not_yet("amlfs download"))
+            self.measure(backend, f"download-{kind}", "amlfs",
+                         amlfs_download if have("download") else not_yet("amlfs download"))
             self.measure(backend, f"upload-{kind}", "direct", upload)
-            self.measure(backend, f"upload-{kind}", "amlfs", not_yet("amlfs upload"))
+            self.measure(backend, f"upload-{kind}", "amlfs",
+                         amlfs_upload if have("upload") else not_yet("amlfs upload"))  # fmt: skip
 
     def million(self) -> None:
         """Mount time and daemon RSS for a version of `scale.million` files (registry
