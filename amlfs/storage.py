@@ -16,9 +16,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import fsspec
-from azure.core import MatchConditions
-from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
-from azure.storage.blob import ContentSettings
 from fsspec.asyn import sync
 from fsspec.core import url_to_fs
 
@@ -293,6 +290,9 @@ class Store:
 async def _azure_read(
     fs: fsspec.AbstractFileSystem, full: str, start: int, length: int, etag: str
 ) -> bytes:
+    from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
     container, blob, _ = fs.split_path(full)
     async with fs.service_client.get_blob_client(container, blob) as client:
         try:
@@ -308,6 +308,9 @@ async def _azure_read(
 
 
 async def _azure_download(fs: fsspec.AbstractFileSystem, full: str, etag: str, local: Path) -> None:
+    from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
     container, blob, _ = fs.split_path(full)
     async with fs.service_client.get_blob_client(container, blob) as client:
         try:
@@ -326,6 +329,8 @@ async def _azure_download(fs: fsspec.AbstractFileSystem, full: str, etag: str, l
 async def _azure_upload(
     fs: fsspec.AbstractFileSystem, full: str, local: Path, md5: bytes | None
 ) -> tuple[str, datetime]:
+    from azure.storage.blob import ContentSettings
+
     container, blob, _ = fs.split_path(full)
     async with fs.service_client.get_blob_client(container, blob) as client:
         with open(local, "rb") as data:

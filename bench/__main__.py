@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         }
     path = write_results(args.results_name, results, args.results_dir)
     write_docs = args.docs if args.docs is not None else args.mode == "full"
-    print(report.render(results, plot=report.write_plot(results, write_docs)))
+    plot = report.write_plot(results, write_docs) if args.only != "operations" else None
+    print(report.render(results, plot=plot))
     if write_docs:
         report.update_docs(results)
     log.info("raw results: %s (%.0f s in all)", path, results["seconds"])
