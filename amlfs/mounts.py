@@ -15,6 +15,7 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,9 @@ from amlfs.home import ensure_home
 READY_ENV = "AMLFS_READY_FD"  # the daemon reports "ready" or "error: …" on this pipe
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
+# An output daemon gives up on its uploads after its own patience; this only guards
+# against a daemon that hangs.
+OUTPUT_STOP_TIMEOUT_S = 3600.0
 
 
 def run_dir(home: Path) -> Path:
@@ -82,11 +86,22 @@ class MountOptions:
     allow_other: bool = False
 
 
+@dataclass(frozen=True)
+class OutputOptions:
+    """How an output mount serves (the `amlfs output mount` options, parsed)."""
+
+    staging_root: Path  # each mount stages under a folder of its own in here
+    workers: int  # uploads at once
+    patience_s: float  # at unmount: how long to keep retrying while no upload succeeds
+    register: str | None = None
+    allow_other: bool = False
+
+
 @dataclass
 class MountRecord:
     pid: int
-    kind: str  # "read-only"
-    what: str  # dataset:version
+    kind: str  # "read-only" or "output"
+    what: str  # dataset:version, or DATASTORE:PATH
     mountpoint: str
     started_at: float
     cache_dir: str
@@ -192,8 +207,13 @@ def report_failure(error: AmlfsError) -> None:
     report_ready(f"{'usage' if error.exit_code == 2 else 'error'}: {error}")
 
 
-def unmount(home: Path, mountpoint: Path) -> MountRecord | None:
-    """Unmount (also a stale mount whose daemon died) and wait for its daemon to end."""
+def unmount(
+    home: Path, mountpoint: Path, waiting: Callable[[MountRecord], None] | None = None
+) -> MountRecord | None:
+    """Unmount (also a stale mount whose daemon died) and wait for its daemon to end.
+
+    An output mount's daemon first finishes its uploads (bounded by its own patience);
+    WAITING hears its latest record meanwhile, every half second."""
     path = mountpoint.expanduser().absolute()
     table = mounted_paths()
     if str(path) not in table:
@@ -206,9 +226,17 @@ def unmount(home: Path, mountpoint: Path) -> MountRecord | None:
         reason = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
         raise AmlfsError(f"cannot unmount {path}: {reason}")
     if record is not None:
-        deadline = time.monotonic() + STOP_TIMEOUT_S
+        bound = STOP_TIMEOUT_S if record.kind != "output" else OUTPUT_STOP_TIMEOUT_S
+        deadline = time.monotonic() + bound
+        last_heard = time.monotonic()
         while record.alive and time.monotonic() < deadline:
             time.sleep(0.05)
-        if not record.alive:
-            remove_record(home, record.pid)
+            if waiting is not None and time.monotonic() - last_heard >= 0.5:
+                last_heard = time.monotonic()
+                latest = next((r for r in records(home) if r.pid == record.pid), record)
+                waiting(latest)
+        if record.alive:
+            raise AmlfsError(f"the daemon of {path} (pid {record.pid}) did not end within"
+                             f" {bound:.0f} s; it keeps running")  # fmt: skip
+        remove_record(home, record.pid)
     return record

@@ -25,6 +25,7 @@ COMMANDS = {
     "datastore": "amlfs.cli.datastore:datastore",
     "download": "amlfs.cli.transfer:download_command",
     "mount": "amlfs.cli.mount:mount",
+    "output": "amlfs.cli.outputs:output",
     "status": "amlfs.cli.mount:status",
     "unmount": "amlfs.cli.mount:unmount",
     "upload": "amlfs.cli.transfer:upload_command",

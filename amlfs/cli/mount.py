@@ -160,9 +160,20 @@ def open_store(datastore: Datastore) -> Store:
 @common_options
 @click.pass_context
 def unmount(ctx: click.Context, mountpoint: Path) -> None:
-    """Unmount MOUNTPOINT (also a stale mount whose daemon died) and stop its daemon."""
-    record = mounts.unmount(home_of(ctx), mountpoint)
+    """Unmount MOUNTPOINT (also a stale mount whose daemon died) and stop its daemon.
+
+    An output mount first finishes its uploads; if any fails, they stay staged and
+    journaled, and the command exits 1.
+    """
+    from amlfs.cli.outputs import check_uploads, wait_for_uploads
+
+    home = home_of(ctx)
+    record = mounts.unmount(home, mountpoint, waiting=wait_for_uploads)
     what = f"{record.what} " if record else ""
+    if record is not None and record.kind == "output":
+        check_uploads(home, record)
+        click.echo(f"unmounted output {record.what} from {record.mountpoint}; all uploaded")
+        return
     click.echo(f"unmounted {what}from {mountpoint.expanduser().absolute()}")
 
 

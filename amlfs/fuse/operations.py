@@ -36,6 +36,8 @@ def fuse_error(error: BaseException) -> pyfuse3.FUSEError:
         return error
     if isinstance(error, ReadFailed):
         return pyfuse3.FUSEError(errno.EIO)
+    if isinstance(error, OSError) and error.errno:  # output mounts' staging disk: ENOSPC…
+        return pyfuse3.FUSEError(error.errno)
     log.exception("unexpected error in a filesystem request")
     return pyfuse3.FUSEError(errno.EIO)
 
