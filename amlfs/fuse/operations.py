@@ -18,6 +18,7 @@ from typing import Any
 import pyfuse3
 
 from amlfs.cache.readahead import FILES_AHEAD, FolderWalk, SequentialReads
+from amlfs.errors import SourceChanged, StorageError
 from amlfs.reader import BlockReader, PinnedBlob, ReadFailed
 from amlfs.registry.models import Entry
 from amlfs.tree import VersionTree, iso_to_ns
@@ -35,6 +36,9 @@ def fuse_error(error: BaseException) -> pyfuse3.FUSEError:
     if isinstance(error, pyfuse3.FUSEError):
         return error
     if isinstance(error, ReadFailed):
+        return pyfuse3.FUSEError(errno.EIO)
+    if isinstance(error, StorageError | SourceChanged):  # already said why, where it failed
+        log.warning("%s", error)
         return pyfuse3.FUSEError(errno.EIO)
     if isinstance(error, OSError) and error.errno:  # output mounts' staging disk: ENOSPC…
         return pyfuse3.FUSEError(error.errno)

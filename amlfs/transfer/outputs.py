@@ -145,6 +145,7 @@ class UploadsPending(AmlfsError):
     def __init__(self, session: Session, rows: list[Upload]):
         super().__init__(
             f"{len(rows)} file(s) of {session.destination} not uploaded"
-            f" ({some_names([r.path for r in rows])}): {rows[0].error or 'storage failed'};"
+            f" ({some_names([r.path for r in rows])}):"
+            f" {rows[0].error or 'the mount ended before they were uploaded'};"
             f" they stay staged in {session.staging}; `amlfs output resume` retries"
         )

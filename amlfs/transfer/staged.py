@@ -317,13 +317,13 @@ class OutputFiles:
 
     async def _fetch_stored(self, node: Node, empty: bool) -> None:
         """Before writing to a file that is only stored: a staged copy of it again."""
+        size = node.size
         self._new_copy(node, copy_from=None)
-        if empty or node.remote_path is None:
+        if empty or node.remote_path is None or size == 0:
             return
-        name, target = node.staged, remote(self.target, node.remote_path)
+        target = remote(self.target, node.remote_path)
         async with self.limiter:
-            data = await trio.to_thread.run_sync(self.store.read, target, 0, node.size or 0)
-        assert name is not None
+            data = await trio.to_thread.run_sync(self.store.read, target, 0, size)
         os.pwrite(node.fd, data, 0)
         node.size = len(data)
 

@@ -51,6 +51,14 @@ class Mounts:
         self.pids[path] = int(re.search(r"\(pid (\d+)\)", result.out).group(1))
         return path
 
+    def output(self, location: str, *options: str, mountpoint: Path | None = None) -> Path:
+        """`amlfs output mount` as a real process; returns the mountpoint once it serves."""
+        path = mountpoint or self.mountpoint()
+        result = self.cli.process("output", "mount", location, str(path), *options)
+        assert result.code == 0, result.err
+        self.pids[path] = int(re.search(r"\(pid (\d+)\)", result.out).group(1))
+        return path
+
     def unmount(self, path: Path) -> None:
         result = self.cli.process("unmount", str(path))
         assert result.code == 0, result.err

@@ -1,0 +1,230 @@
+"""Output mounts through the kernel, against the emulator: what a job writes ends up in
+storage byte for byte, renames and removals included, and nothing closed is ever lost:
+not to a killed daemon, not to storage going away, not to a full staging disk."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import adlfs
+import pytest
+
+from tests.conftest import CONNECTION_ENV, Cli, Container, require
+from tests.support.azurite import Azurite
+from tests.support.mounts import Mounts
+
+BIG = random.Random(9).randbytes(3 * 2**20 + 17)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def stored(fs: adlfs.AzureBlobFileSystem, prefix: str) -> dict[str, str]:
+    """SHA-256 of every blob under PREFIX, by path relative to it."""
+    fs.invalidate_cache()
+    found = fs.find(prefix) if fs.exists(prefix) else []
+    return {name[len(prefix) + 1 :]: sha(fs.cat_file(name)) for name in found}
+
+
+def wait_for(condition, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout} s: {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def blob(cli: Cli, container: Container) -> Container:
+    cli.ok("datastore", "add", "blob", container.url, "--connection-string-env", CONNECTION_ENV)
+    return container
+
+
+def test_what_a_job_writes_is_stored_exactly_renames_and_removals_included(
+    cli: Cli, blob: Container, mounts: Mounts
+) -> None:
+    root = mounts.output("blob:runs/1", "--register", "results")
+    (root / "model" / "ckpt").mkdir(parents=True)
+    (root / "model" / "ckpt" / "weights.bin").write_bytes(BIG)
+    (root / "metrics.csv").write_bytes(b"epoch,loss\n1,0.9\n")
+    with open(root / "tmp-name", "wb") as f:  # renamed while still open
+        f.write(b"renamed before close")
+        os.rename(root / "tmp-name", root / "model" / "final.txt")
+    (root / "draft.txt").write_bytes(b"renamed after close")
+    os.rename(root / "draft.txt", root / "notes.txt")
+    (root / "scratch.bin").write_bytes(b"removed again")
+    (root / "scratch.bin").unlink()
+    (root / "overwritten.txt").write_bytes(b"first version, longer")
+    (root / "overwritten.txt").write_bytes(b"second")
+    with open(root / "metrics.csv", "ab") as f:  # reopened and appended to
+        f.write(b"2,0.5\n")
+
+    # What was written can be listed, stat'ed and read back.
+    assert sorted(os.listdir(root)) == ["metrics.csv", "model", "notes.txt", "overwritten.txt"]
+    assert (root / "model" / "ckpt" / "weights.bin").stat().st_size == len(BIG)
+    assert (root / "metrics.csv").read_bytes() == b"epoch,loss\n1,0.9\n2,0.5\n"
+    assert (root / "model" / "ckpt" / "weights.bin").read_bytes() == BIG
+
+    mounts.unmount(root)
+    expected = {
+        "model/ckpt/weights.bin": sha(BIG),
+        "model/final.txt": sha(b"renamed before close"),
+        "notes.txt": sha(b"renamed after close"),
+        "overwritten.txt": sha(b"second"),
+        "metrics.csv": sha(b"epoch,loss\n1,0.9\n2,0.5\n"),
+    }
+    assert stored(blob.fs, f"{blob.name}/runs/1") == expected
+
+    # --register: a version of exactly those files, with their stored etags.
+    listing = json.loads(cli.ok("dataset", "show", "results:1", "--files", "--json").out)
+    assert {f["path"] for f in listing["files"]} == set(expected)
+    cli.ok("dataset", "verify", "results:1")
+    assert not list((cli.home / "staging").iterdir())  # staged copies cleaned up
+
+
+def test_two_writers_of_one_file_write_into_one_copy_uploaded_after_both_close(
+    blob: Container, mounts: Mounts
+) -> None:
+    root = mounts.output("blob:two")
+    first = os.open(root / "shared.bin", os.O_CREAT | os.O_WRONLY)
+    second = os.open(root / "shared.bin", os.O_WRONLY)
+    os.pwrite(first, b"A" * 10, 0)
+    os.pwrite(second, b"B" * 5, 10)
+    os.close(first)
+    os.pwrite(second, b"C" * 5, 15)  # after the other writer closed
+    os.close(second)
+    mounts.unmount(root)
+    assert stored(blob.fs, f"{blob.name}/two") == {
+        "shared.bin": sha(b"A" * 10 + b"B" * 5 + b"C" * 5)
+    }
+
+
+def test_a_file_closed_before_the_daemon_is_killed_is_uploaded_by_resume(
+    cli: Cli, blob: Container, mounts: Mounts
+) -> None:
+    root = mounts.output("blob:killed")
+    big = random.Random(3).randbytes(48 * 2**20)  # takes the emulator a while to receive
+    (root / "small.txt").write_bytes(b"closed first")
+    with open(root / "big.bin", "wb") as f:
+        f.write(big)
+    os.kill(mounts.pids[root], signal.SIGKILL)  # right after close() returned
+    assert "big.bin" not in stored(blob.fs, f"{blob.name}/killed"), "uploaded before the kill"
+    stale = cli("unmount", str(root))  # the stale mount of the dead daemon: unmounted...
+    assert stale.code == 1  # ...and what it had not uploaded yet is said
+    assert "not uploaded (big.bin): the mount ended before they were uploaded" in stale.err
+
+    resumed = cli.ok("output", "resume", "blob:killed")
+    assert "blob:killed:" in resumed.out
+    assert stored(blob.fs, f"{blob.name}/killed") == {"small.txt": sha(b"closed first"),
+                                                      "big.bin": sha(big)}  # fmt: skip
+    assert cli.ok("output", "resume").out.strip() == "nothing to resume"
+
+
+def test_the_next_mount_of_the_same_destination_finishes_a_dead_daemons_uploads(
+    blob: Container, mounts: Mounts
+) -> None:
+    root = mounts.output("blob:again")
+    data = random.Random(4).randbytes(32 * 2**20)
+    (root / "left.bin").write_bytes(data)
+    os.kill(mounts.pids[root], signal.SIGKILL)
+    subprocess.run(["fusermount3", "-u", "-z", str(root)], check=True)
+    again = mounts.output("blob:again")
+    (again / "new.txt").write_bytes(b"second mount")
+    mounts.unmount(again)
+    assert stored(blob.fs, f"{blob.name}/again") == {"left.bin": sha(data),
+                                                     "new.txt": sha(b"second mount")}  # fmt: skip
+
+
+def test_a_full_staging_disk_is_enospc_to_the_writer_and_nothing_truncated_is_stored(
+    cli: Cli, blob: Container, mounts: Mounts, tmp_path: Path
+) -> None:
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(staging)], check=True)
+    try:
+        root = mounts.output("blob:full", "--staging-dir", str(staging))
+        with pytest.raises(OSError) as raised, open(root / "too-big.bin", "wb") as f:
+            f.write(os.urandom(2 * 2**20))
+            f.flush()
+        assert raised.value.errno == errno.ENOSPC
+        (root / "too-big.bin").unlink()  # frees the staging disk
+        (root / "fits.txt").write_bytes(b"small files still work")
+        mounts.unmount(root)
+    finally:
+        subprocess.run(["umount", "-l", str(staging)], check=False)
+    assert stored(blob.fs, f"{blob.name}/full") == {"fits.txt": sha(b"small files still work")}
+
+
+@pytest.fixture
+def own_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Azurite]:
+    """An emulator of this test's own, which the test stops and starts again."""
+    require(Azurite.available(), "Azurite is not installed (run `npm ci`)")
+    emulator = Azurite(tmp_path / "azurite")
+    emulator.start()
+    monkeypatch.setenv(CONNECTION_ENV, emulator.connection_string)
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture
+def own_fs(cli: Cli, own_emulator: Azurite) -> adlfs.AzureBlobFileSystem:
+    fs = adlfs.AzureBlobFileSystem(
+        connection_string=own_emulator.connection_string, skip_instance_cache=True
+    )
+    fs.mkdir("outputs")
+    cli.ok("datastore", "add", "own", "az://outputs", "--connection-string-env", CONNECTION_ENV)
+    return fs
+
+
+def test_storage_down_during_uploads_keeps_files_pending_until_it_returns(
+    cli: Cli, own_emulator: Azurite, own_fs: adlfs.AzureBlobFileSystem, mounts: Mounts
+) -> None:
+    root = mounts.output("own:job")
+    own_emulator.stop()
+    (root / "result.txt").write_bytes(b"written while storage is down")  # close succeeds
+
+    def status() -> dict:
+        listed = json.loads(cli.ok("status", "--json").out)
+        return next(m for m in listed if m["mountpoint"] == str(root))["stats"]
+
+    wait_for(lambda: status().get("failing") == 1, "amlfs status reports the failing upload")
+    assert status()["pending_uploads"] == 1
+    own_emulator.start()
+    mounts.unmount(root)  # waits for the upload, which now succeeds
+    assert stored(own_fs, "outputs/job") == {"result.txt": sha(b"written while storage is down")}
+
+
+def test_unmount_with_storage_down_fails_and_resume_uploads_and_registers_later(
+    cli: Cli, own_emulator: Azurite, own_fs: adlfs.AzureBlobFileSystem, mounts: Mounts
+) -> None:
+    root = mounts.output("own:late", "--register", "late", "--patience", "2")
+    (root / "a.txt").write_bytes(b"a")
+    (root / "sub").mkdir()
+    (root / "sub" / "b.txt").write_bytes(b"b")
+    wait_for(lambda: len(stored(own_fs, "outputs/late")) == 2, "the first uploads")
+    own_emulator.stop()
+    (root / "c.txt").write_bytes(b"c")
+    result = cli.process("unmount", str(root))
+    assert result.code == 1
+    assert "1 file(s) of own:late not uploaded (c.txt)" in result.err
+    assert "amlfs output resume" in result.err
+    assert cli("dataset", "show", "late").code == 2  # not registered: not all uploaded
+
+    own_emulator.start()
+    resumed = cli.ok("output", "resume")
+    assert "registered late:1" in resumed.out
+    listing = json.loads(cli.ok("dataset", "show", "late:1", "--files", "--json").out)
+    assert {f["path"] for f in listing["files"]} == {"a.txt", "sub/b.txt", "c.txt"}
+    assert stored(own_fs, "outputs/late")["c.txt"] == sha(b"c")
