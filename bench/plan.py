@@ -106,6 +106,21 @@ OPERATIONS = (
     Workload("download-small", "download, image set", "MiB/s", True, ("direct", "amlfs")),
     Workload("upload-large", "upload, large files", "MiB/s", True, ("direct", "amlfs")),
     Workload("upload-small", "upload, image set", "MiB/s", True, ("direct", "amlfs")),
+    # Its ceiling ("direct") is `amlfs upload` of the same files in the same run.
+    Workload(
+        "output-large",
+        "output mount: write + unmount, large files",
+        "MiB/s",
+        True,
+        ("direct", "amlfs"),
+    ),
+    Workload(
+        "output-small",
+        "output mount: write + unmount, image set",
+        "MiB/s",
+        True,
+        ("direct", "amlfs"),
+    ),
     Workload("mount-million", "mount of the million-file version", "s", False, ("amlfs",)),
     Workload("rss-million", "daemon RSS on the million-file version", "MiB", False, ("amlfs",)),
 )

@@ -31,7 +31,13 @@ from bench.cells import FAILED, NOT_YET, Cell, NotYet
 from bench.common import amlfs_cmd, bounded, machine, run_command
 from bench.data import CONTAINER, DataSets
 from bench.direct import Direct
-from bench.mounts import MountedTree, container_sas_url, peak_rss_mib, rclone_mount
+from bench.mounts import (
+    MountedTree,
+    container_sas_url,
+    peak_rss_mib,
+    rclone_mount,
+    unmount_if_mounted,
+)
 from bench.pathreads import Figure
 from bench.plan import READS, MiB, Scale
 from tests.support.azurite import Azurite
@@ -330,13 +336,46 @@ class Run:
                                            target))  # fmt: skip
                 return sizes[which] / MiB / took, "", {"seconds": took}
 
+            def output_mount(which=which) -> Figure:
+                pagecache.drop()
+                mountpoint = Path(tempfile.mkdtemp(dir=self.work, prefix="out-"))
+                location = f"{store}:outputs/{which}-{time.monotonic_ns()}"
+                amlfs(home, env, "output", "mount", location, str(mountpoint))
+                try:
+                    took = timed(lambda: (
+                        run_command(["cp", "-r", f"{self.data.root / which}/.", str(mountpoint)],
+                                    env),
+                        amlfs(home, env, "unmount", str(mountpoint)),
+                    ))  # fmt: skip
+                finally:
+                    unmount_if_mounted(mountpoint)
+                return sizes[which] / MiB / took, "cp -r, then unmount", {"seconds": took}
+
             have = amlfs_supports
             self.measure(backend, f"download-{kind}", "direct", download)
-            self.measure(backend, f"download-{kind}", "amlfs",
-                         amlfs_download if have("download") else not_yet("amlfs download"))
+            self.measure(
+                backend,
+                f"download-{kind}",
+                "amlfs",
+                amlfs_download if have("download") else not_yet("amlfs download"),
+            )
             self.measure(backend, f"upload-{kind}", "direct", upload)
-            self.measure(backend, f"upload-{kind}", "amlfs",
-                         amlfs_upload if have("upload") else not_yet("amlfs upload"))  # fmt: skip
+            sent = self.measure(
+                backend,
+                f"upload-{kind}",
+                "amlfs",
+                amlfs_upload if have("upload") else not_yet("amlfs upload"),
+            )
+            self.measure(
+                backend,
+                f"output-{kind}",
+                "direct",
+                lambda sent=sent: (
+                    (sent.value, "amlfs upload", {}) if sent.value else not_yet("amlfs upload")()
+                ),
+            )
+            writes = output_mount if have("output") else not_yet("amlfs output mount")
+            self.measure(backend, f"output-{kind}", "amlfs", writes)
 
     def million(self) -> None:
         """Mount time and daemon RSS for a version of `scale.million` files (registry

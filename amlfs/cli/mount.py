@@ -203,11 +203,20 @@ def status(ctx: click.Context, as_json: bool) -> None:
     rows = []
     for item in listed:
         stats = item["stats"]
+        if item["kind"] == "output":
+            failing = stats.get("failing", 0)
+            uploads = f"{stats.get('pending_uploads', 0)} pending" + (
+                f", {failing} failing: {stats.get('last_error')}" if failing else "")  # fmt: skip
+            rows.append([f"output {item['what']}", item["mountpoint"], item["pid"],
+                         stats.get("state", item["state"]) if item["state"] == "serving"
+                         else item["state"], "-", "-", "-",
+                         human_bytes(stats.get("bytes_uploaded", 0)) + " up", uploads])  # fmt: skip
+            continue
         rows.append([
             item["what"], item["mountpoint"], item["pid"], item["state"],
             stats.get("memory_hits", 0) + stats.get("disk_hits", 0), stats.get("misses", 0),
             human_bytes(stats.get("bytes_fetched", 0)), human_bytes(stats.get("bytes_served", 0)),
-            stats.get("fetches_in_flight", 0),
+            f"{stats.get('fetches_in_flight', 0)} fetches",
         ])  # fmt: skip
-    table(["VERSION", "MOUNTPOINT", "PID", "STATE", "HITS", "MISSES", "FETCHED", "SERVED",
-           "IN FLIGHT"], rows)  # fmt: skip
+    table(["WHAT", "MOUNTPOINT", "PID", "STATE", "HITS", "MISSES", "FETCHED", "SERVED",
+           "IN FLIGHT / UPLOADS"], rows)  # fmt: skip
