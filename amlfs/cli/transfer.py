@@ -18,7 +18,7 @@ from amlfs.home import cache_dir
 @click.argument("ref", metavar="NAME[:VERSION]")
 @click.argument("dest", type=click.Path(path_type=Path))
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
-              help="Files fetched at once [default: 8].")  # fmt: skip
+              help="Files fetched at once [default: 16].")  # fmt: skip
 @click.option("--overwrite", is_flag=True,
               help="Replace files under DEST that differ from the version.")  # fmt: skip
 @click.option("--block-size", default="4MiB", show_default=True,

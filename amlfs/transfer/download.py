@@ -28,7 +28,7 @@ from amlfs.transfer.journal import Journal, Placed
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WORKERS = 8
+DEFAULT_WORKERS = 16  # measured: see docs/performance.md, "Download workers"
 ATTEMPTS = 4  # per file, for storage failures; a changed source is not retried
 RETRY_FIRST_S = 0.5
 
