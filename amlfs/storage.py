@@ -215,6 +215,15 @@ class Store:
                 raise StorageError(f"{target}: not found right after it was copied")
             return PinnedFile(target, pinned.size, pinned.etag, pinned.md5, pinned.last_modified)
 
+    def stat(self, relative: str) -> PinnedFile | None:
+        """The stored file at RELATIVE as it is now, or None."""
+        with self._errors(f"stat {relative}"):
+            info = self._info(self.full_path(relative))
+            pinned = self._pin(info) if info and info.get("type") != "directory" else None
+        if pinned is None:
+            return None
+        return PinnedFile(relative, pinned.size, pinned.etag, pinned.md5, pinned.last_modified)
+
     def delete(self, relative: str) -> None:
         """Remove a stored file; one that is already gone is fine."""
         with self._errors(f"delete {relative}"), contextlib.suppress(FileNotFoundError):

@@ -126,7 +126,8 @@ class Journal:
             check_same_thread=False,
         )  # fmt: skip
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self._synchronous = "FULL" if durable else "NORMAL"
+        self._db.execute(f"PRAGMA synchronous={self._synchronous}")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)  # idempotent; executescript commits on its own
 
@@ -194,8 +195,20 @@ class Journal:
                 rows = rows.fetchall()
         return [Session(*row) for row in rows]
 
-    def record(self, upload: Upload) -> None:
-        """Write one file's row; durable when this returns (see __init__)."""
+    def record(self, upload: Upload, *, durable: bool = True) -> None:
+        """Write one file's row; durable when this returns (see __init__) unless not
+        DURABLE: for progress that a crash may lose without harm (an upload done again)."""
+        if not durable:
+            with self._lock:
+                self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._record(upload)
+        finally:
+            if not durable:
+                with self._lock:
+                    self._db.execute(f"PRAGMA synchronous={self._synchronous}")
+
+    def _record(self, upload: Upload) -> None:
         with self._transaction() as db:
             db.execute(
                 f"INSERT OR REPLACE INTO uploads ({_UPLOAD_COLUMNS}, updated_at)"

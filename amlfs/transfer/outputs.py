@@ -41,6 +41,14 @@ def settle(store: Store, target: str, staging: Path, row: Upload) -> Upload:
             store.delete(remote(target, row.remote_path))
         return replace(row, staged=None, remote_path=None, error=None)
     etag, md5 = row.etag, row.md5
+    if row.staged is not None and not (staging / row.staged).exists():
+        # Staged copies are deleted only after their upload; the row saying so was not
+        # synced (see OutputFiles._settle) and a machine crash lost it. The upload is done.
+        there = store.stat(remote(target, row.path))
+        if there is None or there.size != row.size:
+            raise StorageError(f"{row.path}: staged copy lost and not in storage")
+        return replace(row, staged=None, remote_path=row.path, etag=there.etag,
+                       md5=there.md5 or row.md5, error=None)  # fmt: skip
     if row.staged is not None:
         local = staging / row.staged
         size = local.stat().st_size

@@ -287,15 +287,22 @@ class OutputFiles:
             raise OSError(node.broken, "an earlier write failed; the file is not uploaded")
         if not node.dirty or node.removed or node.fd is None:
             return
-        await trio.to_thread.run_sync(os.fsync, node.fd)
-        # No await between sealing and journaling's snapshot: a write meanwhile would
-        # otherwise land in the sealed copy.
+        # Sealed before the await: a write meanwhile goes to a new copy, never into the
+        # bytes being made durable. Synced, then journaled, in one hand-off.
         node.sealed, node.dirty = True, False
+        row, fd = self.row(node), node.fd
+
+        def sync_and_record() -> None:
+            os.fsync(fd)
+            self.journal.record(row)
+
         try:
-            await self._journal(node)
+            await trio.to_thread.run_sync(sync_and_record)
         except BaseException:
-            node.sealed, node.dirty = False, True
+            if node.staged == row.staged:
+                node.sealed, node.dirty = False, True
             raise
+        node.journaled = row.staged
         self._drop_copies(node)
 
     # --- staged copies ----------------------------------------------------------------
@@ -352,9 +359,9 @@ class OutputFiles:
             removed=node.removed, error=node.error,
         )  # fmt: skip
 
-    async def _journal(self, node: Node) -> None:
+    async def _journal(self, node: Node, durable: bool = True) -> None:
         row = self.row(node)
-        await trio.to_thread.run_sync(self.journal.record, row)
+        await trio.to_thread.run_sync(lambda: self.journal.record(row, durable=durable))
         node.journaled = row.staged
 
     def needs_work(self, node: Node) -> bool:
@@ -403,7 +410,8 @@ class OutputFiles:
                     self.removed.pop(node.inode, None)
                     self._drop_copies(node, everything=True)
                     break
-                await self._journal(node)
+                # Not synced: if a crash loses this row, the upload is merely done again.
+                await self._journal(node, durable=False)
                 self._drop_copies(node)
         finally:
             self._settling.discard(node.inode)
