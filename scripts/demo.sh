@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on an embedded default: a local folder as the datastore, with sample
 # data generated here. Registers two versions, shows and verifies them, exports a
-# manifest, mounts a version read-only and reads it through the mount, then changes a
+# manifest, mounts a version read-only and reads it through the mount, downloads it,
+# writes results through an output mount registered as a new dataset, then changes a
 # source file to show that amlfs notices (verify reports it, the mount refuses its bytes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +48,25 @@ shell head -3 "$mnt/week28/fri.csv"
 shell cmp "$mnt/week27/mon.csv" "$demo/store/Weather/week27/mon.csv"
 step status
 step unmount "$mnt"
+
+# Download mode: the same version as local files, every one checked; a re-run resumes.
+step download weather:2 "$demo/download"
+shell diff -r "$demo/download/week28" "$demo/store/Weather/week28"
+step download weather:2 "$demo/download"
+
+# Output mode: a writable mount whose files are uploaded when closed, then registered.
+out="$demo/out"
+mkdir -p "$out"
+trap '[[ -d "$mnt" ]] && grep -qs " $mnt " /proc/mounts && "${amlfs[@]}" unmount "$mnt";
+      grep -qs " $out " /proc/mounts && "${amlfs[@]}" unmount "$out"' EXIT
+step output mount local:Forecasts/run1 "$out" --register forecasts
+mkdir -p "$out/daily"
+for day in mon tue wed; do
+  tail -n +2 "$demo/download/week28/$day.csv" | sort -t, -k2 -g | tail -1 > "$out/daily/$day-max.csv"
+done
+shell ls -l "$out/daily"
+step unmount "$out"
+step dataset show forecasts:1 --files
 
 echo
 echo "Rewriting Weather/week27/mon.csv under the pinned versions..."

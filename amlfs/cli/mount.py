@@ -165,10 +165,10 @@ def unmount(ctx: click.Context, mountpoint: Path) -> None:
     An output mount first finishes its uploads; if any fails, they stay staged and
     journaled, and the command exits 1.
     """
-    from amlfs.cli.outputs import check_uploads, wait_for_uploads
+    from amlfs.cli.outputs import UploadWait, check_uploads
 
     home = home_of(ctx)
-    record = mounts.unmount(home, mountpoint, waiting=wait_for_uploads)
+    record = mounts.unmount(home, mountpoint, waiting=UploadWait())
     what = f"{record.what} " if record else ""
     if record is not None and record.kind == "output":
         check_uploads(home, record)

@@ -183,17 +183,25 @@ def output_resume(ctx: click.Context, location: str | None) -> None:
         raise failures[0]
 
 
-def wait_for_uploads(record: mounts.MountRecord) -> None:
-    """What `amlfs unmount` shows while an output daemon finishes its uploads."""
-    stats = record.stats
-    if stats.get("state") not in ("uploading",):
-        return
-    failing = f", failing: {stats['last_error']}" if stats.get("failing") else ""
-    click.echo(
-        f"amlfs: waiting for {stats.get('pending_uploads', 0)} upload(s)"
-        f" ({human_bytes(stats.get('pending_bytes', 0))}){failing}",
-        err=True,
-    )
+class UploadWait:
+    """What `amlfs unmount` shows while an output daemon finishes its uploads: a line
+    whenever the count of pending uploads or the failure changes."""
+
+    def __init__(self) -> None:
+        self._last = ""
+
+    def __call__(self, record: mounts.MountRecord) -> None:
+        stats = record.stats
+        if stats.get("state") != "uploading":
+            return
+        failing = f", failing: {stats['last_error']}" if stats.get("failing") else ""
+        line = (
+            f"amlfs: waiting for {stats.get('pending_uploads', 0)} upload(s)"
+            f" ({human_bytes(stats.get('pending_bytes', 0))}){failing}"
+        )
+        if line != self._last:
+            self._last = line
+            click.echo(line, err=True)
 
 
 def check_uploads(home: Path, record: mounts.MountRecord) -> None:
