@@ -10,7 +10,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -197,32 +197,24 @@ class Store:
                 self.fs.mv(partial, full)
             else:
                 self.fs.put_file(str(local), full)
-            info = self._info(full)
-            if info is None:
+            pinned = self._stored(relative)
+            if pinned is None:
                 raise StorageError(f"{relative}: not found right after its upload")
-            pinned = self._pin(info)
-            assert pinned is not None  # an uploaded file is never a folder marker
-            return PinnedFile(relative, pinned.size, pinned.etag, pinned.md5 or md5,
-                              pinned.last_modified)  # fmt: skip
+            return replace(pinned, md5=pinned.md5 or md5)
 
     def copy(self, source: str, target: str) -> PinnedFile:
         """Copy a stored file within the datastore (server-side where the store can)."""
         with self._errors(f"copy {source} to {target}"):
             self.fs.copy(self.full_path(source), self.full_path(target))
-            info = self._info(self.full_path(target))
-            pinned = self._pin(info) if info else None
-            if pinned is None:
-                raise StorageError(f"{target}: not found right after it was copied")
-            return PinnedFile(target, pinned.size, pinned.etag, pinned.md5, pinned.last_modified)
+            pinned = self._stored(target)
+        if pinned is None:
+            raise StorageError(f"{target}: not found right after it was copied")
+        return pinned
 
     def stat(self, relative: str) -> PinnedFile | None:
         """The stored file at RELATIVE as it is now, or None."""
         with self._errors(f"stat {relative}"):
-            info = self._info(self.full_path(relative))
-            pinned = self._pin(info) if info and info.get("type") != "directory" else None
-        if pinned is None:
-            return None
-        return PinnedFile(relative, pinned.size, pinned.etag, pinned.md5, pinned.last_modified)
+            return self._stored(relative)
 
     def delete(self, relative: str) -> None:
         """Remove a stored file; one that is already gone is fine."""
@@ -252,6 +244,14 @@ class Store:
             infos += page
             progress(len(page))
         return infos
+
+    def _stored(self, relative: str) -> PinnedFile | None:
+        """The file at RELATIVE pinned as it is now (path RELATIVE), or None."""
+        info = self._info(self.full_path(relative))
+        if info is None or info.get("type") == "directory":
+            return None
+        pinned = self._pin(info)
+        return None if pinned is None else replace(pinned, path=relative)
 
     def _info(self, full: str) -> dict | None:
         try:

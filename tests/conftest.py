@@ -90,6 +90,19 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
         shutil.rmtree(emulator.workdir, ignore_errors=True)
 
 
+@pytest.fixture
+def own_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Azurite]:
+    """An emulator of this test's own, which the test stops and starts again."""
+    require(Azurite.available(), "Azurite is not installed (run `npm ci`)")
+    emulator = Azurite(tmp_path / "azurite")
+    emulator.start()
+    monkeypatch.setenv(CONNECTION_ENV, emulator.connection_string)
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
 @dataclass
 class Container:
     """A blob container of one test's own, with the connection string in the environment."""

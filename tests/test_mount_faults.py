@@ -39,19 +39,6 @@ def test_a_changed_source_fails_that_file_only_and_says_so(
     assert "ds:1 train/b.bin changed since its version was registered" in daemon_log(cli)
 
 
-@pytest.fixture
-def own_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Azurite]:
-    """An emulator of this test's own, which the test stops and starts again."""
-    require(Azurite.available(), "Azurite is not installed (run `npm ci`)")
-    emulator = Azurite(tmp_path / "azurite")
-    emulator.start()
-    monkeypatch.setenv(CONNECTION_ENV, emulator.connection_string)
-    try:
-        yield emulator
-    finally:
-        emulator.stop()
-
-
 def test_storage_down_is_eio_within_the_bound_and_reads_recover_when_it_returns(
     cli: Cli, own_emulator: Azurite, mounts: Mounts
 ) -> None:

@@ -12,13 +12,12 @@ import random
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import adlfs
 import pytest
 
-from tests.conftest import CONNECTION_ENV, Cli, Container, require
+from tests.conftest import CONNECTION_ENV, Cli, Container
 from tests.support.azurite import Azurite
 from tests.support.mounts import Mounts
 
@@ -61,8 +60,13 @@ def test_what_a_job_writes_is_stored_exactly_renames_and_removals_included(
         f.write(b"renamed before close")
         os.rename(root / "tmp-name", root / "model" / "final.txt")
     (root / "draft.txt").write_bytes(b"renamed after close")
-    os.rename(root / "draft.txt", root / "notes.txt")
     (root / "scratch.bin").write_bytes(b"removed again")
+    # Once stored (and their staged copies freed), these take the paths through storage:
+    # a server-side copy for the rename, a delete for the unlink, a fetch for the append.
+    prefix = f"{blob.name}/runs/1"
+    wait_for(lambda: {"draft.txt", "scratch.bin", "metrics.csv"} <= set(stored(blob.fs, prefix)),
+             "the first uploads")  # fmt: skip
+    os.rename(root / "draft.txt", root / "notes.txt")
     (root / "scratch.bin").unlink()
     (root / "overwritten.txt").write_bytes(b"first version, longer")
     (root / "overwritten.txt").write_bytes(b"second")
@@ -83,7 +87,7 @@ def test_what_a_job_writes_is_stored_exactly_renames_and_removals_included(
         "overwritten.txt": sha(b"second"),
         "metrics.csv": sha(b"epoch,loss\n1,0.9\n2,0.5\n"),
     }
-    assert stored(blob.fs, f"{blob.name}/runs/1") == expected
+    assert stored(blob.fs, prefix) == expected
 
     # --register: a version of exactly those files, with their stored etags.
     listing = json.loads(cli.ok("dataset", "show", "results:1", "--files", "--json").out)
@@ -166,19 +170,6 @@ def test_a_full_staging_disk_is_enospc_to_the_writer_and_nothing_truncated_is_st
 
 
 @pytest.fixture
-def own_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Azurite]:
-    """An emulator of this test's own, which the test stops and starts again."""
-    require(Azurite.available(), "Azurite is not installed (run `npm ci`)")
-    emulator = Azurite(tmp_path / "azurite")
-    emulator.start()
-    monkeypatch.setenv(CONNECTION_ENV, emulator.connection_string)
-    try:
-        yield emulator
-    finally:
-        emulator.stop()
-
-
-@pytest.fixture
 def own_fs(cli: Cli, own_emulator: Azurite) -> adlfs.AzureBlobFileSystem:
     fs = adlfs.AzureBlobFileSystem(
         connection_string=own_emulator.connection_string, skip_instance_cache=True
@@ -218,6 +209,7 @@ def test_unmount_with_storage_down_fails_and_resume_uploads_and_registers_later(
     (root / "c.txt").write_bytes(b"c")
     result = cli.process("unmount", str(root))
     assert result.code == 1
+    assert "amlfs: waiting for 1 upload(s)" in result.err  # progress while it retried
     assert "1 file(s) of own:late not uploaded (c.txt)" in result.err
     assert "amlfs output resume" in result.err
     assert cli("dataset", "show", "late").code == 2  # not registered: not all uploaded

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from amlfs.cli import progress as progress_module
 from tests.conftest import CONNECTION_ENV, Cli, Container
 from tests.support.mounts import Mounts
 from tests.support.sample import FILES, OPTIONS
@@ -200,7 +201,18 @@ def test_upload_of_a_missing_folder_is_one_line_and_exit_2(cli: Cli, container: 
     assert cli("upload", "/tmp", "no-colon").code == 2
 
 
-@pytest.mark.parametrize("location", ["nosuch:path"])
-def test_upload_to_an_unknown_datastore_is_exit_2(cli: Cli, tmp_path: Path, location: str) -> None:
+def test_upload_to_an_unknown_datastore_is_exit_2(cli: Cli, tmp_path: Path) -> None:
     write_tree(tmp_path / "src", {"a": b"1"})
-    assert cli("upload", str(tmp_path / "src"), location).code == 2
+    result = cli("upload", str(tmp_path / "src"), "nosuch:path")
+    assert result.code == 2 and "nosuch" in result.err
+
+
+def test_without_a_terminal_progress_is_a_quiet_line_now_and_then(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(progress_module, "QUIET_EVERY_S", 0.0)
+    with progress_module.TransferProgress("download", 4, 4 * 2**20) as progress:
+        progress.advance(2**20)
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("amlfs: download: 1/4 files, 1.0 MiB of 4.0 MiB,")
+    assert "/s, about" in line and "s left" in line

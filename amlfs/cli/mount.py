@@ -133,11 +133,7 @@ def serve_here(ctx: click.Context, home: Path, version: Version, path: Path,
     opening = ThreadPoolExecutor(1, thread_name_prefix="open-store").submit(open_store, datastore)
     from amlfs.fuse.mount import serve
 
-    level = logging.DEBUG if "--debug" in sys.argv else logging.INFO
-    logging.getLogger("amlfs").setLevel(level)
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(logging.Formatter("%(asctime)s amlfs[%(process)d] %(levelname)s "
-                                               "%(name)s: %(message)s"))  # fmt: skip
+    daemon_logging()
     try:
         serve(home, app(ctx).registry(), version, path, settings, opening)
     except AmlfsError as error:  # bad input (a credential not set: exit 2) stays so
@@ -147,6 +143,15 @@ def serve_here(ctx: click.Context, home: Path, version: Version, path: Path,
         failure = AmlfsError(f"cannot mount {path}: {error}")
         mounts.report_failure(failure)
         raise failure from error
+
+
+def daemon_logging() -> None:
+    """A daemon logs its own INFO lines (DEBUG with --debug), with time and pid."""
+    level = logging.DEBUG if "--debug" in sys.argv else logging.INFO
+    logging.getLogger("amlfs").setLevel(level)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s amlfs[%(process)d] %(levelname)s "
+                                               "%(name)s: %(message)s"))  # fmt: skip
 
 
 def open_store(datastore: Datastore) -> Store:

@@ -11,10 +11,10 @@ import click
 
 from amlfs import mounts
 from amlfs.cli.context import app, common_options
-from amlfs.cli.mount import home_of
+from amlfs.cli.mount import daemon_logging, home_of
 from amlfs.cli.output import human_bytes
 from amlfs.cli.transfer import parse_location
-from amlfs.errors import AmlfsError, UserError
+from amlfs.errors import AmlfsError
 from amlfs.registry import paths
 
 DEFAULT_WORKERS = 8
@@ -101,7 +101,7 @@ def output_mount(ctx: click.Context, location: str, mountpoint: Path, dataset: s
         pid = mounts.start_daemon(home, args, log_name=f"output-{path.name}")
         click.echo(f"mounted output {datastore}:{target or '/'} at {path} (pid {pid})")
         return
-    _configure_daemon_logging()
+    daemon_logging()
     from amlfs.fuse.output_mount import serve_output
     from amlfs.storage import Store
     from amlfs.transfer.journal import Journal
@@ -128,14 +128,6 @@ def output_mount(ctx: click.Context, location: str, mountpoint: Path, dataset: s
         log.warning("nothing was written: no version of %s registered", dataset)
     journal.set_state(outcome.session.id, "done")
     shutil.rmtree(outcome.session.staging, ignore_errors=True)
-
-
-def _configure_daemon_logging() -> None:
-    level = logging.DEBUG if "--debug" in sys.argv else logging.INFO
-    logging.getLogger("amlfs").setLevel(level)
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(logging.Formatter("%(asctime)s amlfs[%(process)d] %(levelname)s "
-                                               "%(name)s: %(message)s"))  # fmt: skip
 
 
 @output.command("resume")
@@ -211,7 +203,7 @@ def check_uploads(home: Path, record: mounts.MountRecord) -> None:
 
     session_id = record.stats.get("session")
     if session_id is None:
-        raise UserError("the output mount left no session to check")
+        raise AmlfsError("the output mount left no session to check")
     journal = Journal(home)
     try:
         session = journal.session(session_id)

@@ -51,23 +51,32 @@ def download_command(ctx: click.Context, ref: str, dest: Path, workers: int | No
                 version, files, store, dest, journal,
                 workers=workers or DEFAULT_WORKERS, overwrite=overwrite, cache=cache,
                 block_size=parse_size(block_size, "--block-size"),
-                progress=lambda f, _fetched: progress.advance(f.size),
+                progress=lambda f: progress.advance(f.size),
             )  # fmt: skip
     finally:
         journal.close()
         if cache is not None:
             cache.close()
-    rate = report.bytes_fetched / report.seconds if report.seconds else 0
     cached = f", {report.from_cache} from the block cache" if report.from_cache else ""
     click.echo(
         f"downloaded {version.ref} to {report.dest}: {report.fetched} file(s) fetched"
-        f" ({human_bytes(report.bytes_fetched)}, {human_bytes(int(rate))}/s{cached}),"
+        f" ({_amount(report.bytes_fetched, report.seconds)}{cached}),"
         f" {report.present} already in place"
     )
-    for path, reason in sorted(report.failed.items()):
-        click.echo(f"amlfs: failed: {path}: {reason}", err=True)
     if report.failed:
+        _list_failures(report.failed)
         raise DownloadFailed(report)
+
+
+def _amount(nbytes: int, seconds: float) -> str:
+    rate = nbytes / seconds if seconds else 0
+    return f"{human_bytes(nbytes)}, {human_bytes(int(rate))}/s"
+
+
+def _list_failures(failed: dict[str, str]) -> None:
+    """Every failed file on its own line; the one-line error that follows names a few."""
+    for path, reason in sorted(failed.items()):
+        click.echo(f"amlfs: failed: {path}: {reason}", err=True)
 
 
 def parse_location(text: str) -> tuple[str, str]:
@@ -109,15 +118,13 @@ def upload_command(ctx: click.Context, src: Path, location: str, dataset: str | 
             files, store, target, workers=workers or DEFAULT_WORKERS,
             progress=lambda f: progress.advance(f.size),
         )  # fmt: skip
-    rate = report.bytes_sent / report.seconds if report.seconds else 0
     click.echo(
         f"uploaded {src} to {datastore}:{target or '/'}: {report.sent} file(s) sent"
-        f" ({human_bytes(report.bytes_sent)}, {human_bytes(int(rate))}/s),"
+        f" ({_amount(report.bytes_sent, report.seconds)}),"
         f" {report.identical} already identical"
     )
-    for path, reason in sorted(report.failed.items()):
-        click.echo(f"amlfs: failed: {path}: {reason}", err=True)
     if report.failed:
+        _list_failures(report.failed)
         raise UploadFailed(report)
     if dataset is not None:
         from amlfs.transfer.upload import register_uploaded

@@ -47,6 +47,22 @@ def serve(home: Path, registry: Registry, version: Version, mountpoint: Path,
         cache.close()
 
 
+class UnmountOnSignal:
+    """SIGTERM or SIGINT ends the FUSE session; the daemon then detaches the mount itself
+    (after `fusermount3 -u` the kernel already has)."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    async def watch(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("%s: unmounting", signal.Signals(signum).name)
+                self.received = True
+                pyfuse3.terminate()
+                return
+
+
 def widen_readahead(mountpoint: Path, block_size: int) -> None:
     """Let the kernel read ahead two blocks instead of its default 128 KiB, so that
     sequential readers send large requests and several at once. Only root may; without
@@ -84,20 +100,11 @@ async def _serve(home: Path, tree: VersionTree, opening: Future[Store], cache: B
             fuse_options.add("allow_other")
         pyfuse3.init(operations, str(mountpoint), fuse_options)
         log.info("serving %s at %s", tree.version.ref, mountpoint)
-        signalled = False
+        signals = UnmountOnSignal()
         detached_by_kernel = False  # `fusermount3 -u` ended the session: nothing to undo
         try:
             mounts.write_record(home, record)
             mounts.report_ready("ready")
-
-            async def on_signals() -> None:
-                nonlocal signalled
-                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
-                    async for signum in received:
-                        log.info("%s: unmounting", signal.Signals(signum).name)
-                        signalled = True
-                        pyfuse3.terminate()
-                        return
 
             async def publish_status() -> None:
                 while True:
@@ -109,10 +116,10 @@ async def _serve(home: Path, tree: VersionTree, opening: Future[Store], cache: B
             # stat()ing the mountpoint asks this very filesystem: only once it serves.
             nursery.start_soon(trio.to_thread.run_sync, widen_readahead, mountpoint,
                                options.block_size)  # fmt: skip
-            nursery.start_soon(on_signals)
+            nursery.start_soon(signals.watch)
             nursery.start_soon(publish_status)
             await pyfuse3.main()
-            detached_by_kernel = not signalled
+            detached_by_kernel = not signals.received
         finally:
             # Signalled, or failing after the mount was made: detach it ourselves, never
             # leave a dead mount behind.

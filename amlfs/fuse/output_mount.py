@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ import pyfuse3
 import trio
 
 from amlfs import mounts
+from amlfs.fuse.mount import UnmountOnSignal
 from amlfs.fuse.output import OutputOperations
 from amlfs.mounts import OutputOptions
 from amlfs.storage import Store
@@ -73,14 +73,15 @@ async def _serve(
             fuse_options.add("allow_other")
         pyfuse3.init(OutputOperations(files), str(mountpoint), fuse_options)
         log.info("serving output %s at %s (staging %s)", destination, mountpoint, staging)
-        signalled = False
+        signals = UnmountOnSignal()
         detached_by_kernel = False
+        phase = "serving"  # then "uploading" (unmounted), then "finished" or "failed"
 
-        def publish(state: str) -> None:
+        def publish() -> None:
             pending = files.pending()
             failing = [n for n in pending if n.error]
             record.stats = {
-                "session": session_id, "state": state, "pending_uploads": len(pending),
+                "session": session_id, "state": phase, "pending_uploads": len(pending),
                 "pending_bytes": sum(n.size for n in pending), "failing": len(failing),
                 "last_error": failing[0].error if failing else None,
                 "uploaded": files.stats.uploaded, "bytes_uploaded": files.stats.bytes_uploaded,
@@ -89,34 +90,27 @@ async def _serve(
 
         async def publish_status() -> None:
             while True:
-                publish("serving" if not signalled else "uploading")
+                publish()
                 await trio.sleep(STATUS_EVERY_S)
 
         try:
-            publish("serving")
+            publish()
             mounts.report_ready("ready")
 
-            async def on_signals() -> None:
-                nonlocal signalled
-                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
-                    async for signum in received:
-                        log.info("%s: unmounting", signal.Signals(signum).name)
-                        signalled = True
-                        pyfuse3.terminate()
-                        return
-
-            nursery.start_soon(on_signals)
+            nursery.start_soon(signals.watch)
             nursery.start_soon(publish_status)
             nursery.start_soon(_finish_orphans, journal, store, destination)
             await pyfuse3.main()
-            detached_by_kernel = not signalled
+            detached_by_kernel = not signals.received
         finally:
             pyfuse3.close(unmount=not detached_by_kernel)
         # No writer is left: finish the uploads, then stop.
         await trio.to_thread.run_sync(journal.set_state, session_id, "closing")
-        publish("uploading")
+        phase = "uploading"
+        publish()
         unsettled = await files.settle_all(options.patience_s)
-        publish("finished" if not unsettled else "failed")
+        phase = "finished" if not unsettled else "failed"
+        publish()
         files.close()
         nursery.cancel_scope.cancel()
     log.info("unmounted %s; %d file(s) not uploaded", mountpoint, len(unsettled))

@@ -14,7 +14,6 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,15 +24,14 @@ from amlfs.registry.models import PinnedFile, Version
 from amlfs.storage import Store
 from amlfs.transfer.files import md5_of, partial_name, remove_quietly, some_names
 from amlfs.transfer.journal import Journal, Placed
+from amlfs.transfer.parallel import run_parallel, with_retries
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WORKERS = 16  # measured: see docs/performance.md, "Download workers"
-ATTEMPTS = 4  # per file, for storage failures; a changed source is not retried
-RETRY_FIRST_S = 0.5
 
-# Told the bytes of each file as it lands (or is found already in place).
-Progress = Callable[[PinnedFile, bool], None]
+# Told of each file as it lands (or is found already in place).
+Progress = Callable[[PinnedFile], None]
 
 
 @dataclass
@@ -41,7 +39,6 @@ class DownloadReport:
     version: Version
     dest: Path
     total_files: int = 0
-    total_bytes: int = 0
     present: int = 0  # already in place and correct
     fetched: int = 0
     from_cache: int = 0  # of the fetched, written from the block cache
@@ -74,7 +71,7 @@ def download(
     dest = dest.expanduser().absolute()
     if dest.exists() and not dest.is_dir():
         raise UserError(f"{dest} exists and is not a folder")
-    report = DownloadReport(version, dest, len(files), sum(f.size for f in files))
+    report = DownloadReport(version, dest, len(files))
     placed = journal.placed(dest) if dest.exists() else {}
     plan = plan_download(files, dest, placed, overwrite)
     if plan.conflicts:
@@ -95,9 +92,24 @@ def download(
         if f.path not in placed:  # found correct by its MD5: ours from now on
             _remember(journal, dest, f)
         if progress:
-            progress(f, False)
+            progress(f)
     fetcher = _Fetcher(store, version.root, dest, journal, cache, block_size)
-    _run_parallel(plan.fetch, fetcher, workers, report, progress)
+
+    def placed(f: PinnedFile, from_cache: bool) -> None:
+        report.fetched += 1
+        report.from_cache += from_cache
+        report.bytes_fetched += f.size
+        if progress:
+            progress(f)
+
+    def failed(f: PinnedFile, error: Exception) -> None:
+        report.failed[f.path] = _reason(error)
+        log.error("%s: %s", f.path, report.failed[f.path])
+
+    # Largest first: they set the finishing time.
+    largest_first = sorted(plan.fetch, key=lambda f: f.size, reverse=True)
+    expected = (SourceChanged, StorageError, OSError)
+    run_parallel(largest_first, fetcher, workers, placed, failed, expected, fetcher.stopping)
     report.seconds = time.monotonic() - started
     return report
 
@@ -162,17 +174,9 @@ class _Fetcher:
         return from_cache
 
     def _from_store(self, f: PinnedFile, partial: Path) -> None:
-        delay = RETRY_FIRST_S
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                self.store.download_pinned(paths.join(self.root, f.path), f.etag, partial)
-                return
-            except StorageError as error:
-                if attempt == ATTEMPTS or self.stopping.is_set():
-                    raise
-                log.info("%s: %s; trying again in %.1f s", f.path, error, delay)
-                time.sleep(delay)
-                delay *= 2
+        relative = paths.join(self.root, f.path)
+        with_retries(lambda: self.store.download_pinned(relative, f.etag, partial), f.path,
+                     self.stopping)  # fmt: skip
 
     def _from_cache(self, f: PinnedFile, partial: Path) -> bool:
         """Write F from the block cache if every block of it is there (a mount read it)."""
@@ -204,39 +208,6 @@ def _check(f: PinnedFile, partial: Path) -> None:
 def _remember(journal: Journal, dest: Path, f: PinnedFile) -> None:
     st = (dest / f.path).stat()
     journal.record_placed(dest, f.path, Placed(st.st_size, st.st_mtime_ns, f.etag))
-
-
-def _run_parallel(files: list[PinnedFile], fetcher: _Fetcher, workers: int,
-                  report: DownloadReport, progress: Progress | None) -> None:  # fmt: skip
-    """Largest files first (they set the finishing time), WORKERS at once. On Ctrl-C the
-    files in flight are finished or cleaned up; queued ones are never started."""
-    queue = sorted(files, key=lambda f: f.size, reverse=True)
-    with ThreadPoolExecutor(workers, thread_name_prefix="download") as pool:
-        running: dict[Future, PinnedFile] = {}
-        try:
-            while queue or running:
-                while queue and len(running) < workers:
-                    f = queue.pop(0)
-                    running[pool.submit(fetcher, f)] = f
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    f = running.pop(future)
-                    try:
-                        from_cache = future.result()
-                    except (SourceChanged, StorageError, OSError) as error:
-                        report.failed[f.path] = _reason(error)
-                        log.error("%s: %s", f.path, report.failed[f.path])
-                        continue
-                    report.fetched += 1
-                    report.from_cache += from_cache
-                    report.bytes_fetched += f.size
-                    if progress:
-                        progress(f, True)
-        except BaseException:
-            fetcher.stopping.set()
-            for future in running:
-                future.cancel()
-            raise
 
 
 def _reason(error: Exception) -> str:

@@ -185,14 +185,12 @@ class Journal:
             ).fetchone()
         return Session(*row)
 
-    def sessions(self, state: str | None = None) -> list[Session]:
-        query = f"SELECT {_SESSION_COLUMNS} FROM sessions"
+    def unfinished(self) -> list[Session]:
+        """Sessions not yet done: serving, or with uploads or a registration left."""
         with self._lock:
-            if state is None:
-                rows = self._db.execute(query + " ORDER BY id").fetchall()
-            else:
-                rows = self._db.execute(query + " WHERE state = ? ORDER BY id", (state,))
-                rows = rows.fetchall()
+            rows = self._db.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE state != 'done' ORDER BY id"
+            ).fetchall()
         return [Session(*row) for row in rows]
 
     def record(self, upload: Upload, *, durable: bool = True) -> None:

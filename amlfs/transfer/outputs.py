@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -23,28 +22,22 @@ from amlfs.registry.store import Registry
 from amlfs.storage import Store
 from amlfs.transfer.files import md5_of, some_names
 from amlfs.transfer.journal import Journal, Session, Upload
+from amlfs.transfer.parallel import with_retries
 
 log = logging.getLogger(__name__)
-
-RESUME_ATTEMPTS = 4
-RETRY_FIRST_S = 0.5
-
-
-def remote(target: str, path: str) -> str:
-    return paths.join(target, path) if target else path
 
 
 def settle(store: Store, target: str, staging: Path, row: Upload) -> Upload:
     """Do what ROW still needs and return it settled (raises StorageError, OSError)."""
     if row.removed:
         if row.remote_path is not None:
-            store.delete(remote(target, row.remote_path))
+            store.delete(paths.join(target, row.remote_path))
         return replace(row, staged=None, remote_path=None, error=None)
     etag, md5 = row.etag, row.md5
     if row.staged is not None and not (staging / row.staged).exists():
         # Staged copies are deleted only after their upload; the row saying so was not
         # synced (see OutputFiles._settle) and a machine crash lost it. The upload is done.
-        there = store.stat(remote(target, row.path))
+        there = store.stat(paths.join(target, row.path))
         if there is None or there.size != row.size:
             raise StorageError(f"{row.path}: staged copy lost and not in storage")
         return replace(row, staged=None, remote_path=row.path, etag=there.etag,
@@ -55,12 +48,12 @@ def settle(store: Store, target: str, staging: Path, row: Upload) -> Upload:
         if size != row.size:  # never the case: a journaled staged copy is never written
             raise StorageError(f"{row.path}: staged copy has {size} bytes, journaled {row.size}")
         md5 = md5_of(local)
-        etag = store.upload(local, remote(target, row.path), md5).etag
+        etag = store.upload(local, paths.join(target, row.path), md5).etag
     elif row.remote_path != row.path:
         assert row.remote_path is not None  # a file is staged until first uploaded
-        etag = store.copy(remote(target, row.remote_path), remote(target, row.path)).etag
+        etag = store.copy(paths.join(target, row.remote_path), paths.join(target, row.path)).etag
     if row.remote_path is not None and row.remote_path != row.path:
-        store.delete(remote(target, row.remote_path))
+        store.delete(paths.join(target, row.remote_path))
     return replace(row, staged=None, remote_path=row.path, etag=etag, md5=md5, error=None)
 
 
@@ -84,8 +77,8 @@ def register_session(registry: Registry, session: Session, rows: list[Upload]) -
 
 def orphaned(journal: Journal, destination: str | None = None) -> Iterator[Session]:
     """Sessions with work left whose daemon is gone (killed, or the machine restarted)."""
-    for session in journal.sessions():
-        if session.state == "done" or daemon_alive(session.pid):
+    for session in journal.unfinished():
+        if daemon_alive(session.pid):
             continue
         if destination is None or session.destination == destination:
             yield session
@@ -108,7 +101,8 @@ def resume(
         if row.settled:
             continue
         try:
-            done = _with_retries(lambda row=row: settle(store, session.target, staging, row))
+            done = with_retries(lambda row=row: settle(store, session.target, staging, row),
+                                row.path)  # fmt: skip
         except (StorageError, OSError) as error:
             journal.record(replace(row, error=str(error)))
             failing.append(replace(row, error=str(error)))
@@ -134,19 +128,6 @@ def resume(
 def _drop_staged(staging: Path, row: Upload) -> None:
     if row.staged is not None:
         (staging / row.staged).unlink(missing_ok=True)
-
-
-def _with_retries(call: Callable[[], Upload]) -> Upload:
-    delay = RETRY_FIRST_S
-    for attempt in range(1, RESUME_ATTEMPTS + 1):
-        try:
-            return call()
-        except StorageError:
-            if attempt == RESUME_ATTEMPTS:
-                raise
-            time.sleep(delay)
-            delay *= 2
-    raise AssertionError("unreachable")
 
 
 class UploadsPending(AmlfsError):

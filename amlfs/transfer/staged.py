@@ -29,7 +29,7 @@ from amlfs.errors import StorageError
 from amlfs.registry import paths
 from amlfs.storage import Store
 from amlfs.transfer.journal import Journal, Upload
-from amlfs.transfer.outputs import remote, settle
+from amlfs.transfer.outputs import settle
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ ROOT_INODE = 1
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 30.0
 FILE_MODE, FOLDER_MODE = 0o644, 0o755
+READ_WINDOW = 4 * 2**20  # reads of a file that is only stored fetch this much at once
 
 
 @dataclass(eq=False)
@@ -65,13 +66,13 @@ class Node:
     removed: bool = False
     error: str | None = None
     broken: int | None = None  # errno of a failed write: never journaled, never uploaded
+    window: tuple[int, bytes] | None = None  # (offset, bytes) last read back from storage
 
 
 @dataclass
 class OutputStats:
     uploaded: int = 0
     bytes_uploaded: int = 0
-    failures: int = 0  # failed attempts (each is retried)
 
 
 class OutputFiles:
@@ -86,7 +87,6 @@ class OutputFiles:
         self.stats = OutputStats()
         self._next_inode = ROOT_INODE + 1
         self._settling: set[int] = set()
-        self.retry_max_s = RETRY_MAX_S
 
     # --- the tree -------------------------------------------------------------------
 
@@ -244,11 +244,15 @@ class OutputFiles:
             return os.pread(node.fd, size, offset)
         if node.remote_path is None or offset >= node.size:
             return b""
-        end = min(node.size, offset + size)
-        async with self.limiter:
-            return await trio.to_thread.run_sync(
-                self.store.read, remote(self.target, node.remote_path), offset, end
-            )
+        # Read back from storage a window at a time, not a request per 128 KiB read.
+        start = offset - offset % READ_WINDOW
+        if node.window is None or node.window[0] != start:
+            end = min(node.size, start + READ_WINDOW)
+            source = paths.join(self.target, node.remote_path)
+            async with self.limiter:
+                data = await trio.to_thread.run_sync(self.store.read, source, start, end)
+            node.window = (start, data)
+        return node.window[1][offset - start : offset - start + size]
 
     def write(self, node: Node, offset: int, data: bytes) -> int:
         """Written straight to the staged copy on this thread: a page-cache write of at
@@ -321,18 +325,18 @@ class OutputFiles:
             node.superseded.append(node.staged)
         node.fd, node.staged, node.sealed = fd, name, False
         node.size = os.fstat(fd).st_size
+        node.window = None
 
     async def _fetch_stored(self, node: Node, empty: bool) -> None:
         """Before writing to a file that is only stored: a staged copy of it again."""
         size = node.size
         self._new_copy(node, copy_from=None)
-        if empty or node.remote_path is None or size == 0:
+        if empty or node.remote_path is None or node.etag is None or size == 0:
             return
-        target = remote(self.target, node.remote_path)
-        async with self.limiter:
-            data = await trio.to_thread.run_sync(self.store.read, target, 0, size)
-        os.pwrite(node.fd, data, 0)
-        node.size = len(data)
+        source, local = paths.join(self.target, node.remote_path), self.staging / node.staged
+        async with self.limiter:  # streamed into the new copy, only if still as we stored it
+            await trio.to_thread.run_sync(self.store.download_pinned, source, node.etag, local)
+        node.size = os.fstat(node.fd).st_size
 
     def _drop_copies(self, node: Node, everything: bool = False) -> None:
         """Delete staged copies nothing needs any more (EVERYTHING: the file is gone)."""
@@ -394,11 +398,10 @@ class OutputFiles:
                         )
                 except (StorageError, OSError) as error:
                     node.error = str(error)
-                    self.stats.failures += 1
                     log.warning("%s: upload failed (%s); trying again in %.0f s",
                                 row.path, error, delay)  # fmt: skip
                     await trio.sleep(delay)
-                    delay = min(delay * 2, self.retry_max_s)
+                    delay = min(delay * 2, RETRY_MAX_S)
                     continue
                 finally:
                     node.uploading = None
@@ -446,7 +449,7 @@ class OutputFiles:
                 last_progress, done_before = time.monotonic(), done_now
             if time.monotonic() - last_progress > patience_s:
                 break
-            await trio.sleep(0.05)
+            await trio.sleep(0.2)  # pending() walks every file: not too often
         return [replace(self.row(n), error=n.error) for n in self.pending()]
 
     def close(self) -> None:

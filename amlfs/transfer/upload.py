@@ -11,7 +11,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,12 +20,11 @@ from amlfs.registry.models import NewVersion, PinnedFile, Version
 from amlfs.registry.store import Registry
 from amlfs.storage import Store
 from amlfs.transfer.files import PARTIAL_SUFFIX, md5_of, some_names
+from amlfs.transfer.parallel import run_parallel, with_retries
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WORKERS = 8
-ATTEMPTS = 4
-RETRY_FIRST_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -82,50 +80,37 @@ def upload(
 ) -> UploadReport:
     """Upload FILES under TARGET (relative to the datastore), WORKERS at once."""
     started = time.monotonic()
-    existing = {f.path: f for f in store.list_source(target).files} if target else {
-        f.path: f for f in store.list_source("").files}  # fmt: skip
+    existing = {f.path: f for f in store.list_source(target).files}
     report = UploadReport()
 
     def send(f: LocalFile) -> tuple[PinnedFile, bool]:
-        remote = paths.join(target, f.path) if target else f.path
+        remote = paths.join(target, f.path)
         before = f.local.stat()
         md5 = md5_of(f.local)
         there = existing.get(remote)
         if there is not None and there.size == before.st_size and there.md5 == md5:
             return _relative(there, f.path), False
-        pinned = _with_retries(lambda: store.upload(f.local, remote, md5), f.path)
+        pinned = with_retries(lambda: store.upload(f.local, remote, md5), f.path)
         after = f.local.stat()
         if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
             raise StorageError(f"{f.path} changed while it was being uploaded")
         return _relative(pinned, f.path), True
 
-    queue = sorted(files, key=lambda f: f.size, reverse=True)
-    with ThreadPoolExecutor(workers, thread_name_prefix="upload") as pool:
-        running: dict[Future, LocalFile] = {}
-        try:
-            while queue or running:
-                while queue and len(running) < workers:
-                    f = queue.pop(0)
-                    running[pool.submit(send, f)] = f
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    f = running.pop(future)
-                    try:
-                        pinned, sent = future.result()
-                    except (StorageError, OSError) as error:
-                        report.failed[f.path] = getattr(error, "strerror", None) or str(error)
-                        log.error("%s: %s", f.path, report.failed[f.path])
-                        continue
-                    report.pinned.append(pinned)
-                    report.sent += sent
-                    report.identical += not sent
-                    report.bytes_sent += f.size if sent else 0
-                    if progress:
-                        progress(f)
-        except BaseException:
-            for future in running:
-                future.cancel()
-            raise
+    def sent(f: LocalFile, result: tuple[PinnedFile, bool]) -> None:
+        pinned, was_sent = result
+        report.pinned.append(pinned)
+        report.sent += was_sent
+        report.identical += not was_sent
+        report.bytes_sent += f.size if was_sent else 0
+        if progress:
+            progress(f)
+
+    def failed(f: LocalFile, error: Exception) -> None:
+        report.failed[f.path] = getattr(error, "strerror", None) or str(error)
+        log.error("%s: %s", f.path, report.failed[f.path])
+
+    run_parallel(sorted(files, key=lambda f: f.size, reverse=True), send, workers, sent,
+                 failed, (StorageError, OSError))  # fmt: skip
     report.seconds = time.monotonic() - started
     return report
 
@@ -143,20 +128,6 @@ def register_uploaded(registry: Registry, store: Store, dataset: str, target: st
             files=files,
         )
     )
-
-
-def _with_retries(call: Callable[[], PinnedFile], what: str) -> PinnedFile:
-    delay = RETRY_FIRST_S
-    for attempt in range(1, ATTEMPTS + 1):
-        try:
-            return call()
-        except StorageError as error:
-            if attempt == ATTEMPTS:
-                raise
-            log.info("%s: %s; trying again in %.1f s", what, error, delay)
-            time.sleep(delay)
-            delay *= 2
-    raise AssertionError("unreachable")
 
 
 def _relative(pinned: PinnedFile, path: str) -> PinnedFile:
