@@ -147,20 +147,33 @@ def records(home: Path) -> list[MountRecord]:
     return found
 
 
-def start_daemon(home: Path, args: list[str], log_name: str) -> int:
+def start_daemon(home: Path, args: list[str], log_name: str | None) -> int:
     """Start `amlfs mount … --foreground` in the background; return its pid once it
-    serves. Its failure to start is raised here, with the daemon's own reason."""
+    serves. Its failure to start is raised here, with the daemon's own reason.
+
+    The daemon logs to HOME/logs/LOG_NAME.log, or without a LOG_NAME where we do (a
+    service's journal)."""
     read_end, write_end = os.pipe()
-    log_path = log_dir(home) / f"{log_name}.log"
-    with open(log_path, "ab") as log:
+    log = open(log_dir(home) / f"{log_name}.log", "ab") if log_name else None  # noqa: SIM115
+    try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "amlfs", "--home", str(home), *args, "--foreground"],
             env={**os.environ, READY_ENV: str(write_end)}, pass_fds=(write_end,),
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            start_new_session=True,
         )  # fmt: skip
-    os.close(write_end)
+    finally:
+        os.close(write_end)
+        if log is not None:
+            log.close()
     try:
         message = _read_report(read_end, proc)
+    except BaseException:
+        # Interrupted while it starts: stop it (a mount it made is detached on SIGTERM).
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=STOP_TIMEOUT_S)
+        raise
     finally:
         os.close(read_end)
     if message == "ready":

@@ -11,7 +11,6 @@ from amlfs.cli.mount import home_of, parse_size
 from amlfs.cli.output import human_bytes
 from amlfs.cli.progress import TransferProgress
 from amlfs.errors import UserError
-from amlfs.home import cache_dir
 
 
 @click.command("download")
@@ -32,31 +31,17 @@ def download_command(ctx: click.Context, ref: str, dest: Path, workers: int | No
     Re-running after an interruption skips the files already in place. Files of DEST
     that are not part of the version are left alone.
     """
-    from amlfs.cache.blocks import BlockCache
-    from amlfs.storage import Store
-    from amlfs.transfer.download import DEFAULT_WORKERS, DownloadFailed, download
-    from amlfs.transfer.journal import Journal
+    from amlfs.transfer.download import DEFAULT_WORKERS, DownloadFailed, download_version
 
     home = home_of(ctx)
     registry = app(ctx).registry()
     version = registry.resolve(ref)
-    files = list(registry.iter_files(version))
-    store = Store(registry.get_datastore(version.datastore))
-    blocks = cache_dir(home)
-    cache = BlockCache(blocks) if (blocks / "cache.db").exists() else None
-    journal = Journal(home, durable=False)
-    try:
-        with TransferProgress("download", len(files), version.total_bytes) as progress:
-            report = download(
-                version, files, store, dest, journal,
-                workers=workers or DEFAULT_WORKERS, overwrite=overwrite, cache=cache,
-                block_size=parse_size(block_size, "--block-size"),
-                progress=lambda f: progress.advance(f.size),
-            )  # fmt: skip
-    finally:
-        journal.close()
-        if cache is not None:
-            cache.close()
+    with TransferProgress("download", version.file_count, version.total_bytes) as progress:
+        report = download_version(
+            home, registry, version, dest, workers=workers or DEFAULT_WORKERS,
+            overwrite=overwrite, block_size=parse_size(block_size, "--block-size"),
+            progress=lambda f: progress.advance(f.size),
+        )  # fmt: skip
     cached = f", {report.from_cache} from the block cache" if report.from_cache else ""
     click.echo(
         f"downloaded {version.ref} to {report.dest}: {report.fetched} file(s) fetched"
@@ -127,7 +112,7 @@ def upload_command(ctx: click.Context, src: Path, location: str, dataset: str | 
         _list_failures(report.failed)
         raise UploadFailed(report)
     if dataset is not None:
-        from amlfs.transfer.upload import register_uploaded
+        from amlfs.transfer.upload import uploaded_version
 
-        version = register_uploaded(registry, store, dataset, target, report.pinned)
+        version = registry.register(uploaded_version(store, dataset, target, report.pinned))
         click.echo(version.ref)

@@ -70,7 +70,46 @@ CREATE UNIQUE INDEX entries_by_parent ON entries (parent_id, name);
 CREATE UNIQUE INDEX entries_root ON entries (version_id) WHERE parent_id IS NULL;
 """
 
-MIGRATIONS: list[str] = [_V1]
+# Version 1 -> 2: runs and what they read and wrote (lineage).
+_V2 = """
+CREATE TABLE runs (
+    id         TEXT PRIMARY KEY,   -- the run id: UTC start time and a random suffix
+    command    TEXT NOT NULL,      -- JSON list: the command line as given, before substitution
+    started_at TEXT NOT NULL,      -- ISO 8601, UTC
+    ended_at   TEXT,               -- NULL while it runs (or if `amlfs run` itself was killed)
+    exit_code  INTEGER,            -- the command's (128 + N if signal N ended it); NULL while
+                                   -- it runs, or if it never started
+    error      TEXT,               -- what amlfs itself failed at (an input, an upload), or NULL
+    host       TEXT NOT NULL,      -- where it ran, and the pid of `amlfs run` there: a run
+    pid        INTEGER NOT NULL,   -- without an end whose process is gone was lost
+    user       TEXT NOT NULL
+);
+
+-- The exact version each input read: resolved numbers, never "latest".
+CREATE TABLE run_inputs (
+    run_id     TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    name       TEXT NOT NULL,      -- the input's name in the run ({inputs.NAME})
+    version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE RESTRICT,
+    mode       TEXT NOT NULL CHECK (mode IN ('mount', 'download')),
+    PRIMARY KEY (run_id, name)
+);
+CREATE INDEX run_inputs_by_version ON run_inputs (version_id);
+
+CREATE TABLE run_outputs (
+    run_id     TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    name       TEXT NOT NULL,      -- the output's name in the run ({outputs.NAME})
+    location   TEXT NOT NULL,      -- DATASTORE:PATH with {run-id} and {output-name} substituted
+    mode       TEXT NOT NULL CHECK (mode IN ('mount', 'upload')),
+    register   TEXT,               -- the dataset it was to be registered as, if any
+    version_id INTEGER REFERENCES versions(id) ON DELETE RESTRICT,  -- the version registered
+    PRIMARY KEY (run_id, name)
+);
+-- A version is produced by at most one run.
+CREATE UNIQUE INDEX run_outputs_by_version ON run_outputs (version_id)
+    WHERE version_id IS NOT NULL;
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -74,6 +74,11 @@ class Registry:
     def close(self) -> None:
         self._conn.close()
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """For the registry's other tables (see registry/runs.py); writes go in transaction()."""
+        return self._conn
+
     def __enter__(self) -> Registry:
         return self
 
@@ -259,6 +264,14 @@ class Registry:
             ).fetchone()
         if row is None:
             raise NotFound(f"dataset {dataset!r} has no version {version}")
+        return _version(row)
+
+    def version_by_id(self, version_id: int) -> Version:
+        row = self._conn.execute(
+            f"SELECT {_VERSION_COLUMNS} {_VERSION_FROM} WHERE v.id = ?", (version_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no version with id {version_id}")
         return _version(row)
 
     def latest(self, dataset: str) -> Version | None:

@@ -19,8 +19,10 @@ from pathlib import Path
 
 from amlfs.cache.blocks import BlockCache, BlockKey
 from amlfs.errors import AmlfsError, SourceChanged, StorageError, UserError
+from amlfs.home import cache_dir
 from amlfs.registry import paths
 from amlfs.registry.models import PinnedFile, Version
+from amlfs.registry.store import Registry
 from amlfs.storage import Store
 from amlfs.transfer.files import md5_of, partial_name, remove_quietly, some_names
 from amlfs.transfer.journal import Journal, Placed
@@ -112,6 +114,34 @@ def download(
     run_parallel(largest_first, fetcher, workers, placed, failed, expected, fetcher.stopping)
     report.seconds = time.monotonic() - started
     return report
+
+
+def download_version(
+    home: Path,
+    registry: Registry,
+    version: Version,
+    dest: Path,
+    *,
+    workers: int = DEFAULT_WORKERS,
+    overwrite: bool = False,
+    block_size: int = 4 * 2**20,
+    progress: Progress | None = None,
+) -> DownloadReport:
+    """download() of VERSION with what it needs from HOME: the journal of placed files
+    and the block cache, whose blocks are reused when they hold a whole file."""
+    files = list(registry.iter_files(version))
+    store = Store(registry.get_datastore(version.datastore))
+    blocks = cache_dir(home)
+    cache = BlockCache(blocks) if (blocks / "cache.db").exists() else None
+    journal = Journal(home, durable=False)
+    try:
+        return download(version, files, store, dest, journal, workers=workers,
+                        overwrite=overwrite, cache=cache, block_size=block_size,
+                        progress=progress)  # fmt: skip
+    finally:
+        journal.close()
+        if cache is not None:
+            cache.close()
 
 
 def plan_download(files: list[PinnedFile], dest: Path, placed: dict[str, Placed],

@@ -162,6 +162,11 @@ class Journal:
                 (str(dest), path, placed.size, placed.mtime_ns, placed.etag),
             )
 
+    def forget_placed(self, dest: Path) -> None:
+        """DEST was removed (a run's downloaded input): nothing there is ours any more."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM downloaded WHERE dest = ?", (str(dest),))
+
     # Output mounts
 
     def open_session(self, datastore: str, target: str, mountpoint: str, pid: int,

@@ -67,12 +67,13 @@ def pinned_files(rows: list[Upload]) -> list[PinnedFile]:
 
 
 def register_session(registry: Registry, session: Session, rows: list[Upload]) -> Version:
-    return registry.register(
-        NewVersion(
-            dataset=session.register or "", datastore=session.datastore, root=session.target,
-            sources=[session.target], files=pinned_files(rows),
-        )
-    )  # fmt: skip
+    return registry.register(session_version(session, rows, session.register or ""))
+
+
+def session_version(session: Session, rows: list[Upload], dataset: str) -> NewVersion:
+    """The files an output mount stored, as the next version of DATASET."""
+    return NewVersion(dataset=dataset, datastore=session.datastore, root=session.target,
+                      sources=[session.target], files=pinned_files(rows))  # fmt: skip
 
 
 def orphaned(journal: Journal, destination: str | None = None) -> Iterator[Session]:

@@ -16,8 +16,7 @@ from pathlib import Path
 
 from amlfs.errors import AmlfsError, StorageError, UserError
 from amlfs.registry import paths
-from amlfs.registry.models import NewVersion, PinnedFile, Version
-from amlfs.registry.store import Registry
+from amlfs.registry.models import NewVersion, PinnedFile
 from amlfs.storage import Store
 from amlfs.transfer.files import PARTIAL_SUFFIX, md5_of, some_names
 from amlfs.transfer.parallel import run_parallel, with_retries
@@ -115,19 +114,12 @@ def upload(
     return report
 
 
-def register_uploaded(registry: Registry, store: Store, dataset: str, target: str,
-                      files: list[PinnedFile]) -> Version:  # fmt: skip
+def uploaded_version(store: Store, dataset: str, target: str,
+                     files: list[PinnedFile]) -> NewVersion:  # fmt: skip
     """FILES (relative to TARGET, as uploaded) as the next version of DATASET: exactly
     those files, with the etags the uploads returned."""
-    return registry.register(
-        NewVersion(
-            dataset=dataset,
-            datastore=store.datastore.name,
-            root=target,
-            sources=[target],
-            files=files,
-        )
-    )
+    return NewVersion(dataset=dataset, datastore=store.datastore.name, root=target,
+                      sources=[target], files=files)  # fmt: skip
 
 
 def _relative(pinned: PinnedFile, path: str) -> PinnedFile:

@@ -1,0 +1,78 @@
+"""Reading the record of runs: a run's state, and a version's lineage (the runs that read
+it, the run that produced it, and that run's inputs back through the generations)."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+from amlfs.mounts import daemon_alive
+from amlfs.registry.models import Version
+from amlfs.registry.runs import Run, RunLog
+
+MAX_GENERATIONS = 64  # a bound on the walk back, far beyond any real pipeline
+
+
+def state_of(run: Run) -> str:
+    """running, succeeded, failed, or lost (no end recorded and its process is gone)."""
+    if run.ended_at is None:
+        if run.host == socket.gethostname() and not daemon_alive(run.pid):
+            return "lost"
+        return "running"
+    return "succeeded" if run.exit_code == 0 and run.error is None else "failed"
+
+
+@dataclass
+class Origin:
+    """How a version came to be: the run that produced it (None: registered directly),
+    and, for each input of that run, the origin of the version it read."""
+
+    version: Version
+    run: Run | None = None
+    inputs: list[tuple[str, str, Origin]] = field(default_factory=list)  # name, mode, origin
+    seen_before: bool = False  # already shown higher up: not expanded again
+
+    def public_dict(self) -> dict:
+        data: dict = {"version": self.version.ref}
+        if self.seen_before:
+            return {**data, "expanded": False}
+        if self.run is None:
+            return {**data, "produced_by": None}
+        return {
+            **data,
+            "produced_by": {
+                **_summary(self.run),
+                "inputs": [{"name": name, "mode": mode, **origin.public_dict()}
+                           for name, mode, origin in self.inputs],
+            },
+        }  # fmt: skip
+
+
+def origin(runs: RunLog, version: Version) -> Origin:
+    """VERSION's origin, walked back up to MAX_GENERATIONS; each version expanded once."""
+    seen: set[int] = set()
+
+    def walk(version: Version, depth: int) -> Origin:
+        if version.id in seen or depth >= MAX_GENERATIONS:
+            return Origin(version, seen_before=True)
+        seen.add(version.id)
+        producer = runs.producer(version)
+        if producer is None:
+            return Origin(version)
+        return Origin(version, producer, [(i.name, i.mode, walk(i.version, depth + 1))
+                                          for i in producer.inputs])  # fmt: skip
+
+    return walk(version, 0)
+
+
+def lineage(runs: RunLog, version: Version) -> dict:
+    """What `amlfs lineage --json` prints."""
+    return {
+        **origin(runs, version).public_dict(),
+        "read_by": [_summary(run) for run in runs.readers(version)],
+    }
+
+
+def _summary(run: Run) -> dict:
+    return {"run": run.id, "state": state_of(run), "exit_code": run.exit_code,
+            "started_at": run.started_at, "command": run.command}  # fmt: skip

@@ -1,0 +1,159 @@
+"""Recorded runs and the dataset versions they read and wrote: the lineage tables.
+
+A run is recorded when it starts, with the exact versions of its inputs, and completed
+when it ends. An output's version is linked to its run in the transaction that
+registers it, so a version produced by a run never lacks its lineage.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from amlfs.errors import NotFound
+from amlfs.registry.models import NewVersion, Version
+from amlfs.registry.store import Registry
+
+
+@dataclass(frozen=True)
+class RunInput:
+    name: str
+    version: Version
+    mode: str  # "mount" or "download"
+
+
+@dataclass(frozen=True)
+class RunOutput:
+    name: str
+    location: str  # DATASTORE:PATH, substituted
+    mode: str  # "mount" or "upload"
+    register: str | None = None  # the dataset to register it as
+    version: Version | None = None  # the version it registered
+
+
+@dataclass(frozen=True)
+class Run:
+    id: str
+    command: list[str]
+    started_at: str
+    host: str
+    pid: int
+    user: str
+    inputs: list[RunInput] = field(default_factory=list)
+    outputs: list[RunOutput] = field(default_factory=list)
+    ended_at: str | None = None
+    exit_code: int | None = None
+    error: str | None = None
+
+    def public_dict(self, state: str) -> dict:
+        """What `runs show --json` prints; STATE is the caller's reading of the run."""
+        return {
+            "id": self.id, "state": state, "command": self.command,
+            "started_at": self.started_at, "ended_at": self.ended_at,
+            "exit_code": self.exit_code, "error": self.error, "host": self.host,
+            "pid": self.pid, "user": self.user,
+            "inputs": [{"name": i.name, "version": i.version.ref, "mode": i.mode}
+                       for i in self.inputs],
+            "outputs": [{"name": o.name, "location": o.location, "mode": o.mode,
+                         "register": o.register,
+                         "version": o.version.ref if o.version else None}
+                        for o in self.outputs],
+        }  # fmt: skip
+
+
+class RunLog:
+    """The runs tables of one registry."""
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+        self._conn = registry.connection
+
+    def start(self, run: Run) -> None:
+        with self.registry.transaction():
+            self._conn.execute(
+                "INSERT INTO runs (id, command, started_at, host, pid, user)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (run.id, json.dumps(run.command), run.started_at, run.host, run.pid, run.user),
+            )
+            self._conn.executemany(
+                "INSERT INTO run_inputs (run_id, name, version_id, mode) VALUES (?, ?, ?, ?)",
+                [(run.id, i.name, i.version.id, i.mode) for i in run.inputs],
+            )
+            self._conn.executemany(
+                "INSERT INTO run_outputs (run_id, name, location, mode, register)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(run.id, o.name, o.location, o.mode, o.register) for o in run.outputs],
+            )
+
+    def register_output(self, run_id: str, output: str, new: NewVersion) -> Version:
+        """Register NEW as the version OUTPUT of RUN_ID produced, in one transaction."""
+        with self.registry.transaction():
+            version = self.registry.register(new)
+            self._conn.execute(
+                "UPDATE run_outputs SET version_id = ? WHERE run_id = ? AND name = ?",
+                (version.id, run_id, output),
+            )
+        return version
+
+    def finish(self, run_id: str, ended_at: str, exit_code: int | None, error: str | None) -> None:
+        with self.registry.transaction():
+            self._conn.execute(
+                "UPDATE runs SET ended_at = ?, exit_code = ?, error = ? WHERE id = ?",
+                (ended_at, exit_code, error, run_id),
+            )
+
+    def get(self, run_id: str) -> Run:
+        row = self._conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?",
+                                 (run_id,)).fetchone()  # fmt: skip
+        if row is None:
+            raise NotFound(f"no run {run_id!r} (see `amlfs runs list`)")
+        return self._run(row)
+
+    def list(self, limit: int | None = None) -> list[Run]:
+        """Runs, newest first."""
+        rows = self._conn.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY started_at DESC, id DESC LIMIT ?",
+            (-1 if limit is None else limit,),
+        ).fetchall()
+        return [self._run(row) for row in rows]
+
+    def readers(self, version: Version) -> list[Run]:
+        """The runs that read VERSION, oldest first."""
+        rows = self._conn.execute(
+            f"SELECT DISTINCT {_RUN_COLUMNS} FROM runs r"
+            " JOIN run_inputs i ON i.run_id = r.id WHERE i.version_id = ?"
+            " ORDER BY r.started_at, r.id",
+            (version.id,),
+        ).fetchall()
+        return [self._run(row) for row in rows]
+
+    def producer(self, version: Version) -> Run | None:
+        """The run that registered VERSION, if a run did."""
+        row = self._conn.execute(
+            "SELECT run_id FROM run_outputs WHERE version_id = ?", (version.id,)
+        ).fetchone()
+        return self.get(row[0]) if row else None
+
+    def _run(self, row: tuple) -> Run:
+        run_id, command, started, ended, code, error, host, pid, user = row
+        by_id = self.registry.version_by_id
+        inputs = [
+            RunInput(name, by_id(version_id), mode)
+            for name, version_id, mode in self._conn.execute(
+                "SELECT name, version_id, mode FROM run_inputs WHERE run_id = ? ORDER BY name",
+                (run_id,),
+            )
+        ]
+        outputs = [
+            RunOutput(name, location, mode, register, by_id(vid) if vid is not None else None)
+            for name, location, mode, register, vid in self._conn.execute(
+                "SELECT name, location, mode, register, version_id FROM run_outputs"
+                " WHERE run_id = ? ORDER BY name",
+                (run_id,),
+            )
+        ]
+        return Run(run_id, json.loads(command), started, host, pid, user, inputs, outputs,
+                   ended, code, error)  # fmt: skip
+
+
+_RUN_COLUMNS = "id, command, started_at, ended_at, exit_code, error, host, pid, user"
