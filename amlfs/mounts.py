@@ -15,7 +15,7 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,7 +158,8 @@ def start_daemon(home: Path, args: list[str], log_name: str | None) -> int:
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "amlfs", "--home", str(home), *args, "--foreground"],
-            env={**os.environ, READY_ENV: str(write_end)}, pass_fds=(write_end,),
+            env={**_without(os.environ, "NOTIFY_SOCKET"), READY_ENV: str(write_end)},
+            pass_fds=(write_end,),
             stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             start_new_session=True,
         )  # fmt: skip
@@ -184,6 +185,11 @@ def start_daemon(home: Path, args: list[str], log_name: str | None) -> int:
     if message.startswith("usage: "):
         raise UserError(message.removeprefix("usage: "))
     raise AmlfsError(message.removeprefix("error: "))
+
+
+def _without(env: Mapping[str, str], name: str) -> dict[str, str]:
+    # A service's NOTIFY_SOCKET is its own: systemd hears the service, not its mounts.
+    return {key: value for key, value in env.items() if key != name}
 
 
 def _read_report(fd: int, proc: subprocess.Popen) -> str:

@@ -21,6 +21,7 @@ log = logging.getLogger("amlfs")
 COMMANDS = {
     "apply": "amlfs.cli.apply:apply_command",
     "cache": "amlfs.cli.cache:cache",
+    "daemon": "amlfs.cli.service:daemon",
     "dataset": "amlfs.cli.dataset:dataset",
     "datastore": "amlfs.cli.datastore:datastore",
     "download": "amlfs.cli.transfer:download_command",

@@ -1,0 +1,29 @@
+"""`amlfs daemon`: serve the mounts a YAML file declares, in the foreground, for systemd."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from amlfs.cli.context import app, common_options
+from amlfs.cli.mount import daemon_logging, home_of
+
+
+@click.command("daemon")
+@click.option("--config", "config_path", required=True, metavar="FILE",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="YAML file with a `mounts:` list (see docs/systemd.md).")  # fmt: skip
+@common_options
+@click.pass_context
+def daemon(ctx: click.Context, config_path: Path) -> None:
+    """Serve every mount declared in FILE until SIGTERM; SIGHUP reads FILE again.
+
+    Each mount is served by a daemon of its own; a bad entry is reported and skipped.
+    Readiness and a status line go to systemd (Type=notify) when it started us.
+    """
+    from amlfs.service.daemon import serve
+
+    home = home_of(ctx)
+    daemon_logging()
+    serve(home, config_path.absolute(), app(ctx).registry())

@@ -1,0 +1,1 @@
+"""`amlfs daemon`: mounts declared in YAML, served and supervised for systemd."""

@@ -1,0 +1,259 @@
+"""`amlfs daemon`: the mounts a YAML file declares, each served by a child process of
+its own and supervised here, for systemd (Type=notify).
+
+pyfuse3 serves one filesystem per process, and a process per mount keeps one mount's
+failure from taking the others down. The children are the same daemons `amlfs mount`
+and `amlfs output mount` start, so `amlfs status` and `amlfs unmount` see them as usual.
+
+systemd hears READY=1 once every valid entry has been started (serving, or failed and
+reported), STATUS= with a summary whenever it changes, RELOADING=1 on SIGHUP and
+STOPPING=1 on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+from cysystemd.daemon import Notification, notify
+
+from amlfs import mounts
+from amlfs.errors import AmlfsError, UserError
+from amlfs.registry.store import Registry
+from amlfs.service import config
+from amlfs.service.config import Declared, Rejected
+
+log = logging.getLogger(__name__)
+
+CHECK_EVERY_S = 1.0
+RESTART_FIRST_S = 5.0  # a child that died is started again after this, doubling up to
+RESTART_MAX_S = 300.0  # this; the delay starts over once it has served for that long
+STOP_WAIT_S = mounts.STOP_TIMEOUT_S  # for a child that would not unmount and was signalled
+
+
+@dataclass
+class Child:
+    """One declared mount and the process serving it (pid None: not running)."""
+
+    declared: Declared
+    pid: int | None = None
+    started: float = 0.0
+    failure: str | None = None
+    retry_at: float | None = None  # when to start it again; None: not until a reload
+    delay: float = RESTART_FIRST_S
+
+
+class Service:
+    def __init__(self, home: Path, config_path: Path, registry: Registry):
+        self.home, self.config_path, self.registry = home, config_path, registry
+        self.children: dict[str, Child] = {}
+        self.rejected: list[Rejected] = []
+        self._lock = trio.Lock()  # one change of self.children at a time
+        self._status = ""
+
+    def read(self) -> tuple[list[Declared], list[Rejected]]:
+        return config.read(self.config_path, self.registry)
+
+    async def run(self, declared: list[Declared], rejected: list[Rejected]) -> None:
+        """Serve DECLARED until SIGTERM or SIGINT; SIGHUP reads the file again."""
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async with self._lock:
+                await self._apply(declared, rejected)
+            notify(Notification.READY)
+            self._publish()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._supervise)
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        await self._reload()
+                        continue
+                    log.info("%s: unmounting everything", signal.Signals(signum).name)
+                    notify(Notification.STOPPING)
+                    nursery.cancel_scope.cancel()
+                    break
+        with trio.CancelScope(shield=True):
+            async with self._lock:
+                await self._stop_all()
+
+    async def _reload(self) -> None:
+        notify(Notification.RELOADING)
+        log.info("SIGHUP: reading %s again", self.config_path)
+        try:
+            declared, rejected = await trio.to_thread.run_sync(self.read)
+        except AmlfsError as error:
+            log.error("reload failed, the mounts stay as they are: %s", error)
+            notify(Notification.STATUS, f"reload failed: {error}")
+        else:
+            async with self._lock:
+                await self._apply(declared, rejected)
+        notify(Notification.READY)
+        self._publish()
+
+    async def _apply(self, declared: list[Declared], rejected: list[Rejected]) -> None:
+        """Make the children match DECLARED: stop the removed and changed, start the new
+        and changed, leave the unchanged alone."""
+        for entry in rejected:
+            log.error("entry skipped: %s", entry.reason)
+        self.rejected = rejected
+        wanted = {d.mountpoint: d for d in declared}
+        going = [c for point, c in self.children.items()
+                 if point not in wanted or wanted[point] != c.declared]  # fmt: skip
+        async with trio.open_nursery() as nursery:
+            for child in going:
+                nursery.start_soon(self._retire, child, wanted.get(child.declared.mountpoint))
+        coming = [d for point, d in wanted.items() if point not in self.children]
+        async with trio.open_nursery() as nursery:
+            for entry in coming:
+                self.children[entry.mountpoint] = Child(entry)
+                nursery.start_soon(self._start, self.children[entry.mountpoint])
+
+    async def _retire(self, child: Child, replacement: Declared | None) -> None:
+        """Stop CHILD (removed or changed). A mount in use is kept, and said so."""
+        try:
+            await trio.to_thread.run_sync(self._unmount, child)
+        except AmlfsError as error:
+            log.error("%s kept as it is: %s", child.declared.mountpoint, error)
+            child.failure = f"not changed: {error}"
+            return
+        del self.children[child.declared.mountpoint]
+        if replacement is not None:
+            log.info("%s changed: %s", child.declared.mountpoint, replacement.what)
+
+    async def _start(self, child: Child) -> None:
+        entry = child.declared
+        try:
+            child.pid = await trio.to_thread.run_sync(mounts.start_daemon, self.home,
+                                                      list(entry.args), None)  # fmt: skip
+        except UserError as error:  # the entry itself is wrong: not until it is changed
+            child.failure, child.retry_at = str(error), None
+            log.error("%s not served: %s", entry.mountpoint, error)
+            return
+        except AmlfsError as error:
+            child.failure, child.retry_at = str(error), time.monotonic() + child.delay
+            log.error("%s not served: %s; trying again in %.0f s", entry.mountpoint, error,
+                      child.delay)  # fmt: skip
+            child.delay = min(child.delay * 2, RESTART_MAX_S)
+            return
+        child.started, child.failure, child.retry_at = time.monotonic(), None, None
+        log.info("serving %s at %s (pid %d)", entry.what, entry.mountpoint, child.pid)
+
+    async def _supervise(self) -> None:
+        """Notice children that died, detach what they left mounted, start them again."""
+        while True:
+            await trio.sleep(CHECK_EVERY_S)
+            async with self._lock:
+                for child in list(self.children.values()):
+                    await self._check(child)
+            self._publish()
+
+    async def _check(self, child: Child) -> None:
+        now = time.monotonic()
+        if child.pid is not None and not mounts.daemon_alive(child.pid):
+            _reap(child.pid)
+            served_for = now - child.started
+            if served_for >= RESTART_MAX_S:
+                child.delay = RESTART_FIRST_S
+            log.error("%s: its daemon (pid %d) ended after %.0f s; starting it again in %.0f s",
+                      child.declared.mountpoint, child.pid, served_for, child.delay)  # fmt: skip
+            with contextlib.suppress(AmlfsError):
+                await trio.to_thread.run_sync(self._detach_stale, child.declared.mountpoint)
+            child.failure = f"its daemon ended (pid {child.pid})"
+            child.pid = None
+            child.retry_at = now + child.delay
+            child.delay = min(child.delay * 2, RESTART_MAX_S)
+        elif child.pid is None and child.retry_at is not None and now >= child.retry_at:
+            await self._start(child)
+
+    async def _stop_all(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for child in self.children.values():
+                nursery.start_soon(trio.to_thread.run_sync, self._stop, child)
+        self.children.clear()
+        notify(Notification.STATUS, "stopped")
+
+    def _stop(self, child: Child) -> None:
+        """At shutdown: unmount; a mount in use is detached by signalling its daemon."""
+        try:
+            self._unmount(child)
+        except AmlfsError as error:
+            if child.pid is None or not mounts.daemon_alive(child.pid):
+                log.error("%s: %s", child.declared.mountpoint, error)
+                return
+            log.warning("%s: %s; signalling its daemon to detach it", child.declared.mountpoint,
+                        error)  # fmt: skip
+            os.kill(child.pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_WAIT_S
+            while mounts.daemon_alive(child.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        if child.pid is not None:
+            _reap(child.pid)
+
+    def _unmount(self, child: Child) -> None:
+        """Unmount CHILD's mount (its daemon finishes its uploads first); raise if the
+        kernel refuses (the mount is in use)."""
+        point = child.declared.mountpoint
+        if point in mounts.mounted_paths():
+            record = mounts.unmount(self.home, Path(point))
+            if record is not None and record.kind == "output":
+                _report_uploads(self.home, record)
+        elif child.pid is not None and mounts.daemon_alive(child.pid):
+            os.kill(child.pid, signal.SIGTERM)  # still starting: nothing mounted yet
+        if child.pid is not None:
+            _reap(child.pid)
+        log.info("unmounted %s", point)
+
+    def _detach_stale(self, point: str) -> None:
+        if point in mounts.mounted_paths():
+            mounts.unmount(self.home, Path(point))
+
+    def _publish(self) -> None:
+        """STATUS= for systemctl status, when it changed."""
+        serving = [c for c in self.children.values() if c.pid is not None]
+        failing = [c for c in self.children.values() if c.failure]
+        parts = [f"serving {len(serving)} of {len(self.children) + len(self.rejected)} mounts"]
+        if failing:
+            first = failing[0]
+            parts.append(f"{len(failing)} failing ({first.declared.mountpoint}: {first.failure})")
+        if self.rejected:
+            parts.append(f"{len(self.rejected)} bad entries ({self.rejected[0].reason})")
+        status = "; ".join(parts)
+        if status != self._status:
+            self._status = status
+            notify(Notification.STATUS, status)
+            log.info("%s", status)
+
+
+def serve(home: Path, config_path: Path, registry: Registry) -> None:
+    """Read CONFIG_PATH (a file that cannot be read at all is a UserError) and serve."""
+    service = Service(home, config_path, registry)
+    declared, rejected = service.read()
+    trio.run(service.run, declared, rejected)
+
+
+def _report_uploads(home: Path, record: mounts.MountRecord) -> None:
+    from amlfs.transfer.journal import Journal
+
+    session_id = record.stats.get("session")
+    if session_id is None:
+        return
+    journal = Journal(home)
+    try:
+        pending = [row for row in journal.uploads(session_id) if not row.settled]
+    finally:
+        journal.close()
+    if pending:
+        log.warning("%s: %d file(s) not uploaded; they stay journaled, and the next mount of"
+                    " %s or `amlfs output resume` uploads them", record.mountpoint, len(pending),
+                    record.what)  # fmt: skip
+
+
+def _reap(pid: int) -> None:
+    """Collect an ended child, so that it does not linger as a zombie."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
