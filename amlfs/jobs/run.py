@@ -27,6 +27,7 @@ from typing import Protocol
 
 from amlfs import mounts
 from amlfs.errors import AmlfsError, UserError
+from amlfs.home import default_home
 from amlfs.jobs.command import check_command, run_command
 from amlfs.jobs.spec import InputSpec, OutputSpec, check_names, substitute
 from amlfs.registry.models import Version
@@ -258,8 +259,9 @@ class Job:
             if path in self.kept:
                 location = f"{spec.datastore}:{self.targets[spec.name]}"
                 register = f" --register {spec.register}" if spec.register else ""
+                home = "" if self.home == default_home() else f" --home {self.home}"
                 self.hooks.say(f"output {spec.name}: kept at {path}; to upload it:"
-                               f" amlfs upload {path} {location}{register}")  # fmt: skip
+                               f" amlfs{home} upload {path} {location}{register}")  # fmt: skip
         for path in _removable(self.work, self.kept):
             shutil.rmtree(path, ignore_errors=True)
 
