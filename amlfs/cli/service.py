@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from amlfs.cli.context import app, common_options
+from amlfs.cli.context import common_options
 from amlfs.cli.mount import daemon_logging, home_of
 
 
@@ -26,4 +26,4 @@ def daemon(ctx: click.Context, config_path: Path) -> None:
 
     home = home_of(ctx)
     daemon_logging()
-    serve(home, config_path.absolute(), app(ctx).registry())
+    serve(home, config_path.absolute())

@@ -21,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trio
-from cysystemd.daemon import Notification, notify
+from cysystemd.daemon import Notification
+from cysystemd.daemon import notify as sd_notify
 
 from amlfs import mounts
 from amlfs.errors import AmlfsError, UserError
+from amlfs.home import registry_path
 from amlfs.registry.store import Registry
 from amlfs.service import config
 from amlfs.service.config import Declared, Rejected
@@ -50,23 +52,25 @@ class Child:
 
 
 class Service:
-    def __init__(self, home: Path, config_path: Path, registry: Registry):
-        self.home, self.config_path, self.registry = home, config_path, registry
+    def __init__(self, home: Path, config_path: Path):
+        self.home, self.config_path = home, config_path
         self.children: dict[str, Child] = {}
         self.rejected: list[Rejected] = []
         self._lock = trio.Lock()  # one change of self.children at a time
         self._status = ""
 
     def read(self) -> tuple[list[Declared], list[Rejected]]:
-        return config.read(self.config_path, self.registry)
+        """The file as it is now, against the registry as it is now (from any thread)."""
+        with Registry(registry_path(self.home)) as registry:
+            return config.read(self.config_path, registry)
 
     async def run(self, declared: list[Declared], rejected: list[Rejected]) -> None:
         """Serve DECLARED until SIGTERM or SIGINT; SIGHUP reads the file again."""
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with self._lock:
                 await self._apply(declared, rejected)
-            notify(Notification.READY)
             self._publish()
+            notify(Notification.READY)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._supervise)
                 async for signum in signals:
@@ -86,14 +90,14 @@ class Service:
         log.info("SIGHUP: reading %s again", self.config_path)
         try:
             declared, rejected = await trio.to_thread.run_sync(self.read)
-        except AmlfsError as error:
+        except Exception as error:  # a broken file, a registry locked too long
             log.error("reload failed, the mounts stay as they are: %s", error)
             notify(Notification.STATUS, f"reload failed: {error}")
         else:
             async with self._lock:
                 await self._apply(declared, rejected)
-        notify(Notification.READY)
         self._publish()
+        notify(Notification.READY)
 
     async def _apply(self, declared: list[Declared], rejected: list[Rejected]) -> None:
         """Make the children match DECLARED: stop the removed and changed, start the new
@@ -128,6 +132,7 @@ class Service:
     async def _start(self, child: Child) -> None:
         entry = child.declared
         try:
+            await trio.to_thread.run_sync(self._detach_stale, entry.mountpoint)
             child.pid = await trio.to_thread.run_sync(mounts.start_daemon, self.home,
                                                       list(entry.args), None)  # fmt: skip
         except UserError as error:  # the entry itself is wrong: not until it is changed
@@ -161,8 +166,6 @@ class Service:
                 child.delay = RESTART_FIRST_S
             log.error("%s: its daemon (pid %d) ended after %.0f s; starting it again in %.0f s",
                       child.declared.mountpoint, child.pid, served_for, child.delay)  # fmt: skip
-            with contextlib.suppress(AmlfsError):
-                await trio.to_thread.run_sync(self._detach_stale, child.declared.mountpoint)
             child.failure = f"its daemon ended (pid {child.pid})"
             child.pid = None
             child.retry_at = now + child.delay
@@ -209,8 +212,14 @@ class Service:
         log.info("unmounted %s", point)
 
     def _detach_stale(self, point: str) -> None:
-        if point in mounts.mounted_paths():
-            mounts.unmount(self.home, Path(point))
+        """Detach an amlfs mount at POINT whose daemon is gone (it died, or a previous
+        service was killed with its children); a live mount is left to refuse the start."""
+        if mounts.mounted_paths().get(point) != "fuse.amlfs":
+            return
+        if any(r.mountpoint == point and r.alive for r in mounts.records(self.home)):
+            return
+        log.warning("%s: detaching a mount left by a daemon that is gone", point)
+        mounts.unmount(self.home, Path(point))
 
     def _publish(self) -> None:
         """STATUS= for systemctl status, when it changed."""
@@ -229,11 +238,17 @@ class Service:
             log.info("%s", status)
 
 
-def serve(home: Path, config_path: Path, registry: Registry) -> None:
+def serve(home: Path, config_path: Path) -> None:
     """Read CONFIG_PATH (a file that cannot be read at all is a UserError) and serve."""
-    service = Service(home, config_path, registry)
+    service = Service(home, config_path)
     declared, rejected = service.read()
     trio.run(service.run, declared, rejected)
+
+
+def notify(notification: Notification, value: str | None = None) -> None:
+    """Tell systemd, if it started us (without NOTIFY_SOCKET, cysystemd logs a failure)."""
+    if os.environ.get("NOTIFY_SOCKET"):
+        sd_notify(notification, value)
 
 
 def _report_uploads(home: Path, record: mounts.MountRecord) -> None:
