@@ -121,6 +121,21 @@ OPERATIONS = (
         True,
         ("direct", "amlfs"),
     ),
+    # Ceilings: the same steps by hand (mount or download, the pass, unmount or remove).
+    Workload(
+        "run-mounted", "amlfs run: one pass, image set mounted", "s", False, ("direct", "amlfs")
+    ),
+    Workload(
+        "run-downloaded",
+        "amlfs run: one pass, image set downloaded",
+        "s",
+        False,
+        ("direct", "amlfs"),
+    ),
+    # Ceiling: four `amlfs mount` commands in a row.
+    Workload(
+        "daemon-ready", "amlfs daemon: start to READY=1, 4 mounts", "s", False, ("direct", "amlfs")
+    ),
     Workload("mount-million", "mount of the million-file version", "s", False, ("amlfs",)),
     Workload("rss-million", "daemon RSS on the million-file version", "MiB", False, ("amlfs",)),
 )

@@ -31,6 +31,7 @@ from bench.cells import FAILED, NOT_YET, Cell, NotYet
 from bench.common import amlfs_cmd, bounded, machine, run_command
 from bench.data import CONTAINER, DataSets
 from bench.direct import Direct
+from bench.jobs import Jobs
 from bench.mounts import (
     MountedTree,
     container_sas_url,
@@ -298,7 +299,24 @@ class Run:
             self.measure(backend, "register", "direct", listing)
             self.measure(backend, "register", "amlfs", register)
             self.transfers(backend, fs, base, store)
+            self.jobs(backend, store)
         self.million()
+
+    def jobs(self, backend: str, store: str) -> None:
+        """`amlfs run` and `amlfs daemon` against the same steps by hand."""
+        jobs = Jobs(self.home, self.work, self.env, len(self.data.images))
+        ref = f"{store}-images:1"  # registered by transfers()
+        have = amlfs_supports
+        ran = have("run")
+        self.measure(backend, "run-mounted", "direct", jobs.by_hand_mounted, ref)
+        self.measure(backend, "run-mounted", "amlfs",
+                     jobs.run_mounted if ran else not_yet("amlfs run"), ref)  # fmt: skip
+        self.measure(backend, "run-downloaded", "direct", jobs.by_hand_downloaded, ref)
+        self.measure(backend, "run-downloaded", "amlfs",
+                     jobs.run_downloaded if ran else not_yet("amlfs run"), ref)  # fmt: skip
+        self.measure(backend, "daemon-ready", "direct", jobs.mounts_one_by_one, ref)
+        served = jobs.daemon_ready if have("daemon") else not_yet("amlfs daemon")
+        self.measure(backend, "daemon-ready", "amlfs", served, ref)
 
     def transfers(self, backend: str, fs, base: str, store: str) -> None:
         """Direct parallel fsspec get/put of the same files, beside amlfs download/upload."""
