@@ -8,10 +8,12 @@ while it runs and removes it when it stops; a record whose process is gone is st
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -22,6 +24,7 @@ from pathlib import Path
 from amlfs.errors import AmlfsError, UserError
 from amlfs.home import ensure_home
 
+PR_SET_PDEATHSIG = 1  # prctl(2)
 READY_ENV = "AMLFS_READY_FD"  # the daemon reports "ready" or "error: …" on this pipe
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
@@ -147,12 +150,14 @@ def records(home: Path) -> list[MountRecord]:
     return found
 
 
-def start_daemon(home: Path, args: list[str], log_name: str | None) -> int:
+def start_daemon(home: Path, args: list[str], log_name: str | None, *,
+                 ends_with_us: bool = False) -> int:  # fmt: skip
     """Start `amlfs mount … --foreground` in the background; return its pid once it
     serves. Its failure to start is raised here, with the daemon's own reason.
 
     The daemon logs to HOME/logs/LOG_NAME.log, or without a LOG_NAME where we do (a
-    service's journal)."""
+    service's journal). ENDS_WITH_US: the kernel sends it SIGTERM (unmount, finish the
+    uploads) if this thread dies, killed or not; `amlfs run` wants that for its mounts."""
     read_end, write_end = os.pipe()
     log = open(log_dir(home) / f"{log_name}.log", "ab") if log_name else None  # noqa: SIM115
     try:
@@ -161,7 +166,7 @@ def start_daemon(home: Path, args: list[str], log_name: str | None) -> int:
             env={**_without(os.environ, "NOTIFY_SOCKET"), READY_ENV: str(write_end)},
             pass_fds=(write_end,),
             stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_terminate_with_parent if ends_with_us else None,
         )  # fmt: skip
     finally:
         os.close(write_end)
@@ -185,6 +190,12 @@ def start_daemon(home: Path, args: list[str], log_name: str | None) -> int:
     if message.startswith("usage: "):
         raise UserError(message.removeprefix("usage: "))
     raise AmlfsError(message.removeprefix("error: "))
+
+
+def _terminate_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent's thread ends (PR_SET_PDEATHSIG)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _without(env: Mapping[str, str], name: str) -> dict[str, str]:

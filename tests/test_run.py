@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -272,3 +273,38 @@ def test_an_upload_that_fails_keeps_the_output_folder_and_says_how_to_finish(
     cli.ok(*command[1:])
     assert (target / "out" / "r.txt").read_text() == "result\n"
     assert cli.ok("dataset", "versions", "o", "--json").out.count('"version": 1') == 1
+
+
+def test_a_run_killed_outright_leaves_no_mount_behind_and_is_shown_as_lost(
+    cli: Cli, dataset: Container, tmp_path: Path
+) -> None:
+    script, started = tmp_path / "sleeper.py", tmp_path / "started"
+    script.write_text(SLEEPER)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "amlfs", "--home", str(cli.home), "run",
+         "--input", "data=ds", "--output", "ckpt=blob:ckpt/{run-id},mode=mount",
+         "--", sys.executable, str(script), "{outputs.ckpt}", str(started)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started.exists()
+        proc.kill()
+        proc.wait()
+        runs = cli.home / "runs"
+        deadline = time.monotonic() + 60
+        while [p for p in mounted_paths() if p.startswith(str(runs))]:
+            assert time.monotonic() < deadline, "the run's mounts outlived it"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in processes_mentioning(started):  # the command, orphaned by the kill
+            os.kill(pid, signal.SIGKILL)
+    run = run_of(cli)
+    assert run["state"] == "lost" and run["ended_at"] is None
+    # The output mount's daemon ended as on SIGTERM: the closed file was uploaded first.
+    assert stored(dataset.fs, f"{dataset.name}/ckpt/{run['id']}") == {"result.txt": b"partial"}

@@ -136,8 +136,7 @@ class Job:
             version = self.versions[spec.name]
             if spec.mode == "mount":
                 teardown.callback(self._unmount_quietly, path)
-                mounts.start_daemon(self.home, ["mount", version.ref, str(path)],
-                                    log_name=f"run-{self.id}-{spec.name}")  # fmt: skip
+                self._start_mount(spec.name, ["mount", version.ref, str(path)])
                 self.hooks.say(f"input {spec.name}: {version.ref} mounted at {path}")
             else:
                 self._download(spec.name, version, path)
@@ -147,9 +146,12 @@ class Job:
             location = f"{spec.datastore}:{self.targets[spec.name]}"
             if spec.mode == "mount":
                 teardown.callback(self._unmount_quietly, path)
-                mounts.start_daemon(self.home, ["output", "mount", location, str(path)],
-                                    log_name=f"run-{self.id}-{spec.name}")  # fmt: skip
+                self._start_mount(spec.name, ["output", "mount", location, str(path)])
                 self.hooks.say(f"output {spec.name}: {location} mounted at {path}")
+
+    def _start_mount(self, name: str, args: list[str]) -> None:
+        # Tied to us: if `amlfs run` is killed outright, its mounts still end cleanly.
+        mounts.start_daemon(self.home, args, log_name=f"run-{self.id}-{name}", ends_with_us=True)
 
     def _download(self, name: str, version: Version, dest: Path) -> None:
         from amlfs.transfer.download import DownloadFailed, download_version
