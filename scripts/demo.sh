@@ -2,8 +2,9 @@
 # The main job on an embedded default: a local folder as the datastore, with sample
 # data generated here. Registers two versions, shows and verifies them, exports a
 # manifest, mounts a version read-only and reads it through the mount, downloads it,
-# writes results through an output mount registered as a new dataset, then changes a
-# source file to show that amlfs notices (verify reports it, the mount refuses its bytes).
+# writes results through an output mount registered as a new dataset, runs a job with
+# `amlfs run` and shows its lineage, then changes a source file to show that amlfs
+# notices (verify reports it, the mount refuses its bytes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
@@ -67,6 +68,17 @@ done
 shell ls -l "$out/daily"
 step unmount "$out"
 step dataset show forecasts:1 --files
+
+# A job: amlfs run mounts its input, gives it an output folder, uploads and registers
+# that folder only if the job succeeds, and records which versions it read and made.
+step run --input weather=weather:2 \
+  --output summary=local:Summaries/{run-id},register=weekly-summary \
+  -- sh -c 'for f in "$AMLFS_INPUT_weather"/*/*.csv; do
+              printf "%s,%s\n" "${f#$AMLFS_INPUT_weather/}" "$(tail -n +2 "$f" | cut -d, -f2 | sort -g | tail -1)"
+            done > {outputs.summary}/max-temperatures.csv'
+step runs list
+step lineage weekly-summary:1
+step lineage weather:2
 
 echo
 echo "Rewriting Weather/week27/mon.csv under the pinned versions..."

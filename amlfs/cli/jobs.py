@@ -161,4 +161,6 @@ def _run_line(run: dict) -> str:
 
 
 def _shorten(text: str, width: int = 60) -> str:
+    """TEXT on one line (a script given to `sh -c` has several), at most WIDTH long."""
+    text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
