@@ -194,6 +194,12 @@ def test_a_bad_entry_is_reported_and_skipped_while_the_others_are_served(
     assert status.startswith("STATUS=serving 1 of 4 mounts; 1 failing (")
     assert f"mountpoint {busy} is not empty" in status
     assert f"2 bad entries ({service.config}:4: no dataset named 'no-such-dataset')" in status
+
+    (busy / "someone-elses-file").unlink()  # fixed: a reload serves it at once
+    service.signal(signal.SIGHUP)
+    service.wait_for("READY=1")
+    assert service.status().startswith("STATUS=serving 2 of 4 mounts; 2 bad entries")
+    assert (busy / "labels.csv").exists()
     code, err = service.stop()
     assert code == 0
     assert f"{service.config}:8: cache_sise: Extra inputs are not permitted" in err

@@ -101,13 +101,14 @@ class Service:
 
     async def _apply(self, declared: list[Declared], rejected: list[Rejected]) -> None:
         """Make the children match DECLARED: stop the removed and changed, start the new
-        and changed, leave the unchanged alone."""
+        and changed (and any not running: a reload retries a failed entry at once),
+        leave the unchanged alone."""
         for entry in rejected:
             log.error("entry skipped: %s", entry.reason)
         self.rejected = rejected
         wanted = {d.mountpoint: d for d in declared}
-        going = [c for point, c in self.children.items()
-                 if point not in wanted or wanted[point] != c.declared]  # fmt: skip
+        going = [child for point, child in self.children.items()
+                 if wanted.get(point) != child.declared or child.pid is None]  # fmt: skip
         async with trio.open_nursery() as nursery:
             for child in going:
                 nursery.start_soon(self._retire, child, wanted.get(child.declared.mountpoint))
