@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,7 +163,9 @@ def start_daemon(home: Path, args: list[str], log_name: str | None, *,
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "amlfs", "--home", str(home), *args, "--foreground"],
-            env={**_without(os.environ, "NOTIFY_SOCKET"), READY_ENV: str(write_end)},
+            # A service's NOTIFY_SOCKET is its own: systemd hears the service, not its mounts.
+            env={**{k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"},
+                 READY_ENV: str(write_end)},
             pass_fds=(write_end,),
             stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             start_new_session=True, preexec_fn=_terminate_with_parent if ends_with_us else None,
@@ -196,11 +198,6 @@ def _terminate_with_parent() -> None:
     """In the child, before exec: SIGTERM when the parent's thread ends (PR_SET_PDEATHSIG)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _without(env: Mapping[str, str], name: str) -> dict[str, str]:
-    # A service's NOTIFY_SOCKET is its own: systemd hears the service, not its mounts.
-    return {key: value for key, value in env.items() if key != name}
 
 
 def _read_report(fd: int, proc: subprocess.Popen) -> str:
@@ -237,6 +234,24 @@ def report_failure(error: AmlfsError) -> None:
     report_ready(f"{'usage' if error.exit_code == 2 else 'error'}: {error}")
 
 
+@contextlib.contextmanager
+def failures_reported(mountpoint: Path, daemon: bool = True) -> Iterator[None]:
+    """In a DAEMON, a failure to set up or serve also goes to the command that started it:
+    bad input stays bad input (exit 2), anything unexpected is "cannot mount …"."""
+    if not daemon:
+        yield
+        return
+    try:
+        yield
+    except AmlfsError as error:
+        report_failure(error)
+        raise
+    except Exception as error:
+        failure = AmlfsError(f"cannot mount {mountpoint}: {error}")
+        report_failure(failure)
+        raise failure from error
+
+
 def unmount(
     home: Path, mountpoint: Path, waiting: Callable[[MountRecord], None] | None = None
 ) -> MountRecord | None:
@@ -270,3 +285,14 @@ def unmount(
                              f" {bound:.0f} s; it keeps running")  # fmt: skip
         remove_record(home, record.pid)
     return record
+
+
+def detach_if_dead(home: Path, mountpoint: Path) -> None:
+    """Detach an amlfs mount at MOUNTPOINT whose daemon is gone (it died, or a service
+    was killed with its children). A live mount, or anything not amlfs, is left alone."""
+    path = str(mountpoint)
+    if mounted_paths().get(path) != "fuse.amlfs":
+        return
+    if any(r.mountpoint == path and r.alive for r in records(home)):
+        return
+    unmount(home, mountpoint)

@@ -92,6 +92,27 @@ def assert_taken_down(home: Path) -> None:
     assert not runs.exists() or list(runs.iterdir()) == []
 
 
+def start_sleeping_run(cli: Cli, tmp_path: Path, *outputs: str) -> tuple[subprocess.Popen, Path]:
+    """`amlfs run` of SLEEPER with input ds mounted and OUTPUTS (the first is where it
+    writes), returned once the command has started; and the file that says so."""
+    script, started = tmp_path / "sleeper.py", tmp_path / "started"
+    script.write_text(SLEEPER)
+    options = [option for output in outputs for option in ("--output", output)]
+    first = outputs[0].partition("=")[0]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "amlfs", "--home", str(cli.home), "run", "--input", "data=ds",
+         *options, "--", sys.executable, str(script), f"{{outputs.{first}}}", str(started)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not started.exists():
+        proc.kill()
+        pytest.fail(f"the command did not start: {proc.communicate(timeout=30)}")
+    return proc, started
+
+
 def test_a_run_sees_its_inputs_and_stores_and_registers_its_outputs(
     cli: Cli, dataset: Container, job: Path
 ) -> None:
@@ -153,20 +174,10 @@ def test_a_failed_command_passes_its_exit_code_and_uploads_and_registers_nothing
 def test_a_signal_reaches_the_command_and_the_run_is_taken_down(
     cli: Cli, dataset: Container, tmp_path: Path, signum: int, status: int
 ) -> None:
-    script, started = tmp_path / "sleeper.py", tmp_path / "started"
-    script.write_text(SLEEPER)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "amlfs", "--home", str(cli.home), "run",
-         "--input", "data=ds", "--output", "out=blob:out/{run-id},register=out",
-         "--output", "ckpt=blob:ckpt/{run-id},mode=mount",
-         "--", sys.executable, str(script), "{outputs.out}", str(started)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc, _ = start_sleeping_run(
+        cli, tmp_path, "out=blob:out/{run-id},register=out", "ckpt=blob:ckpt/{run-id},mode=mount"
+    )
     try:
-        deadline = time.monotonic() + 60
-        while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert started.exists(), proc.communicate(timeout=30)
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -258,7 +269,9 @@ def test_an_upload_that_fails_keeps_the_output_folder_and_says_how_to_finish(
     cli.ok("datastore", "add", "local", source.as_uri())
     cli.ok("datastore", "add", "results", target.as_uri())
     cli.ok("dataset", "register", "d", "--datastore", "local", "--path", ".")
-    result = cli.process("run", "--input", "x=d", "--output", "o=results:out,register=o",
+    scratch = tmp_path / "scratch"
+    result = cli.process("run", "--work-dir", str(scratch), "--input", "x=d",
+                         "--output", "o=results:out,register=o",
                          "--", "sh", "-c", "echo result > {outputs.o}/r.txt")  # fmt: skip
     assert result.code == 1
     assert result.err.strip().splitlines()[-1].startswith("amlfs: error: run ")
@@ -266,6 +279,8 @@ def test_an_upload_that_fails_keeps_the_output_folder_and_says_how_to_finish(
     command = hint.partition("to upload it: ")[2].split()
     assert command[:4] == ["amlfs", "--home", str(cli.home), "upload"]
     kept = Path(command[4])
+    assert kept.parent.parent.parent == scratch  # SCRATCH/RUN_ID/outputs/o
+    assert not (kept.parent.parent / "inputs").exists()  # the rest of the run's folder went
     assert (kept / "r.txt").read_text() == "result\n"
     assert run_of(cli)["error"].startswith("output o: 1 file(s) not uploaded")
 
@@ -278,19 +293,8 @@ def test_an_upload_that_fails_keeps_the_output_folder_and_says_how_to_finish(
 def test_a_run_killed_outright_leaves_no_mount_behind_and_is_shown_as_lost(
     cli: Cli, dataset: Container, tmp_path: Path
 ) -> None:
-    script, started = tmp_path / "sleeper.py", tmp_path / "started"
-    script.write_text(SLEEPER)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "amlfs", "--home", str(cli.home), "run",
-         "--input", "data=ds", "--output", "ckpt=blob:ckpt/{run-id},mode=mount",
-         "--", sys.executable, str(script), "{outputs.ckpt}", str(started)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    proc, started = start_sleeping_run(cli, tmp_path, "ckpt=blob:ckpt/{run-id},mode=mount")
     try:
-        deadline = time.monotonic() + 60
-        while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert started.exists()
         proc.kill()
         proc.wait()
         runs = cli.home / "runs"

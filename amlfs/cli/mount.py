@@ -13,7 +13,7 @@ import click
 from amlfs import mounts
 from amlfs.cli.context import app, common_options, json_option
 from amlfs.cli.output import emit_json, human_bytes, table
-from amlfs.errors import AmlfsError, UserError
+from amlfs.errors import UserError
 from amlfs.home import cache_dir as default_cache_dir
 from amlfs.home import default_home, ensure_home
 from amlfs.registry.models import Datastore, Version
@@ -94,7 +94,7 @@ def mount(ctx: click.Context, ref: str, mountpoint: Path, cache_dir: Path | None
     Returns once the mount serves; the daemon keeps running until `amlfs unmount`.
     """
     home = home_of(ctx)
-    try:
+    with mounts.failures_reported(mountpoint, foreground):
         registry = app(ctx).registry()
         version = registry.resolve(ref)
         path = mounts.check_mountpoint(mountpoint)
@@ -109,10 +109,6 @@ def mount(ctx: click.Context, ref: str, mountpoint: Path, cache_dir: Path | None
         )
         if settings.block_size < 4096 or settings.block_size > 256 * 2**20:
             raise UserError("--block-size must be between 4KiB and 256MiB")
-    except AmlfsError as error:
-        if foreground:
-            mounts.report_failure(error)
-        raise
     if not foreground:
         args = ["mount", version.ref, str(path), "--cache-dir", str(settings.cache_dir)]
         for name in ("cache_size", "block_size", "memory_cache", "fetch_limit", "io_timeout"):
@@ -134,15 +130,8 @@ def serve_here(ctx: click.Context, home: Path, version: Version, path: Path,
     from amlfs.fuse.mount import serve
 
     daemon_logging()
-    try:
+    with mounts.failures_reported(path):
         serve(home, app(ctx).registry(), version, path, settings, opening)
-    except AmlfsError as error:  # bad input (a credential not set: exit 2) stays so
-        mounts.report_failure(error)
-        raise
-    except Exception as error:
-        failure = AmlfsError(f"cannot mount {path}: {error}")
-        mounts.report_failure(failure)
-        raise failure from error
 
 
 def daemon_logging() -> None:

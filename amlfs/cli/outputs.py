@@ -13,7 +13,6 @@ from amlfs import mounts
 from amlfs.cli.context import app, common_options
 from amlfs.cli.mount import daemon_logging, home_of
 from amlfs.cli.output import human_bytes
-from amlfs.cli.transfer import parse_location
 from amlfs.errors import AmlfsError
 from amlfs.registry import paths
 
@@ -68,8 +67,8 @@ def output_mount(ctx: click.Context, location: str, mountpoint: Path, dataset: s
     mount of the same destination, or by `amlfs output resume`.
     """
     home = home_of(ctx)
-    try:
-        datastore, target = parse_location(location)
+    with mounts.failures_reported(mountpoint, foreground):
+        datastore, target = paths.parse_location(location)
         if dataset is not None:
             paths.check_name("dataset", dataset)
         datastore_record = app(ctx).registry().get_datastore(datastore)
@@ -78,10 +77,6 @@ def output_mount(ctx: click.Context, location: str, mountpoint: Path, dataset: s
             staging_root=(staging_dir or home / "staging").absolute(), workers=workers,
             patience_s=patience, register=dataset, allow_other=allow_other,
         )  # fmt: skip
-    except AmlfsError as error:
-        if foreground:
-            mounts.report_failure(error)
-        raise
     if not foreground:
         args = [
             "output",
@@ -107,17 +102,10 @@ def output_mount(ctx: click.Context, location: str, mountpoint: Path, dataset: s
     from amlfs.transfer.journal import Journal
     from amlfs.transfer.outputs import UploadsPending, pinned_files, register_session
 
-    try:
+    with mounts.failures_reported(path):
         store = Store(datastore_record)
         journal = Journal(home)
         outcome = serve_output(home, journal, store, target, path, options)
-    except AmlfsError as error:
-        mounts.report_failure(error)
-        raise
-    except Exception as error:
-        failure = AmlfsError(f"cannot mount {path}: {error}")
-        mounts.report_failure(failure)
-        raise failure from error
     if outcome.unsettled:
         raise UploadsPending(outcome.session, outcome.unsettled)
     log = logging.getLogger("amlfs")
@@ -144,7 +132,7 @@ def output_resume(ctx: click.Context, location: str | None) -> None:
     registry = app(ctx).registry()
     destination = None
     if location is not None:
-        datastore, target = parse_location(location)
+        datastore, target = paths.parse_location(location)
         destination = f"{datastore}:{target}"
     journal = Journal(home)
     stores: dict[str, Store] = {}
@@ -198,17 +186,9 @@ class UploadWait:
 
 def check_uploads(home: Path, record: mounts.MountRecord) -> None:
     """After an output daemon ended: exit non-zero if any of its files is not uploaded."""
-    from amlfs.transfer.journal import Journal
-    from amlfs.transfer.outputs import UploadsPending
+    from amlfs.transfer.outputs import ended_session
 
     session_id = record.stats.get("session")
     if session_id is None:
         raise AmlfsError("the output mount left no session to check")
-    journal = Journal(home)
-    try:
-        session = journal.session(session_id)
-        unsettled = [row for row in journal.uploads(session_id) if not row.settled]
-    finally:
-        journal.close()
-    if unsettled:
-        raise UploadsPending(session, unsettled)
+    ended_session(home, session_id)

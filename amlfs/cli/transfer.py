@@ -10,7 +10,6 @@ from amlfs.cli.context import app, common_options
 from amlfs.cli.mount import home_of, parse_size
 from amlfs.cli.output import human_bytes
 from amlfs.cli.progress import TransferProgress
-from amlfs.errors import UserError
 
 
 @click.command("download")
@@ -64,14 +63,6 @@ def _list_failures(failed: dict[str, str]) -> None:
         click.echo(f"amlfs: failed: {path}: {reason}", err=True)
 
 
-def parse_location(text: str) -> tuple[str, str]:
-    """DATASTORE:PATH as (datastore, path); PATH may be empty (the datastore's root)."""
-    name, sep, path = text.partition(":")
-    if not sep or not name:
-        raise UserError(f"{text!r}: expected DATASTORE:PATH")
-    return name, path.strip("/")
-
-
 @click.command("upload")
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("location", metavar="DATASTORE:PATH")
@@ -92,7 +83,7 @@ def upload_command(ctx: click.Context, src: Path, location: str, dataset: str | 
     from amlfs.storage import Store
     from amlfs.transfer.upload import DEFAULT_WORKERS, UploadFailed, local_files, upload
 
-    datastore, target = parse_location(location)
+    datastore, target = paths.parse_location(location)
     if dataset is not None:
         paths.check_name("dataset", dataset)
     registry = app(ctx).registry()

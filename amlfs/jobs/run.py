@@ -72,24 +72,18 @@ class Job:
         self.stores = {o.name: registry.get_datastore(o.datastore) for o in outputs}
         self.targets = {o.name: o.target(self.id) for o in outputs}
         self.work = (work_root or home / "runs").expanduser().absolute() / self.id
-        self.paths = {
-            **{f"inputs.{i.name}": self.work / "inputs" / i.name for i in inputs},
-            **{f"outputs.{o.name}": self.work / "outputs" / o.name for o in outputs},
-        }
-        self.argv = [
-            substitute(argument, self._local("inputs"), self._local("outputs"), self.id)
-            for argument in command
-        ]
+        self.input_paths = {i.name: self.work / "inputs" / i.name for i in inputs}
+        self.output_paths = {o.name: self.work / "outputs" / o.name for o in outputs}
+        local_inputs = {name: str(path) for name, path in self.input_paths.items()}
+        local_outputs = {name: str(path) for name, path in self.output_paths.items()}
+        self.argv = [substitute(argument, local_inputs, local_outputs, self.id)
+                     for argument in command]  # fmt: skip
         self.kept: set[Path] = set()  # output folders not uploaded: never deleted
-
-    def _local(self, kind: str) -> dict[str, str]:
-        return {key.partition(".")[2]: str(path) for key, path in self.paths.items()
-                if key.startswith(f"{kind}.")}  # fmt: skip
 
     def environment(self) -> dict[str, str]:
         env = {**os.environ, "AMLFS_RUN_ID": self.id, "AMLFS_HOME": str(self.home)}
-        env.update({i.env_var: str(self.paths[f"inputs.{i.name}"]) for i in self.inputs})
-        env.update({o.env_var: str(self.paths[f"outputs.{o.name}"]) for o in self.outputs})
+        env.update({i.env_var: str(self.input_paths[i.name]) for i in self.inputs})
+        env.update({o.env_var: str(self.output_paths[o.name]) for o in self.outputs})
         return env
 
     def record(self) -> Run:
@@ -131,7 +125,7 @@ class Job:
 
     def _set_up(self, teardown: ExitStack) -> None:
         for spec in self.inputs:
-            path = self.paths[f"inputs.{spec.name}"]
+            path = self.input_paths[spec.name]
             path.mkdir(parents=True)
             version = self.versions[spec.name]
             if spec.mode == "mount":
@@ -141,7 +135,7 @@ class Job:
             else:
                 self._download(spec.name, version, path)
         for spec in self.outputs:
-            path = self.paths[f"outputs.{spec.name}"]
+            path = self.output_paths[spec.name]
             path.mkdir(parents=True)
             location = f"{spec.datastore}:{self.targets[spec.name]}"
             if spec.mode == "mount":
@@ -183,21 +177,13 @@ class Job:
         return problems
 
     def _settle_mount(self, spec: OutputSpec, status: int, run_log: RunLog) -> None:
-        from amlfs.transfer.journal import Journal
-        from amlfs.transfer.outputs import UploadsPending, pinned_files, session_version
+        from amlfs.transfer.outputs import ended_session, pinned_files, session_version
 
-        path = self.paths[f"outputs.{spec.name}"]
+        path = self.output_paths[spec.name]
         record = mounts.unmount(self.home, path, waiting=self.hooks.waiting)
-        journal = Journal(self.home)
-        try:
-            session = journal.session(record.stats["session"]) if record else None
-            rows = journal.uploads(session.id) if session else []
-        finally:
-            journal.close()
-        if session is None:
+        if record is None or "session" not in record.stats:
             raise AmlfsError("the output mount left no record of its uploads")
-        if unsettled := [row for row in rows if not row.settled]:
-            raise UploadsPending(session, unsettled)
+        session, rows = ended_session(self.home, record.stats["session"])
         stored = pinned_files(rows)
         where = f"{spec.datastore}:{self.targets[spec.name]}"
         self.hooks.say(f"output {spec.name}: {len(stored)} file(s) stored at {where}")
@@ -216,7 +202,7 @@ class Job:
         from amlfs.storage import Store
         from amlfs.transfer.upload import UploadFailed, local_files, upload, uploaded_version
 
-        path = self.paths[f"outputs.{spec.name}"]
+        path = self.output_paths[spec.name]
         if not any(path.iterdir()):
             self.hooks.say(f"output {spec.name}: nothing written, nothing uploaded")
             return
@@ -257,7 +243,7 @@ class Job:
             return
         self._forget_downloads()
         for spec in self.outputs:
-            path = self.paths[f"outputs.{spec.name}"]
+            path = self.output_paths[spec.name]
             if path in self.kept:
                 location = f"{spec.datastore}:{self.targets[spec.name]}"
                 register = f" --register {spec.register}" if spec.register else ""
@@ -270,7 +256,7 @@ class Job:
     def _forget_downloads(self) -> None:
         from amlfs.transfer.journal import Journal
 
-        downloaded = [self.paths[f"inputs.{i.name}"] for i in self.inputs if i.mode == "download"]
+        downloaded = [self.input_paths[i.name] for i in self.inputs if i.mode == "download"]
         if not downloaded:
             return
         journal = Journal(self.home, durable=False)
@@ -282,11 +268,13 @@ class Job:
 
 
 def _removable(work: Path, kept: set[Path]) -> list[Path]:
-    """WORK itself, or, when some folders in it are kept, everything else in it."""
+    """WORK itself, or, when some output folders in it are kept, everything else in it."""
     if not kept:
         return [work]
-    return [child for folder in (work / "inputs", work / "outputs") if folder.exists()
-            for child in folder.iterdir() if child not in kept]  # fmt: skip
+    outputs = work / "outputs"
+    return [child for child in work.iterdir() if child != outputs] + [
+        child for child in outputs.iterdir() if child not in kept
+    ]
 
 
 @contextlib.contextmanager

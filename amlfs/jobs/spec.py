@@ -64,10 +64,9 @@ def parse_output(text: str) -> OutputSpec:
     """`NAME=DATASTORE:PATH[,mode=upload|mount][,register=DATASET]`."""
     name, value, options = _split(text, "--output", "NAME=DATASTORE:PATH[,mode=…][,register=…]",
                                   {"mode", "register"})  # fmt: skip
-    datastore, sep, path = value.partition(":")
-    if not sep or not datastore:
+    if ":" not in value:
         raise UserError(f"--output {text}: expected NAME=DATASTORE:PATH")
-    paths.check_name("datastore", datastore)
+    datastore, path = paths.parse_location(value)
     for placeholder in _PATH_PLACEHOLDER.findall(path):
         if placeholder not in PATH_PLACEHOLDERS:
             raise UserError(f"--output {text}: unknown placeholder {{{placeholder}}} in the path"
@@ -78,7 +77,7 @@ def parse_output(text: str) -> OutputSpec:
     register = options.get("register")
     if register is not None:
         paths.check_name("dataset", register)
-    return OutputSpec(name, datastore, path.strip("/"), mode, register)
+    return OutputSpec(name, datastore, path, mode, register)
 
 
 def check_names(inputs: list[InputSpec], outputs: list[OutputSpec]) -> None:

@@ -33,6 +33,14 @@ def parse_version_ref(ref: str) -> tuple[str, int | None]:
     return name, int(version)
 
 
+def parse_location(text: str) -> tuple[str, str]:
+    """`DATASTORE:PATH` as (datastore, path); PATH may be empty (the datastore's root)."""
+    name, sep, path = text.partition(":")
+    if not sep or not name:
+        raise UserError(f"{text!r}: expected DATASTORE:PATH")
+    return check_name("datastore", name), path.strip("/")
+
+
 def path_problem(path: object) -> str | None:
     """Why PATH is not a canonical relative file path, or None if it is one."""
     if not isinstance(path, str):

@@ -110,9 +110,9 @@ class RunLog:
         return self._run(row)
 
     def list(self, limit: int | None = None) -> list[Run]:
-        """Runs, newest first."""
+        """Runs, newest first (times have whole seconds: the insertion order breaks ties)."""
         rows = self._conn.execute(
-            f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY started_at DESC, id DESC LIMIT ?",
+            f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?",
             (-1 if limit is None else limit,),
         ).fetchall()
         return [self._run(row) for row in rows]
@@ -122,7 +122,7 @@ class RunLog:
         rows = self._conn.execute(
             f"SELECT DISTINCT {_RUN_COLUMNS} FROM runs r"
             " JOIN run_inputs i ON i.run_id = r.id WHERE i.version_id = ?"
-            " ORDER BY r.started_at, r.id",
+            " ORDER BY r.started_at, r.rowid",
             (version.id,),
         ).fetchall()
         return [self._run(row) for row in rows]

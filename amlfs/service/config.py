@@ -112,16 +112,14 @@ def declared_entry(raw: object, registry: Registry) -> Declared:
     if "output" in raw:
         out = OutputEntry.model_validate(raw)
         mountpoint = _absolute(out.mountpoint)
-        datastore, sep, target = out.output.partition(":")
-        if not sep or not datastore:
-            raise UserError(f"output: {out.output!r}: expected DATASTORE:PATH")
+        datastore, target = paths.parse_location(out.output)
         registry.get_datastore(datastore)
         if out.register_as is not None:
             paths.check_name("dataset", out.register_as)
-        args = ["output", "mount", f"{datastore}:{target.strip('/')}", mountpoint]
+        args = ["output", "mount", f"{datastore}:{target}", mountpoint]
         args += ["--register", out.register_as] if out.register_as else []
         args += _options(out, ("staging_dir", "workers", "patience"))
-        return Declared(mountpoint, f"output {datastore}:{target.strip('/')}", tuple(args))
+        return Declared(mountpoint, f"output {datastore}:{target}", tuple(args))
     if "dataset" not in raw:
         raise UserError("an entry needs dataset: NAME[:VERSION] or output: DATASTORE:PATH")
     entry = ReadOnlyEntry.model_validate(raw)

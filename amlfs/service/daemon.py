@@ -133,7 +133,7 @@ class Service:
     async def _start(self, child: Child) -> None:
         entry = child.declared
         try:
-            await trio.to_thread.run_sync(self._detach_stale, entry.mountpoint)
+            await trio.to_thread.run_sync(mounts.detach_if_dead, self.home, Path(entry.mountpoint))
             child.pid = await trio.to_thread.run_sync(mounts.start_daemon, self.home,
                                                       list(entry.args), None)  # fmt: skip
         except UserError as error:  # the entry itself is wrong: not until it is changed
@@ -212,16 +212,6 @@ class Service:
             _reap(child.pid)
         log.info("unmounted %s", point)
 
-    def _detach_stale(self, point: str) -> None:
-        """Detach an amlfs mount at POINT whose daemon is gone (it died, or a previous
-        service was killed with its children); a live mount is left to refuse the start."""
-        if mounts.mounted_paths().get(point) != "fuse.amlfs":
-            return
-        if any(r.mountpoint == point and r.alive for r in mounts.records(self.home)):
-            return
-        log.warning("%s: detaching a mount left by a daemon that is gone", point)
-        mounts.unmount(self.home, Path(point))
-
     def _publish(self) -> None:
         """STATUS= for systemctl status, when it changed."""
         serving = [c for c in self.children.values() if c.pid is not None]
@@ -253,20 +243,13 @@ def notify(notification: Notification, value: str | None = None) -> None:
 
 
 def _report_uploads(home: Path, record: mounts.MountRecord) -> None:
-    from amlfs.transfer.journal import Journal
+    from amlfs.transfer.outputs import UploadsPending, ended_session
 
-    session_id = record.stats.get("session")
-    if session_id is None:
-        return
-    journal = Journal(home)
-    try:
-        pending = [row for row in journal.uploads(session_id) if not row.settled]
-    finally:
-        journal.close()
-    if pending:
-        log.warning("%s: %d file(s) not uploaded; they stay journaled, and the next mount of"
-                    " %s or `amlfs output resume` uploads them", record.mountpoint, len(pending),
-                    record.what)  # fmt: skip
+    if "session" in record.stats:
+        try:
+            ended_session(home, record.stats["session"])
+        except UploadsPending as pending:  # journaled: the next mount or a resume sends them
+            log.warning("%s: %s", record.mountpoint, pending)
 
 
 def _reap(pid: int) -> None:

@@ -126,6 +126,19 @@ def resume(
     return [], version
 
 
+def ended_session(home: Path, session_id: int) -> tuple[Session, list[Upload]]:
+    """An output mount's session and its rows once its daemon has ended; raises
+    UploadsPending if any file is not uploaded (it stays staged and journaled)."""
+    journal = Journal(home)
+    try:
+        session, rows = journal.session(session_id), journal.uploads(session_id)
+    finally:
+        journal.close()
+    if unsettled := [row for row in rows if not row.settled]:
+        raise UploadsPending(session, unsettled)
+    return session, rows
+
+
 def _drop_staged(staging: Path, row: Upload) -> None:
     if row.staged is not None:
         (staging / row.staged).unlink(missing_ok=True)
