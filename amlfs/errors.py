@@ -44,3 +44,8 @@ class SourceChanged(AmlfsError):
 
 class StorageError(AmlfsError):
     """The storage behind a datastore failed or could not be reached."""
+
+
+class NotAsStored(StorageError):
+    """A conditional overwrite or delete found something other than what amlfs last stored
+    at that name: amlfs never replaces or removes a file it did not write."""

@@ -6,20 +6,25 @@ when a datastore is opened, used in memory, and scrubbed from every error it rai
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
 import logging
 import os
+import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 import fsspec
 from fsspec.asyn import sync
 from fsspec.core import url_to_fs
 
-from amlfs.errors import SourceChanged, StorageError, UserError
+from amlfs.errors import NotAsStored, SourceChanged, StorageError, UserError
 from amlfs.registry import paths
 from amlfs.registry.models import Datastore, PinnedFile
 
@@ -39,6 +44,14 @@ AZURE_RETRY = {"total_retries": 3, "connect_retries": 3, "read_retries": 3,
 AZURE_TIMEOUTS = {"connection_timeout": 10, "read_timeout": 60}
 # Requests in flight for one large blob's transfer; small blobs take one request anyway.
 BLOB_CONCURRENCY = 4
+# A server-side copy within one account is usually done when it is acknowledged; a large
+# one may go on in the background, and is waited for (polled) up to this long.
+COPY_TIMEOUT_S = 1800.0
+COPY_BUFFER = 4 * 2**20
+# Files a local datastore receives get the usual permissions (read once: os.umask can
+# only be read by setting it, which is not thread-safe later).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def protocol_of(url: str) -> str:
@@ -177,35 +190,60 @@ class Store:
             if info is None or _etag(info) != etag:
                 raise SourceChanged(f"{relative} changed since it was pinned")
 
-    def upload(self, local: Path, relative: str, md5: bytes | None = None) -> PinnedFile:
-        """Store the local file at RELATIVE (replacing what is there) and return it pinned.
+    def upload(self, local: Path | BinaryIO, relative: str, md5: bytes | None = None, *,
+               size: int | None = None, if_match: str | None = None) -> PinnedFile:  # fmt: skip
+        """Store LOCAL (a path, or a file open for reading) at RELATIVE and return it pinned:
+        its first SIZE bytes when given (an output mount's staged copy may have grown since
+        the close being stored), else all of it.
 
-        A reader never sees a partial file: Azure commits a blob's blocks at once, and a
-        local folder receives a temporary name that is renamed into place. MD5, when given,
-        is stored as the blob's Content-MD5 so that later comparisons need no download.
+        IF_MATCH: replace only a file with that etag (what amlfs itself stored there); a
+        name holding anything else raises NotAsStored. Without it, whatever is there is
+        replaced. A reader never sees a partial file: Azure commits a blob's blocks at once,
+        and a local folder receives a temporary name that is renamed into place. MD5, when
+        given, is stored as the blob's Content-MD5 so that later comparisons need no
+        download. Stores other than Azure and local folders cannot be written
+        conditionally: there IF_MATCH is checked just before the write.
         """
         full = self.full_path(relative)
-        with self._errors(f"upload {relative}"):
+        with self._errors(f"upload {relative}"), _opened(local) as source:
+            length = os.fstat(source.fileno()).st_size if size is None else size
             if self.azure:
-                etag, modified = sync(self.fs.loop, _azure_upload, self.fs, full, local, md5)
-                size = local.stat().st_size
-                return PinnedFile(relative, size, etag, md5, _last_modified({"mtime": modified}))
-            if protocol_of(self.datastore.url) == "file":
-                partial = f"{full}.amlfs-part"
-                self.fs.makedirs(paths.parent(full) or self.root, exist_ok=True)
-                self.fs.put_file(str(local), partial)
-                self.fs.mv(partial, full)
+                etag, modified = sync(self.fs.loop, _azure_upload, self.fs, full, source,
+                                      length, md5, if_match)  # fmt: skip
+                return PinnedFile(relative, length, etag, md5, _last_modified({"mtime": modified}))
+            if self.local:
+                _local_put(source, length, full, lambda: self._check(full, if_match))
             else:
-                self.fs.put_file(str(local), full)
+                self._check(full, if_match)
+                with self.fs.open(full, "wb") as out:
+                    _copy_bytes(source, out, length)
             pinned = self._stored(relative)
             if pinned is None:
                 raise StorageError(f"{relative}: not found right after its upload")
             return replace(pinned, md5=pinned.md5 or md5)
 
-    def copy(self, source: str, target: str) -> PinnedFile:
-        """Copy a stored file within the datastore (server-side where the store can)."""
+    def copy(self, source: str, target: str, *, source_etag: str,
+             if_match: str | None = None) -> PinnedFile:  # fmt: skip
+        """Copy a stored file within the datastore (server-side where the store can), only
+        if SOURCE still has SOURCE_ETAG (else SourceChanged) and TARGET holds what IF_MATCH
+        says (as upload). Returns the copy pinned once it is complete."""
+        full_source, full_target = self.full_path(source), self.full_path(target)
         with self._errors(f"copy {source} to {target}"):
-            self.fs.copy(self.full_path(source), self.full_path(target))
+            if self.azure:
+                sync(self.fs.loop, _azure_copy, self.fs, full_source, full_target,
+                     source_etag, if_match)  # fmt: skip
+            else:
+                with self.fs.open(full_source, "rb") as data:
+                    if self._etag_of(full_source) != source_etag:
+                        raise SourceChanged(f"{source} changed since amlfs stored it")
+                    length = self.fs.info(full_source)["size"]
+                    if self.local:
+                        _local_put(data, length, full_target,
+                                   lambda: self._check(full_target, if_match))  # fmt: skip
+                    else:
+                        self._check(full_target, if_match)
+                        with self.fs.open(full_target, "wb") as out:
+                            _copy_bytes(data, out, length)
             pinned = self._stored(target)
         if pinned is None:
             raise StorageError(f"{target}: not found right after it was copied")
@@ -216,15 +254,52 @@ class Store:
         with self._errors(f"stat {relative}"):
             return self._stored(relative)
 
-    def delete(self, relative: str) -> None:
-        """Remove a stored file; one that is already gone is fine."""
-        with self._errors(f"delete {relative}"), contextlib.suppress(FileNotFoundError):
-            self.fs.rm_file(self.full_path(relative))
+    def delete(self, relative: str, if_match: str | None = None) -> bool:
+        """Remove a stored file; with IF_MATCH, only if it has that etag (what amlfs stored
+        there). Returns whether it removed it: False if it was gone already or, with
+        IF_MATCH, holds something else now (a newer file that is not to be touched)."""
+        full = self.full_path(relative)
+        with self._errors(f"delete {relative}"):
+            if self.azure:
+                return sync(self.fs.loop, _azure_delete, self.fs, full, if_match)
+            if if_match is not None and self._etag_of(full) != if_match:
+                return False
+            try:
+                self.fs.rm_file(full)
+            except FileNotFoundError:
+                return False
+            return True
+
+    def digest(self, relative: str) -> bytes | None:
+        """The MD5 of the stored file at RELATIVE: its Content-MD5 where the store keeps
+        one, else computed by reading it. None if there is no such file."""
+        pinned = self.stat(relative)
+        if pinned is None or pinned.md5 is not None:
+            return None if pinned is None else pinned.md5
+        with self._errors(f"read {relative}"), self.fs.open(self.full_path(relative)) as f:
+            return hashlib.file_digest(f, "md5").digest()
 
     def read(self, relative: str, start: int, end: int) -> bytes:
         """Bytes [start, end) of a stored file, whatever its etag (files amlfs wrote)."""
         with self._errors(f"read {relative}"):
             return self.fs.cat_file(self.full_path(relative), start, end)
+
+    @property
+    def local(self) -> bool:
+        return protocol_of(self.datastore.url) == "file"
+
+    def _etag_of(self, full: str) -> str | None:
+        info = self._info(full)
+        return None if info is None or info.get("type") == "directory" else _etag(info)
+
+    def _check(self, full: str, if_match: str | None) -> None:
+        """Compare, just before acting: the name holds what IF_MATCH says (None: anything)."""
+        if if_match is not None and self._etag_of(full) != if_match:
+            raise NotAsStored(f"{self._relative(full)} is not what amlfs stored there"
+                              " (changed outside amlfs)")  # fmt: skip
+
+    def _relative(self, full: str) -> str:
+        return paths.relative_to(self.root, full)
 
     def _find(self, full: str, progress: Progress) -> list[dict]:
         """Every file below folder FULL. On Azure, page by page (5,000 blobs a request)
@@ -336,19 +411,122 @@ async def _azure_download(fs: fsspec.AbstractFileSystem, full: str, etag: str, l
 
 
 async def _azure_upload(
-    fs: fsspec.AbstractFileSystem, full: str, local: Path, md5: bytes | None
+    fs: fsspec.AbstractFileSystem,
+    full: str,
+    source: BinaryIO,
+    length: int,
+    md5: bytes | None,
+    if_match: str | None,
 ) -> tuple[str, datetime]:
+    from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
     from azure.storage.blob import ContentSettings
 
     container, blob, _ = fs.split_path(full)
+    condition = {"etag": if_match, "match_condition": MatchConditions.IfNotModified}
     async with fs.service_client.get_blob_client(container, blob) as client:
-        with open(local, "rb") as data:
+        try:
             result = await client.upload_blob(
-                data, overwrite=True, max_concurrency=BLOB_CONCURRENCY,
+                source, length=length, overwrite=True, max_concurrency=BLOB_CONCURRENCY,
                 content_settings=ContentSettings(content_md5=bytearray(md5) if md5 else None),
+                **(condition if if_match else {}),
             )  # fmt: skip
+        except (ResourceModifiedError, ResourceNotFoundError):
+            raise NotAsStored(
+                f"{full} is not what amlfs stored there (changed outside amlfs)"
+            ) from None
     fs.invalidate_cache()
     return str(result["etag"]), result["last_modified"]
+
+
+async def _azure_delete(fs: fsspec.AbstractFileSystem, full: str, if_match: str | None) -> bool:
+    from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+    container, blob, _ = fs.split_path(full)
+    condition = {"etag": if_match, "match_condition": MatchConditions.IfNotModified}
+    async with fs.service_client.get_blob_client(container, blob) as client:
+        try:
+            await client.delete_blob(**(condition if if_match else {}))
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
+    fs.invalidate_cache()
+    return True
+
+
+async def _azure_copy(fs: fsspec.AbstractFileSystem, full_source: str, full_target: str,
+                      source_etag: str, if_match: str | None) -> None:  # fmt: skip
+    from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+    container, blob, _ = fs.split_path(full_source)
+    target_container, target_blob, _ = fs.split_path(full_target)
+    condition = {"etag": if_match, "match_condition": MatchConditions.IfNotModified}
+    source = fs.service_client.get_blob_client(container, blob)
+    async with source, fs.service_client.get_blob_client(target_container, target_blob) as target:
+        try:
+            copy = await target.start_copy_from_url(
+                source.url, source_etag=source_etag,
+                source_match_condition=MatchConditions.IfNotModified,
+                **(condition if if_match else {}),
+            )  # fmt: skip
+        except ResourceNotFoundError:
+            raise SourceChanged(f"{full_source} is gone from the datastore") from None
+        except ResourceModifiedError:
+            # Either side's condition failed: say which, so that a changed source is not
+            # reported as a changed target.
+            props = await source.get_blob_properties()
+            if props.etag != source_etag:
+                raise SourceChanged(f"{full_source} changed since amlfs stored it") from None
+            raise NotAsStored(f"{full_target} is not what amlfs stored there") from None
+        status, deadline = copy.get("copy_status"), time.monotonic() + COPY_TIMEOUT_S
+        while status == "pending" and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            status = (await target.get_blob_properties()).copy.status
+        if status != "success":
+            raise StorageError(f"copy of {full_source} to {full_target} ended {status}")
+    fs.invalidate_cache()
+
+
+@contextlib.contextmanager
+def _opened(local: Path | BinaryIO) -> Iterator[BinaryIO]:
+    if not isinstance(local, Path):
+        yield local
+        return
+    with open(local, "rb") as source:
+        yield source
+
+
+def _copy_bytes(source: BinaryIO, out: BinaryIO, length: int) -> None:
+    """Exactly LENGTH bytes of SOURCE, from where it stands, to OUT."""
+    while length > 0:
+        chunk = source.read(min(COPY_BUFFER, length))
+        if not chunk:
+            raise StorageError(f"{getattr(source, 'name', 'source')}: shorter than expected")
+        out.write(chunk)
+        length -= len(chunk)
+
+
+def _local_put(source: BinaryIO, length: int, full: str, check: Callable[[], None]) -> None:
+    """LENGTH bytes of SOURCE to the local file FULL: written under a temporary name of
+    its own beside it (created exclusively: it can be no one else's file, and it is short
+    whatever FULL's length), synced, then compared (CHECK raises if FULL is not what it
+    must be) and renamed into place."""
+    folder = os.path.dirname(full)
+    os.makedirs(folder, exist_ok=True)
+    fd, partial = tempfile.mkstemp(dir=folder, prefix=".amlfs-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), 0o666 & ~_UMASK)
+            _copy_bytes(source, out, length)
+            out.flush()
+            os.fsync(out.fileno())
+        check()
+        os.replace(partial, full)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
+        raise
 
 
 async def _next_page(fs: fsspec.AbstractFileSystem, pages: object) -> list[dict] | None:

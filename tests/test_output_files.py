@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
+import pytest
 import trio
 
+from amlfs.errors import NotAsStored, StorageError
 from amlfs.registry.models import Datastore
 from amlfs.storage import Store
 from amlfs.transfer.journal import Journal, Upload
@@ -30,10 +34,10 @@ async def test_a_closed_copy_is_never_written_again(tmp_path: Path) -> None:
         files.limiter.total_tokens = 1
         node = files.create(ROOT_INODE, "log.txt", 0o644)
         await files.open(node, write=True, truncate=False)
-        files.write(node, 0, b"first close")
+        await files.write(node, 0, b"first close")
         await files.commit(node)
         [journaled] = journal.uploads(session)
-        files.write(node, 0, b"FIRST")  # the same handle, after its flush
+        await files.write(node, 0, b"FIRST")  # the same handle, after its flush
         assert node.staged != journaled.staged  # a new copy took the write
         assert (staging / journaled.staged).read_bytes() == b"first close"
         await files.commit(node)
@@ -45,20 +49,101 @@ async def test_a_closed_copy_is_never_written_again(tmp_path: Path) -> None:
     assert list(staging.iterdir()) == []  # every copy deleted once stored
 
 
-def test_a_staged_copy_lost_after_its_upload_settles_from_storage(tmp_path: Path) -> None:
+def md5(data: bytes) -> bytes:
+    return hashlib.md5(data).digest()
+
+
+async def test_appending_after_an_fsync_writes_on_in_place_and_stores_each_close(
+    tmp_path: Path,
+) -> None:
+    """A writer that fsyncs as it goes (checkpoints, logs) never pays for a copy: appends
+    go on in the same staged file, and each journaled close names its own prefix of it."""
+    journal = Journal(tmp_path)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    session = journal.open_session("loc", "out", "/mnt", 1, str(staging), None)
+    async with trio.open_nursery() as nursery:
+        files = OutputFiles(journal, session, staging, local_store(tmp_path), "out", nursery)
+        node = files.create(ROOT_INODE, "train.log", 0o644)
+        await files.open(node, write=True, truncate=False)
+        await files.write(node, 0, b"epoch 1\n")
+        await files.commit(node)
+        first = node.staged
+        await files.write(node, 8, b"epoch 2\n")
+        assert node.staged == first and sorted(os.listdir(staging)) == [first]
+        [row] = journal.uploads(session)
+        assert (row.staged, row.size, row.md5) == (first, 8, md5(b"epoch 1\n"))
+        await files.commit(node)
+        [row] = journal.uploads(session)
+        assert (row.staged, row.size, row.md5) == (first, 16, md5(b"epoch 1\nepoch 2\n"))
+        await files.write(node, 0, b"EPOCH")  # below what a close saw: a copy takes it
+        assert node.staged != first
+        assert (staging / first).read_bytes() == b"epoch 1\nepoch 2\n"
+        await files.truncate(node, 3)
+        await files.commit(node)
+        files.release(node, write=True)
+        await files.settle_all(patience_s=5)
+        files.close()
+        nursery.cancel_scope.cancel()
+    assert (tmp_path / "store" / "out" / "train.log").read_bytes() == b"EPO"
+    assert list(staging.iterdir()) == []
+
+
+def test_a_staged_copy_lost_after_its_upload_settles_only_from_the_same_bytes(
+    tmp_path: Path,
+) -> None:
+    """After a crash lost the row saying a file was stored (its staged copy is gone), the
+    stored file counts as the upload only if it holds exactly the journaled bytes: same
+    size is not enough."""
     store = local_store(tmp_path)
     (tmp_path / "store" / "out").mkdir()
-    (tmp_path / "store" / "out" / "done.bin").write_bytes(b"12345")
-    row = Upload(1, 7, "done.bin", "7.1", 5, None, None, None, False, None)
-    settled = settle(store, "out", tmp_path, row)
+    stored = tmp_path / "store" / "out" / "done.bin"
+    stored.write_bytes(b"12345")
+    row = Upload(1, 7, "done.bin", "7.1", 5, md5(b"12345"), None, None, False, None)
+    settled = settle(store, "out", tmp_path, row, {})
     assert settled.settled and settled.etag
+    stored.write_bytes(b"54321")  # another file of the same size: not ours
+    with pytest.raises(StorageError, match="not the closed file"):
+        settle(store, "out", tmp_path, row, {})
+    without_md5 = Upload(1, 7, "done.bin", "7.1", 5, None, None, None, False, None)
+    with pytest.raises(StorageError, match="not the closed file"):
+        settle(store, "out", tmp_path, without_md5, {})
 
 
 def test_a_renamed_stored_file_is_copied_and_the_old_name_deleted(tmp_path: Path) -> None:
     store = local_store(tmp_path)
     (tmp_path / "store" / "out").mkdir()
     (tmp_path / "store" / "out" / "old.txt").write_bytes(b"moved")
-    row = Upload(1, 7, "new.txt", None, 5, None, "old.txt", "e", False, None)
-    settled = settle(store, "out", tmp_path, row)
+    etag = store.stat("out/old.txt").etag
+    row = Upload(1, 7, "new.txt", None, 5, None, "old.txt", etag, False, None)
+    stored_at = {"old.txt": etag}
+    settled = settle(store, "out", tmp_path, row, stored_at)
     assert settled.settled
     assert sorted(p.name for p in (tmp_path / "store" / "out").iterdir()) == ["new.txt"]
+    assert stored_at == {"new.txt": settled.etag}
+
+
+def test_a_removed_file_deletes_only_what_it_stored_itself(tmp_path: Path) -> None:
+    """The late delete of a replaced file finds a newer file at its name and leaves it."""
+    store = local_store(tmp_path)
+    (tmp_path / "store" / "out").mkdir()
+    (tmp_path / "store" / "out" / "ckpt").write_bytes(b"old")
+    old_etag = store.stat("out/ckpt").etag
+    (tmp_path / "store" / "out" / "ckpt").write_bytes(b"newer")
+    removed = Upload(1, 7, "ckpt", None, 3, None, "ckpt", old_etag, True, None)
+    assert settle(store, "out", tmp_path, removed, {}).settled
+    assert (tmp_path / "store" / "out" / "ckpt").read_bytes() == b"newer"
+
+
+def test_an_overwrite_replaces_only_what_this_mount_stored_there(tmp_path: Path) -> None:
+    store = local_store(tmp_path)
+    staged = tmp_path / "7.2"
+    staged.write_bytes(b"second close")
+    (tmp_path / "store" / "out").mkdir()
+    (tmp_path / "store" / "out" / "f").write_bytes(b"first close")
+    ours = store.stat("out/f").etag
+    (tmp_path / "store" / "out" / "f").write_bytes(b"someone else's")
+    row = Upload(1, 7, "f", "7.2", 12, md5(b"second close"), "f", ours, False, None)
+    with pytest.raises(NotAsStored):
+        settle(store, "out", tmp_path, row, {"f": ours})
+    assert (tmp_path / "store" / "out" / "f").read_bytes() == b"someone else's"

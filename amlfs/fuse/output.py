@@ -173,7 +173,7 @@ class OutputOperations(pyfuse3.Operations):
         node, write = self._opened(fh)
         if not write:
             raise pyfuse3.FUSEError(errno.EBADF)
-        return self.files.write(node, off, buf)
+        return await self.files.write(node, off, buf)
 
     @mapped
     async def flush(self, fh: int) -> None:

@@ -48,8 +48,8 @@ CREATE TABLE IF NOT EXISTS uploads (
     file_id     INTEGER NOT NULL,  -- the file's inode in its mount
     path        TEXT NOT NULL,     -- where it belongs, relative to the session's target
     staged      TEXT,              -- staged copy (file name in staging) not yet uploaded
-    size        INTEGER NOT NULL,
-    md5         BLOB,              -- of the staged copy
+    size        INTEGER NOT NULL,  -- of the closed file: the first SIZE bytes of the copy
+    md5         BLOB,              -- of the closed file (the staged bytes, or the stored copy)
     remote_path TEXT,              -- where an uploaded copy is (may lag behind a rename)
     etag        TEXT,              -- of that uploaded copy
     removed     INTEGER NOT NULL DEFAULT 0,  -- unlinked: its uploaded copy must go too
@@ -115,36 +115,47 @@ _SESSION_COLUMNS = "id, datastore, target, mountpoint, pid, staging, register, s
 
 
 class Journal:
-    """One connection, usable from several threads (each call takes the lock)."""
+    """Usable from several threads: each call takes the lock for its whole transaction."""
 
     def __init__(self, home: Path, *, durable: bool = True):
         """DURABLE: each commit reaches the disk before it returns (output mounts promise
         that of a closed file); downloads only need the bookkeeping to be consistent."""
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(
+        self._db = self._connect(home, "FULL" if durable else "NORMAL")
+        self._db.executescript(_SCHEMA)  # idempotent; executescript commits on its own
+        # Progress a crash may lose without harm goes through a connection of its own that
+        # never syncs on commit, so that no setting is ever switched under another
+        # thread's commit (the WAL is shared: a later synced commit syncs these too).
+        self._lazy = self._connect(home, "NORMAL") if durable else self._db
+
+    @staticmethod
+    def _connect(home: Path, synchronous: str) -> sqlite3.Connection:
+        db = sqlite3.connect(
             home / JOURNAL_FILE, timeout=BUSY_TIMEOUT_S, isolation_level=None,
             check_same_thread=False,
         )  # fmt: skip
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._synchronous = "FULL" if durable else "NORMAL"
-        self._db.execute(f"PRAGMA synchronous={self._synchronous}")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)  # idempotent; executescript commits on its own
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={synchronous}")
+        db.execute("PRAGMA foreign_keys=ON")
+        return db
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._lazy is not self._db:
+                self._lazy.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, db: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
+        db = db or self._db
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
+                yield db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            db.execute("COMMIT")
 
     # Downloads
 
@@ -201,18 +212,7 @@ class Journal:
     def record(self, upload: Upload, *, durable: bool = True) -> None:
         """Write one file's row; durable when this returns (see __init__) unless not
         DURABLE: for progress that a crash may lose without harm (an upload done again)."""
-        if not durable:
-            with self._lock:
-                self._db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            self._record(upload)
-        finally:
-            if not durable:
-                with self._lock:
-                    self._db.execute(f"PRAGMA synchronous={self._synchronous}")
-
-    def _record(self, upload: Upload) -> None:
-        with self._transaction() as db:
+        with self._transaction(self._db if durable else self._lazy) as db:
             db.execute(
                 f"INSERT OR REPLACE INTO uploads ({_UPLOAD_COLUMNS}, updated_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

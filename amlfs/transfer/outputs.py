@@ -14,47 +14,93 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from amlfs.errors import AmlfsError, StorageError
+from amlfs.errors import AmlfsError, NotAsStored, StorageError
 from amlfs.mounts import daemon_alive
 from amlfs.registry import paths
 from amlfs.registry.models import NewVersion, PinnedFile, Version
 from amlfs.registry.store import Registry
 from amlfs.storage import Store
-from amlfs.transfer.files import md5_of, some_names
+from amlfs.transfer.files import some_names
 from amlfs.transfer.journal import Journal, Session, Upload
 from amlfs.transfer.parallel import with_retries
 
 log = logging.getLogger(__name__)
 
 
-def settle(store: Store, target: str, staging: Path, row: Upload) -> Upload:
-    """Do what ROW still needs and return it settled (raises StorageError, OSError)."""
+def settle(store: Store, target: str, staging: Path, row: Upload,
+           stored_at: dict[str, str]) -> Upload:  # fmt: skip
+    """Do what ROW still needs and return it settled (raises StorageError, SourceChanged,
+    OSError). The caller makes sure no other operation on ROW's names runs meanwhile.
+
+    STORED_AT maps each name to the etag of what this session last stored there (kept up
+    to date here). Every overwrite is conditional on it (a name not in it is overwritten
+    whatever it holds: the destination's earlier contents), and every delete on the etag of
+    the file being removed, so that a file stored at a name since is never removed, and a
+    file someone else put there is never overwritten (NotAsStored).
+    """
     if row.removed:
         if row.remote_path is not None:
-            store.delete(paths.join(target, row.remote_path))
+            _delete_ours(store, target, row.remote_path, row.etag, stored_at)
         return replace(row, staged=None, remote_path=None, error=None)
-    etag, md5 = row.etag, row.md5
-    if row.staged is not None and not (staging / row.staged).exists():
-        # Staged copies are deleted only after their upload; the row saying so was not
-        # synced (see OutputFiles._settle) and a machine crash lost it. The upload is done.
-        there = store.stat(paths.join(target, row.path))
-        if there is None or there.size != row.size:
-            raise StorageError(f"{row.path}: staged copy lost and not in storage")
-        return replace(row, staged=None, remote_path=row.path, etag=there.etag,
-                       md5=there.md5 or row.md5, error=None)  # fmt: skip
     if row.staged is not None:
         local = staging / row.staged
-        size = local.stat().st_size
-        if size != row.size:  # never the case: a journaled staged copy is never written
-            raise StorageError(f"{row.path}: staged copy has {size} bytes, journaled {row.size}")
-        md5 = md5_of(local)
-        etag = store.upload(local, paths.join(target, row.path), md5).etag
+        if not local.exists():
+            pinned = _stored_before(store, target, row)
+        else:
+            pinned = _put(store, local, target, row, stored_at.get(row.path))
     elif row.remote_path != row.path:
-        assert row.remote_path is not None  # a file is staged until first uploaded
-        etag = store.copy(paths.join(target, row.remote_path), paths.join(target, row.path)).etag
+        assert row.remote_path is not None and row.etag is not None  # staged until stored
+        pinned = store.copy(paths.join(target, row.remote_path), paths.join(target, row.path),
+                            source_etag=row.etag, if_match=stored_at.get(row.path))  # fmt: skip
+    else:
+        return replace(row, error=None)
+    stored_at[row.path] = pinned.etag
     if row.remote_path is not None and row.remote_path != row.path:
-        store.delete(paths.join(target, row.remote_path))
-    return replace(row, staged=None, remote_path=row.path, etag=etag, md5=md5, error=None)
+        _delete_ours(store, target, row.remote_path, row.etag, stored_at)
+    return replace(row, staged=None, remote_path=row.path, etag=pinned.etag,
+                   md5=row.md5 or pinned.md5, error=None)  # fmt: skip
+
+
+def _put(store: Store, local: Path, target: str, row: Upload, if_match: str | None) -> PinnedFile:
+    """Upload the first ROW.size bytes of LOCAL (what the close saw; the copy may have
+    grown since) to ROW.path."""
+    name = paths.join(target, row.path)
+    try:
+        return store.upload(local, name, row.md5, size=row.size, if_match=if_match)
+    except NotAsStored:
+        # An earlier try may have been stored although its answer was lost: then the name
+        # holds exactly these bytes, and that is what it should hold.
+        there = store.stat(name)
+        if there is None or there.size != row.size or store.digest(name) != row.md5:
+            raise
+        return there
+
+
+def _stored_before(store: Store, target: str, row: Upload) -> PinnedFile:
+    """The staged copy is gone: staged copies are deleted only after their upload, and the
+    row saying so was not synced (see OutputFiles._settle_once), so a crash lost it. The
+    upload is done if, and only if, the name holds exactly the journaled bytes."""
+    name = paths.join(target, row.path)
+    there = store.stat(name)
+    if there is None or row.md5 is None or there.size != row.size or store.digest(name) != row.md5:
+        raise StorageError(f"{row.path}: staged copy lost, and what storage holds there is"
+                           " not the closed file")  # fmt: skip
+    return there
+
+
+def _delete_ours(store: Store, target: str, name: str, etag: str | None,
+                 stored_at: dict[str, str]) -> None:  # fmt: skip
+    """Remove NAME if it still holds the file with ETAG (else it holds a newer file)."""
+    store.delete(paths.join(target, name), if_match=etag)
+    if etag is not None and stored_at.get(name) == etag:
+        del stored_at[name]
+
+
+def stored_names(rows: list[Upload]) -> dict[str, str]:
+    """What a session last stored at each name, as its journal says (for a resume)."""
+    names = {r.remote_path: r.etag for r in rows if r.removed and r.remote_path and r.etag}
+    names |= {r.remote_path: r.etag for r in rows if not r.removed and r.remote_path and r.etag}
+    return names
 
 
 def pinned_files(rows: list[Upload]) -> list[PinnedFile]:
@@ -98,12 +144,17 @@ def resume(
     store = open_store(session.datastore)
     staging = Path(session.staging)
     failing = []
-    for row in journal.uploads(session.id):
+    rows = journal.uploads(session.id)
+    stored_at = stored_names(rows)
+    # Removals first: each deletes only what its own file stored, so none can remove a
+    # file that a later close put at the same name.
+    for row in sorted(rows, key=lambda r: not r.removed):
         if row.settled:
             continue
         try:
-            done = with_retries(lambda row=row: settle(store, session.target, staging, row),
-                                row.path)  # fmt: skip
+            done = with_retries(
+                lambda row=row: settle(store, session.target, staging, row, stored_at), row.path
+            )
         except (StorageError, OSError) as error:
             journal.record(replace(row, error=str(error)))
             failing.append(replace(row, error=str(error)))

@@ -2,30 +2,40 @@
 the journal, and the uploads that follow each close.
 
 Rules that make "nothing lost" hold:
-- A staged copy, once journaled (at flush, i.e. close), is never written again: a later
-  write goes to a new copy ("generation"), so an upload or a resume after a crash always
-  sends exactly what some close() saw.
-- A staged copy is deleted only when no journal row and no upload needs it.
-- Uploads retry with backoff for as long as the mount lives; a file is never dropped.
+- What a close (flush, fsync) saw is a snapshot: the first SIZE bytes of one staged copy,
+  with their MD5, journaled before close returns. Those bytes are never written again
+  ("frozen"): a later write or truncate below them moves the file to a new copy, made in a
+  worker thread; appends go on in place, so a writer that fsyncs as it goes never pays
+  for a copy. An upload or a resume after a crash sends exactly what some close saw.
+- A staged copy is deleted only when no journal row, commit or upload refers to it.
+- Storage operations on one name run one at a time (NameLocks), and each is checked
+  against the file's current path once its turn comes; every overwrite and delete is
+  conditional on what this mount last stored at that name (outputs.settle). A late
+  operation of a file that was replaced or removed meanwhile never touches its successor.
+- Uploads retry with backoff for as long as the mount lives, whatever the failure; a
+  file is never dropped and the mount keeps serving.
 
-Everything here runs on the trio thread; disk syncs, journal commits and storage calls
-go to worker threads. Where no await separates reading a node and changing it, the
+Everything here runs on the trio thread; disk syncs, copies, journal commits and storage
+calls go to worker threads. Where no await separates reading a node and changing it, the
 change is atomic with respect to other requests (noted where it matters).
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
-import shutil
 import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import trio
 
-from amlfs.errors import StorageError
+from amlfs.errors import AmlfsError
 from amlfs.registry import paths
 from amlfs.storage import Store
 from amlfs.transfer.journal import Journal, Upload
@@ -38,6 +48,16 @@ RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 30.0
 FILE_MODE, FOLDER_MODE = 0o644, 0o755
 READ_WINDOW = 4 * 2**20  # reads of a file that is only stored fetch this much at once
+HASH_CHUNK = 4 * 2**20
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one close saw: the first SIZE bytes of staged copy STAGED, and their MD5."""
+
+    staged: str
+    size: int
+    md5: bytes
 
 
 @dataclass(eq=False)
@@ -49,20 +69,27 @@ class Node:
     mode: int
     mtime_ns: int = field(default_factory=time.time_ns)
     children: dict[str, int] = field(default_factory=dict)
-    size: int = 0
-    staged: str | None = None  # current local copy (file name in staging), if any
+    size: int = 0  # as the mount shows it now
+    staged: str | None = None  # the local copy writes go to (file name in staging), if any
     generation: int = 0
     fd: int | None = None  # open on the current staged copy
-    sealed: bool = False  # the current staged copy is journaled: never written again
+    frozen: int = 0  # bytes of `staged` a commit or upload refers to: never written again
+    hashed: tuple[str, int, Any] | None = None  # (copy, bytes, running MD5 of those bytes)
+    dir_synced: str | None = None  # the copy whose folder entry is known to be on disk
+    copying: trio.Event | None = None  # set when the copy being made is ready
+    commit_lock: trio.Lock = field(default_factory=trio.Lock)
     dirty: bool = False  # written since last journaled
-    journaled: str | None = None  # staged copy named by the journal's row
+    committing: Snapshot | None = None  # being made durable right now
+    committed: Snapshot | None = None  # journaled and not yet stored
+    in_journal: bool = False  # the journal has a row for this file
     superseded: list[str] = field(default_factory=list)  # older copies, deleted when free
     handles: int = 0
     writers: int = 0
     uploading: str | None = None  # staged copy an upload is reading
     remote_path: str | None = None  # where the uploaded copy is stored (relative)
     etag: str | None = None
-    md5: bytes | None = None
+    md5: bytes | None = None  # of the stored copy
+    stored_size: int = 0  # of the stored copy
     removed: bool = False
     error: str | None = None
     broken: int | None = None  # errno of a failed write: never journaled, never uploaded
@@ -75,6 +102,33 @@ class OutputStats:
     bytes_uploaded: int = 0
 
 
+class NameLocks:
+    """One storage operation at a time per name in the destination. Names are taken in
+    sorted order, so two operations that each need two names cannot deadlock."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[trio.Lock, list[int]]] = {}
+
+    @asynccontextmanager
+    async def hold(self, names: Iterable[str]) -> AsyncIterator[None]:
+        taken: list[str] = []
+        try:
+            for name in sorted(set(names)):
+                lock, users = self._locks.setdefault(name, (trio.Lock(), [0]))
+                users[0] += 1
+                taken.append(name)
+                await lock.acquire()
+            yield
+        finally:
+            for name in reversed(taken):
+                lock, users = self._locks[name]
+                if lock.locked() and lock.statistics().owner is trio.lowlevel.current_task():
+                    lock.release()
+                users[0] -= 1
+                if not users[0]:
+                    del self._locks[name]
+
+
 class OutputFiles:
     def __init__(self, journal: Journal, session_id: int, staging: Path, store: Store,
                  target: str, nursery: trio.Nursery, workers: int = 8):  # fmt: skip
@@ -85,8 +139,11 @@ class OutputFiles:
                                                         FOLDER_MODE)}  # fmt: skip
         self.removed: dict[int, Node] = {}  # unlinked, their stored copy not yet deleted
         self.stats = OutputStats()
+        self.names = NameLocks()
+        self.stored_at: dict[str, str] = {}  # name -> etag of what this mount stored there
         self._next_inode = ROOT_INODE + 1
         self._settling: set[int] = set()
+        _fsync_folder(staging.parent)  # the staging folder's own entry, before any close
 
     # --- the tree -------------------------------------------------------------------
 
@@ -136,7 +193,7 @@ class OutputFiles:
     def create(self, parent: int, name: str, mode: int) -> Node:
         """A new empty file, open for writing (the caller counts the handle)."""
         node = self._add(parent, name, False, mode & 0o7777 or FILE_MODE)
-        self._new_copy(node, copy_from=None)
+        self._use_copy(node, self._create_copy(node))
         node.dirty = True  # an empty file is a file too: journaled at its close
         return node
 
@@ -161,10 +218,11 @@ class OutputFiles:
         node.removed = True
         if node.remote_path is None and node.uploading is None:
             self._drop_copies(node, everything=True)
-            if node.journaled is not None:
+            if node.in_journal:
                 await trio.to_thread.run_sync(self.journal.forget, self.session_id, node.inode)
             return
-        # Stored (or being stored): journal the removal, then delete the stored copy.
+        # Stored (or being stored): journal the removal, then delete the stored copy (only
+        # if it is still this file's: see outputs.settle).
         self.removed[node.inode] = node
         await self._journal(node)
         self._drop_copies(node, everything=True)
@@ -204,7 +262,7 @@ class OutputFiles:
         target_folder.children[new_name] = node.inode
         # Every closed file below moves: journal its new path, then move its stored copy.
         for moved in self._files_below(node):
-            if moved.journaled is not None or moved.remote_path is not None:
+            if moved.in_journal:
                 await self._journal(moved)
                 self._kick(moved)
 
@@ -240,6 +298,7 @@ class OutputFiles:
             self._kick(node)
 
     async def read(self, node: Node, offset: int, size: int) -> bytes:
+        await self._copy_made(node)
         if node.fd is not None:
             return os.pread(node.fd, size, offset)
         if node.remote_path is None or offset >= node.size:
@@ -254,12 +313,15 @@ class OutputFiles:
             node.window = (start, data)
         return node.window[1][offset - start : offset - start + size]
 
-    def write(self, node: Node, offset: int, data: bytes) -> int:
+    async def write(self, node: Node, offset: int, data: bytes) -> int:
         """Written straight to the staged copy on this thread: a page-cache write of at
-        most 128 KiB costs less than a hand-off to a worker thread. ENOSPC reaches the
-        writer as it is."""
-        if node.sealed:
-            self._new_copy(node, copy_from=node.staged)
+        most 128 KiB costs less than a hand-off to a worker thread. A write into bytes a
+        close saw first moves the file to a new copy (in a worker thread). ENOSPC reaches
+        the writer as it is."""
+        await self._copy_made(node)
+        if offset < node.frozen:
+            await self._move_to_copy(node, length=node.size)
+        # From here to the write, no await: no copy can start in between.
         assert node.fd is not None
         try:
             written = os.pwrite(node.fd, data, offset)
@@ -274,10 +336,12 @@ class OutputFiles:
     async def truncate(self, node: Node, size: int) -> None:
         if node.staged is None:
             await self._fetch_stored(node, empty=size == 0)
-        if node.sealed:
-            self._new_copy(node, copy_from=node.staged if size else None)
-        assert node.fd is not None
-        os.ftruncate(node.fd, size)
+        await self._copy_made(node)
+        if size < node.frozen:
+            await self._move_to_copy(node, length=size)
+        else:
+            assert node.fd is not None
+            os.ftruncate(node.fd, size)
         if size == 0:
             node.broken = None  # rewritten from scratch
         node.size = size
@@ -289,58 +353,126 @@ class OutputFiles:
         the file is uploaded even if the daemon dies. Raises OSError (ENOSPC, EIO)."""
         if node.broken is not None:
             raise OSError(node.broken, "an earlier write failed; the file is not uploaded")
-        if not node.dirty or node.removed or node.fd is None:
-            return
-        # Sealed before the await: a write meanwhile goes to a new copy, never into the
-        # bytes being made durable. Synced, then journaled, in one hand-off.
-        node.sealed, node.dirty = True, False
-        row, fd = self.row(node), node.fd
-
-        def sync_and_record() -> None:
-            os.fsync(fd)
-            self.journal.record(row)
-
-        try:
-            await trio.to_thread.run_sync(sync_and_record)
-        except BaseException:
-            if node.staged == row.staged:
-                node.sealed, node.dirty = False, True
-            raise
-        node.journaled = row.staged
+        async with node.commit_lock:  # one commit of a file at a time
+            await self._copy_made(node)
+            if not node.dirty or node.removed or node.staged is None:
+                return
+            # Frozen before the await: a write below SIZE meanwhile goes to a new copy,
+            # never into the bytes being made durable; appends go on in place.
+            name, size = node.staged, node.size
+            node.frozen, node.dirty = max(node.frozen, size), False
+            hashed = node.hashed if node.hashed and node.hashed[0] == name else None
+            node.committing = Snapshot(name, size, b"")
+            row = self.row(node, node.committing)
+            sync_folder = node.dir_synced != name
+            try:
+                snapshot, hasher = await trio.to_thread.run_sync(
+                    self._sync_and_journal, row, hashed, sync_folder
+                )
+            except BaseException:
+                node.dirty = True
+                raise
+            finally:
+                node.committing = None
+        node.dir_synced = name
+        if node.staged == name:
+            node.hashed = (name, size, hasher)
+        node.committed, node.in_journal = snapshot, True
         self._drop_copies(node)
+
+    def _sync_and_journal(self, row: Upload, hashed: tuple[str, int, Any] | None,
+                          sync_folder: bool) -> tuple[Snapshot, Any]:  # fmt: skip
+        """In a worker thread: the copy's bytes and folder entry on disk, the MD5 of what
+        the close saw (continued from HASHED where an earlier close hashed a prefix), and
+        the journal row, synced, in that order."""
+        assert row.staged is not None
+        hasher, done = (hashed[2].copy(), hashed[1]) if hashed else (hashlib.md5(), 0)
+        fd = os.open(self.staging / row.staged, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            while done < row.size:
+                chunk = os.pread(fd, min(HASH_CHUNK, row.size - done), done)
+                if not chunk:
+                    raise OSError(errno.EIO, f"staged copy of {row.path} is short")
+                hasher.update(chunk)
+                done += len(chunk)
+        finally:
+            os.close(fd)
+        if sync_folder:
+            _fsync_folder(self.staging)
+        md5 = hasher.digest()
+        self.journal.record(replace(row, md5=md5))
+        return Snapshot(row.staged, row.size, md5), hasher
 
     # --- staged copies ----------------------------------------------------------------
 
-    def _new_copy(self, node: Node, copy_from: str | None) -> None:
-        """Point NODE at a fresh staged copy (a copy of COPY_FROM, or empty)."""
+    def _create_copy(self, node: Node) -> tuple[str, int]:
         node.generation += 1
         name = f"{node.inode}.{node.generation}"
-        path = self.staging / name
-        if copy_from is not None:
-            shutil.copyfile(self.staging / copy_from, path)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | (0 if copy_from else os.O_TRUNC), 0o600)
+        fd = os.open(self.staging / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        return name, fd
+
+    def _use_copy(self, node: Node, copy: tuple[str, int]) -> None:
+        """Point NODE at a new staged copy (atomic: no await)."""
+        name, fd = copy
         if node.fd is not None:
             os.close(node.fd)
         if node.staged is not None:
             node.superseded.append(node.staged)
-        node.fd, node.staged, node.sealed = fd, name, False
+        node.staged, node.fd = name, fd
+        node.frozen, node.hashed, node.window = 0, None, None
         node.size = os.fstat(fd).st_size
-        node.window = None
+
+    async def _copy_made(self, node: Node) -> None:
+        """Wait while a new copy of NODE is being made: nothing may write meanwhile."""
+        while node.copying is not None:
+            await node.copying.wait()
+
+    async def _move_to_copy(self, node: Node, length: int) -> None:
+        """Move NODE to a new copy holding the first LENGTH bytes of the current one."""
+        assert node.staged is not None
+        source = self.staging / node.staged
+        copy = self._create_copy(node)
+        node.copying = ready = trio.Event()
+        try:
+            await trio.to_thread.run_sync(_copy_range, source, copy[1], length)
+        except BaseException:
+            os.close(copy[1])
+            (self.staging / copy[0]).unlink(missing_ok=True)
+            raise
+        finally:
+            node.copying = None
+            ready.set()
+        self._use_copy(node, copy)
+        self._drop_copies(node)
 
     async def _fetch_stored(self, node: Node, empty: bool) -> None:
         """Before writing to a file that is only stored: a staged copy of it again."""
-        size = node.size
-        self._new_copy(node, copy_from=None)
-        if empty or node.remote_path is None or node.etag is None or size == 0:
+        await self._copy_made(node)
+        if node.staged is not None:  # another opener fetched it meanwhile
             return
-        source, local = paths.join(self.target, node.remote_path), self.staging / node.staged
-        async with self.limiter:  # streamed into the new copy, only if still as we stored it
-            await trio.to_thread.run_sync(self.store.download_pinned, source, node.etag, local)
-        node.size = os.fstat(node.fd).st_size
+        copy = self._create_copy(node)
+        if not (empty or node.remote_path is None or node.etag is None or node.size == 0):
+            source = paths.join(self.target, node.remote_path)
+            node.copying = ready = trio.Event()
+            try:  # streamed into the new copy, only if still as we stored it
+                async with self.limiter:
+                    await trio.to_thread.run_sync(self.store.download_pinned, source,
+                                                  node.etag, self.staging / copy[0])  # fmt: skip
+            except BaseException:
+                os.close(copy[1])
+                (self.staging / copy[0]).unlink(missing_ok=True)
+                raise
+            finally:
+                node.copying = None
+                ready.set()
+        self._use_copy(node, copy)
 
     def _drop_copies(self, node: Node, everything: bool = False) -> None:
         """Delete staged copies nothing needs any more (EVERYTHING: the file is gone)."""
-        keep = {node.uploading} | (set() if everything else {node.staged, node.journaled})
+        keep = {node.uploading, node.committing and node.committing.staged}
+        if not everything:
+            keep |= {node.staged, node.committed and node.committed.staged}
         if node.removed and node.fd is not None and node.handles == 0:
             os.close(node.fd)
             node.fd = None
@@ -350,23 +482,28 @@ class OutputFiles:
             if name not in keep:
                 (self.staging / name).unlink(missing_ok=True)
         if everything:
-            node.staged = None
+            node.staged, node.committed = None, None
 
     # --- uploads ----------------------------------------------------------------------
 
-    def row(self, node: Node) -> Upload:
+    def row(self, node: Node, snapshot: Snapshot | None = None) -> Upload:
+        """The journal's row for NODE: its last close not yet stored (or SNAPSHOT), where
+        it is stored, and where it belongs."""
+        snapshot = snapshot or node.committed
         return Upload(
             session_id=self.session_id, file_id=node.inode,
             path=self.path_of(node) if not node.removed else node.name,
-            staged=node.staged if node.sealed and not node.removed else None,
-            size=node.size, md5=node.md5, remote_path=node.remote_path, etag=node.etag,
-            removed=node.removed, error=node.error,
+            staged=snapshot.staged if snapshot and not node.removed else None,
+            size=snapshot.size if snapshot else node.stored_size,
+            md5=snapshot.md5 if snapshot else node.md5,
+            remote_path=node.remote_path, etag=node.etag, removed=node.removed,
+            error=node.error,
         )  # fmt: skip
 
     async def _journal(self, node: Node, durable: bool = True) -> None:
         row = self.row(node)
         await trio.to_thread.run_sync(lambda: self.journal.record(row, durable=durable))
-        node.journaled = row.staged
+        node.in_journal = True
 
     def needs_work(self, node: Node) -> bool:
         if node.removed:
@@ -374,7 +511,7 @@ class OutputFiles:
         if node.is_dir:
             return False
         moved = node.remote_path is not None and node.remote_path != self.path_of(node)
-        return (node.staged is not None and node.sealed) or moved
+        return node.committed is not None or moved
 
     def pending(self) -> list[Node]:
         every = [*self.nodes.values(), *self.removed.values()]
@@ -386,38 +523,58 @@ class OutputFiles:
             self.nursery.start_soon(self._settle, node)
 
     async def _settle(self, node: Node) -> None:
+        """Store NODE until nothing is left to do. Any failure, expected or not, leaves the
+        file pending and the mount serving: it is logged and tried again."""
         delay = RETRY_FIRST_S
         try:
             while self.needs_work(node) and (node.writers == 0 or node.removed):
-                row = self.row(node)
-                node.uploading = row.staged
                 try:
-                    async with self.limiter:
-                        done = await trio.to_thread.run_sync(
-                            settle, self.store, self.target, self.staging, row
-                        )
-                except (StorageError, OSError) as error:
-                    node.error = str(error)
-                    log.warning("%s: upload failed (%s); trying again in %.0f s",
-                                row.path, error, delay)  # fmt: skip
+                    await self._settle_once(node)
+                except Exception as error:
+                    node.error = str(error) or type(error).__name__
+                    # The whole story once per streak of failures; then a line per retry.
+                    log.warning("%s: not stored (%s); trying again in %.1f s", node.name,
+                                node.error, delay,
+                                exc_info=delay == RETRY_FIRST_S or not isinstance(
+                                    error, AmlfsError | OSError))  # fmt: skip
                     await trio.sleep(delay)
                     delay = min(delay * 2, RETRY_MAX_S)
                     continue
-                finally:
-                    node.uploading = None
                 delay = RETRY_FIRST_S
-                self._settled(node, row, done)
-                if node.removed and node.remote_path is None:
-                    await trio.to_thread.run_sync(self.journal.forget, self.session_id,
-                                                  node.inode)  # fmt: skip
-                    self.removed.pop(node.inode, None)
-                    self._drop_copies(node, everything=True)
-                    break
-                # Not synced: if a crash loses this row, the upload is merely done again.
-                await self._journal(node, durable=False)
-                self._drop_copies(node)
         finally:
             self._settling.discard(node.inode)
+
+    async def _settle_once(self, node: Node) -> None:
+        """One step of storing NODE, under the locks of the names it touches."""
+        names = self._names(self.row(node))
+        async with self.names.hold(names):
+            # The file may have moved or gone while waiting: act on where it is now.
+            row = self.row(node)
+            if self._names(row) != names or not self.needs_work(node):
+                return
+            node.uploading = row.staged
+            try:
+                async with self.limiter:
+                    done = await trio.to_thread.run_sync(
+                        settle, self.store, self.target, self.staging, row, self.stored_at
+                    )
+            finally:
+                node.uploading = None
+            self._settled(node, row, done)
+        if node.removed and node.remote_path is None:
+            await trio.to_thread.run_sync(self.journal.forget, self.session_id, node.inode)
+            self.removed.pop(node.inode, None)
+            self._drop_copies(node, everything=True)
+            return
+        # Not synced: if a crash loses this row, the next settle finds the upload done
+        # (the stored file's MD5 is the journaled one) or does it again.
+        await self._journal(node, durable=False)
+        self._drop_copies(node)
+
+    @staticmethod
+    def _names(row: Upload) -> set[str]:
+        names = {row.remote_path} if row.remote_path else set()
+        return names if row.removed else names | {row.path}
 
     def _settled(self, node: Node, sent: Upload, done: Upload) -> None:
         """Apply a finished settle to NODE, which may have changed meanwhile (atomic:
@@ -427,15 +584,24 @@ class OutputFiles:
         if sent.staged is not None:
             self.stats.uploaded += 1
             self.stats.bytes_uploaded += sent.size
-            if node.staged == sent.staged and node.sealed:
-                node.md5 = done.md5
-                node.superseded.append(node.staged)  # stored now: reads go to storage
-                node.staged = None
-                node.sealed = False
-                if node.handles == 0 and node.fd is not None:
-                    os.close(node.fd)
-                    node.fd = None
+            node.md5, node.stored_size = done.md5, sent.size
+            committed = node.committed
+            if committed and (committed.staged, committed.size) == (sent.staged, sent.size):
+                node.committed = None
+            if node.committed is None and node.committing is None:
+                node.frozen = 0  # nothing refers to the staged bytes any more
+                whole = (node.staged, node.size, node.dirty) == (sent.staged, sent.size, False)
+                if whole and node.writers == 0:
+                    self._release_copy(node)  # stored whole: reads go to storage
         log.info("%s %s", "removed" if node.removed else "stored", sent.path)
+
+    def _release_copy(self, node: Node) -> None:
+        assert node.staged is not None
+        node.superseded.append(node.staged)
+        node.staged, node.hashed = None, None
+        if node.handles == 0 and node.fd is not None:
+            os.close(node.fd)
+            node.fd = None
 
     async def settle_all(self, patience_s: float) -> list[Upload]:
         """Wait until every file is settled, or no upload has succeeded for PATIENCE_S.
@@ -457,3 +623,23 @@ class OutputFiles:
             if node.fd is not None:
                 os.close(node.fd)
                 node.fd = None
+
+
+def _copy_range(source: Path, fd: int, length: int) -> None:
+    """The first LENGTH bytes of SOURCE into FD, in the kernel (a reflink where the
+    filesystem shares extents, a copy elsewhere)."""
+    with open(source, "rb") as src:
+        done = 0
+        while done < length:
+            copied = os.copy_file_range(src.fileno(), fd, length - done, done, done)
+            if copied == 0:
+                raise OSError(errno.EIO, f"{source.name} is shorter than {length} bytes")
+            done += copied
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
