@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -147,3 +150,51 @@ def test_an_overwrite_replaces_only_what_this_mount_stored_there(tmp_path: Path)
     with pytest.raises(NotAsStored):
         settle(store, "out", tmp_path, row, {"f": ours})
     assert (tmp_path / "store" / "out" / "f").read_bytes() == b"someone else's"
+
+
+def test_a_journaled_close_is_synced_whatever_other_threads_record_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() returns once its row is committed with a sync. Rows of progress that may be
+    lost (after an upload) are committed without one, from other threads at the same
+    time: never may a close's commit run under their setting."""
+    statements: list[tuple[int, str]] = []  # (connection, SQL) in the order SQLite ran them
+    connect = sqlite3.connect
+
+    def traced(*args: object, **kwargs: object) -> sqlite3.Connection:
+        db = connect(*args, **kwargs)
+        db_id = id(db)
+        db.set_trace_callback(lambda sql: statements.append((db_id, sql)))
+        return db
+
+    monkeypatch.setattr(sqlite3, "connect", traced)
+    journal = Journal(tmp_path)
+    session = journal.open_session("loc", "out", "/mnt", 1, str(tmp_path), None)
+
+    def record(kind: str, durable: bool) -> None:
+        for n in range(300):
+            row = Upload(session, n + (0 if durable else 1000), f"{kind}-{n}", "1.1", 1, None,
+                         None, None, False, None)  # fmt: skip
+            journal.record(row, durable=durable)
+
+    workers = [threading.Thread(target=record, args=(kind, kind == "closed"))
+               for kind in ("closed", "progress")]  # fmt: skip
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    journal.close()
+
+    setting: dict[int, str] = {}
+    closing: set[int] = set()
+    checked = 0
+    for db_id, sql in statements:
+        if match := re.match(r"PRAGMA synchronous=(\w+)", sql):
+            setting[db_id] = match.group(1)
+        elif sql.startswith("INSERT OR REPLACE INTO uploads") and "'closed-" in sql:
+            closing.add(db_id)
+        elif sql.startswith("COMMIT") and db_id in closing:
+            closing.discard(db_id)
+            assert setting[db_id] == "FULL", "a close was committed without a sync"
+            checked += 1
+    assert checked == 300
