@@ -198,3 +198,19 @@ def test_a_journaled_close_is_synced_whatever_other_threads_record_meanwhile(
             assert setting[db_id] == "FULL", "a close was committed without a sync"
             checked += 1
     assert checked == 300
+
+
+def test_a_name_of_255_bytes_is_stored_in_a_local_folder(tmp_path: Path) -> None:
+    """The temporary name a local folder receives the bytes under is short and of its
+    own, whatever the length of the file's name, and never another file's."""
+    store = local_store(tmp_path)
+    name = "n" * 255
+    (tmp_path / "7.1").write_bytes(b"long name")
+    (tmp_path / "store" / "out").mkdir()
+    (tmp_path / "store" / "out" / f".{name[:200]}.amlfs-part").write_bytes(b"a user's file")
+    row = Upload(1, 7, name, "7.1", 9, md5(b"long name"), None, None, False, None)
+    assert settle(store, "out", tmp_path, row, {}).settled
+    assert (tmp_path / "store" / "out" / name).read_bytes() == b"long name"
+    assert sorted(p.name for p in (tmp_path / "store" / "out").iterdir()) == sorted(
+        [name, f".{name[:200]}.amlfs-part"]
+    )

@@ -567,8 +567,10 @@ class OutputFiles:
             self._drop_copies(node, everything=True)
             return
         # Not synced: if a crash loses this row, the next settle finds the upload done
-        # (the stored file's MD5 is the journaled one) or does it again.
-        await self._journal(node, durable=False)
+        # (the stored file's MD5 is the journaled one, at the journaled path) or does it
+        # again. A file moved while it uploaded is not at the journaled path: synced.
+        moved = not node.removed and node.remote_path != self.path_of(node)
+        await self._journal(node, durable=moved)
         self._drop_copies(node)
 
     @staticmethod
