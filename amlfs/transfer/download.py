@@ -368,6 +368,7 @@ class _Fetcher:
         self.store, self.root, self.dest, self.top = store, root, dest, top
         self.journal, self.partials = journal, partials
         self.cache, self.block_size = cache, block_size
+        self.folder_syncs = _FolderSyncs()
         self.stopping = threading.Event()
 
     def __call__(self, f: PinnedFile) -> bool:
@@ -397,7 +398,8 @@ class _Fetcher:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(partial, dir_fd=folder)
             raise
-        os.fsync(folder)  # the name reaches the disk before the journal records it
+        # The name reaches the disk before the journal records it.
+        self.folder_syncs.sync(paths.parent(f.path), folder)
         return from_cache
 
     def _from_store(self, f: PinnedFile, fd: int) -> None:
@@ -422,6 +424,49 @@ class _Fetcher:
                 return False  # evicted or damaged meanwhile: fetch from storage
             os.pwrite(fd, data, key.index * self.block_size)
         return True
+
+
+@dataclass
+class _FolderState:
+    asked: int = 0  # syncs asked for, each after a rename into the folder
+    done: int = 0  # syncs asked for up to this one are covered by a finished fsync
+    running: bool = False
+
+
+class _FolderSyncs:
+    """Folder fsyncs after renames, shared by the workers (group commit). An fsync of a
+    folder that starts after a rename into it makes that rename durable, so a worker
+    waits for an fsync started after its request, running one itself if none is: files
+    landing in one folder at once share an fsync, and every rename is still covered."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._folders: dict[str, _FolderState] = {}
+
+    def sync(self, key: str, fd: int) -> None:
+        """Return once an fsync of the folder KEY (open at FD) that started after this
+        call has finished."""
+        with self._changed:
+            state = self._folders.setdefault(key, _FolderState())
+            state.asked += 1
+            ticket = state.asked
+            while state.done < ticket:
+                if not state.running:
+                    state.running, upto = True, state.asked
+                    break
+                self._changed.wait()
+            else:
+                return
+        synced = False
+        try:
+            os.fsync(fd)  # outside the lock: others keep asking meanwhile
+            synced = True
+        finally:
+            with self._changed:
+                state.running = False
+                if synced:
+                    state.done = max(state.done, upto)
+                self._changed.notify_all()
 
 
 def _check(f: PinnedFile, fd: int) -> None:
