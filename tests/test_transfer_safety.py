@@ -253,3 +253,17 @@ def test_a_user_file_named_like_a_partial_is_uploaded_and_registered(
     cli.ok("upload", str(src), "blob:up", "--register", "mine")
     assert stored(container, "up") == files
     assert src.is_dir() and digests_of(src) == expected(files)
+
+
+def test_a_run_output_holding_a_link_out_is_not_uploaded(
+    cli: Cli, container: Container, tmp_path: Path
+) -> None:
+    add_blob(cli, container)
+    shadow = tmp_path / "shadow"
+    shadow.write_bytes(SECRET)
+    script = f"echo w > {{outputs.o}}/model.bin && ln -s {shadow} {{outputs.o}}/shadow"
+    result = cli("run", "--output", "o=blob:out/{run-id},register=o", "--", "sh", "-c", script)
+    assert result.code == 1
+    assert "symbolic link" in result.err and "shadow" in result.err
+    assert stored(container, "out") == {}
+    assert cli("dataset", "versions", "o").code == 2
