@@ -295,7 +295,8 @@ class _Partials:
         raise OSError(f"no free partial name in a folder after {NAME_TRIES} tries")
 
     def close(self) -> None:
-        os.unlink(self.record)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.record)
         os.close(self._fd)
 
     def __enter__(self) -> _Partials:
