@@ -114,7 +114,7 @@ class _Walk:
                 if not self.follow_links:
                     self.links.append(at)
                 else:
-                    self.link(at, ancestors)
+                    self.link(at, real_at, ancestors)
             elif entry.is_dir(follow_symlinks=False):
                 self.subfolder(fd, entry.name, at, real_at, ancestors)
             elif entry.is_file(follow_symlinks=False):
@@ -127,14 +127,17 @@ class _Walk:
         except InTheWay:  # replaced by a link or a file since listed
             self.links.append(at)
             return
+        except OSError as error:
+            raise UserError(f"{self.src / at}: {error.strerror}") from None
         try:
             self.folder(child, at, real_at, ancestors)
         finally:
             os.close(child)
 
-    def link(self, at: str, ancestors: frozenset[tuple[int, int]]) -> None:
-        """Follow the link AT if it points to something inside SRC (and not above it)."""
-        target = os.path.realpath(os.path.join(self.src, at))
+    def link(self, at: str, real_at: str, ancestors: frozenset[tuple[int, int]]) -> None:
+        """Follow the link at REAL_AT (uploaded as AT) if it points to something inside
+        SRC that is not a folder above it."""
+        target = os.path.realpath(os.path.join(self.real_src, real_at))
         if os.path.commonpath([target, self.real_src]) != self.real_src:
             self.links.append(at)
             return
@@ -154,7 +157,7 @@ class _Walk:
                 self.file(at, real, st)
             else:
                 self.links.append(at)
-        except FileNotFoundError:
+        except (FileNotFoundError, InTheWay):  # gone, or replaced since resolved
             self.links.append(at)
         finally:
             os.close(holder)
