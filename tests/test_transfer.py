@@ -99,7 +99,7 @@ def test_a_source_changed_since_registration_fails_that_file_by_name(
     assert "amlfs: error: 1 of 6 file(s) of ds:1 not downloaded: train/b.bin" in result.err
     assert not (dest / "train" / "b.bin").exists()
     assert (dest / "train" / "a.bin").read_bytes() == FILES["train/a.bin"]
-    assert [p.name for p in (dest / "train").iterdir() if "amlfs-part" in p.name] == []
+    assert [p.name for p in (dest / "train").iterdir() if p.name.startswith(".")] == []
 
 
 def test_files_in_dest_that_are_not_ours_are_never_clobbered_without_overwrite(

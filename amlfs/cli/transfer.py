@@ -70,14 +70,19 @@ def _list_failures(failed: dict[str, str]) -> None:
               help="Register the uploaded files as the next version of NAME.")  # fmt: skip
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
               help="Files uploaded at once [default: 8].")  # fmt: skip
+@click.option("--follow-links", is_flag=True,
+              help="Upload what symbolic links inside SRC point to, if that is inside SRC"
+                   " too (without it, any link is refused).")  # fmt: skip
 @common_options
 @click.pass_context
 def upload_command(ctx: click.Context, src: Path, location: str, dataset: str | None,
-                   workers: int | None) -> None:  # fmt: skip
+                   workers: int | None, follow_links: bool) -> None:  # fmt: skip
     """Upload the local folder SRC to DATASTORE:PATH.
 
     Files already identical at the destination (size and MD5) are skipped. With
-    --register, the files are registered only once every one is uploaded.
+    --register, the files are registered only once every one is uploaded. Symbolic
+    links are refused, naming them, unless --follow-links is given; a link pointing
+    outside SRC is refused either way.
     """
     from amlfs.registry import paths
     from amlfs.storage import Store
@@ -88,7 +93,7 @@ def upload_command(ctx: click.Context, src: Path, location: str, dataset: str | 
         paths.check_name("dataset", dataset)
     registry = app(ctx).registry()
     store = Store(registry.get_datastore(datastore))
-    files = local_files(src)
+    files = local_files(src, follow_links=follow_links)
     with TransferProgress("upload", len(files), sum(f.size for f in files)) as progress:
         report = upload(
             files, store, target, workers=workers or DEFAULT_WORKERS,

@@ -1,16 +1,25 @@
 """`amlfs download`: a pinned version materialised under a local folder, verified.
 
-Every file is written to a hidden partial name, checked (size; MD5 where pinned) and
-renamed into place, so a file under DEST is either absent or complete. The journal
-remembers what was placed, so that a re-run skips it and never mistakes someone else's
-file for ours.
+Every file is written to a short partial name of this run beside its place, checked
+(size; MD5 where pinned), synced, renamed into place and its folder synced, so a file
+under DEST is either absent or complete, also after a power cut, once the journal says
+it was placed. The journal remembers what was placed, so that a re-run skips it and
+never mistakes someone else's file for ours.
+
+Everything below DEST is reached through opened folders without following a link: a link
+in DEST (planted before or during the download) is an error naming it, never a way out.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import itertools
+import json
 import logging
 import os
-import shutil
+import secrets
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -19,18 +28,28 @@ from pathlib import Path
 
 from amlfs.cache.blocks import BlockCache, BlockKey
 from amlfs.errors import AmlfsError, SourceChanged, StorageError, UserError
-from amlfs.home import cache_dir
+from amlfs.home import cache_dir, ensure_home
 from amlfs.registry import paths
 from amlfs.registry.models import PinnedFile, Version
 from amlfs.registry.store import Registry
 from amlfs.storage import Store
-from amlfs.transfer.files import md5_of, partial_name, remove_quietly, some_names
+from amlfs.transfer.files import (
+    READ_FLAGS,
+    InTheWay,
+    fd_path,
+    md5_of_fd,
+    open_folder,
+    open_top,
+    some_names,
+)
 from amlfs.transfer.journal import Journal, Placed
 from amlfs.transfer.parallel import run_parallel, with_retries
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WORKERS = 16  # measured: see docs/performance.md, "Download workers"
+PARTIAL_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+NAME_TRIES = 100  # partial names taken by someone else before giving up (never seen)
 
 # Told of each file as it lands (or is found already in place).
 Progress = Callable[[PinnedFile], None]
@@ -54,6 +73,7 @@ class Plan:
     fetch: list[PinnedFile]
     present: list[PinnedFile]
     conflicts: list[str]  # files of DEST in the way that are not ours
+    links: list[str] = field(default_factory=list)  # symbolic links where the version goes
 
 
 def download(
@@ -62,6 +82,7 @@ def download(
     store: Store,
     dest: Path,
     journal: Journal,
+    records: Path,
     *,
     workers: int = DEFAULT_WORKERS,
     overwrite: bool = False,
@@ -69,21 +90,43 @@ def download(
     block_size: int = 4 * 2**20,
     progress: Progress | None = None,
 ) -> DownloadReport:
+    """Place FILES of VERSION under DEST. RECORDS is the folder where each run notes the
+    partial files it may leave, for the next run to remove if it dies."""
     started = time.monotonic()
     dest = dest.expanduser().absolute()
     if dest.exists() and not dest.is_dir():
         raise UserError(f"{dest} exists and is not a folder")
+    dest.mkdir(parents=True, exist_ok=True)
+    top = open_top(dest)
+    try:
+        remove_leftovers(records, dest, top)
+        return _download(version, files, store, dest, top, journal, records, workers,
+                         overwrite, cache, block_size, progress, started)  # fmt: skip
+    finally:
+        os.close(top)
+
+
+def _download(version: Version, files: list[PinnedFile], store: Store, dest: Path, top: int,
+              journal: Journal, records: Path, workers: int, overwrite: bool,
+              cache: BlockCache | None, block_size: int, progress: Progress | None,
+              started: float) -> DownloadReport:  # fmt: skip
     report = DownloadReport(version, dest, len(files))
-    placed = journal.placed(dest) if dest.exists() else {}
-    plan = plan_download(files, dest, placed, overwrite)
+    placed = journal.placed(dest)
+    plan = plan_download(files, top, placed, overwrite)
+    if plan.links:
+        raise UserError(
+            f"{len(plan.links)} symbolic link(s) under {dest} stand where {version.ref} has"
+            f" files or folders ({some_names(plan.links)}); amlfs never writes through a"
+            " link: remove them or choose another folder"
+        )
     if plan.conflicts:
         raise UserError(
             f"{len(plan.conflicts)} file(s) under {dest} differ from {version.ref} and were not"
             f" written by amlfs ({some_names(plan.conflicts)}); use --overwrite to replace them"
         )
-    dest.mkdir(parents=True, exist_ok=True)
     missing = sum(f.size for f in plan.fetch)
-    free = shutil.disk_usage(dest).free
+    vfs = os.statvfs(top)
+    free = vfs.f_bavail * vfs.f_frsize
     if missing > free:
         raise UserError(
             f"{dest} has {_gib(free)} free but {len(plan.fetch)} missing file(s) need"
@@ -92,12 +135,14 @@ def download(
     report.present = len(plan.present)
     for f in plan.present:
         if f.path not in placed:  # found correct by its MD5: ours from now on
-            _remember(journal, dest, f)
+            _adopt(journal, dest, top, f)
         if progress:
             progress(f)
-    fetcher = _Fetcher(store, version.root, dest, journal, cache, block_size)
+    if not plan.fetch:
+        report.seconds = time.monotonic() - started
+        return report
 
-    def placed(f: PinnedFile, from_cache: bool) -> None:
+    def done(f: PinnedFile, from_cache: bool) -> None:
         report.fetched += 1
         report.from_cache += from_cache
         report.bytes_fetched += f.size
@@ -108,10 +153,13 @@ def download(
         report.failed[f.path] = _reason(error)
         log.error("%s: %s", f.path, report.failed[f.path])
 
-    # Largest first: they set the finishing time.
-    largest_first = sorted(plan.fetch, key=lambda f: f.size, reverse=True)
-    expected = (SourceChanged, StorageError, OSError)
-    run_parallel(largest_first, fetcher, workers, placed, failed, expected, fetcher.stopping)
+    folders = sorted({paths.parent(f.path) for f in plan.fetch})
+    with _Partials(records, dest, folders) as partials:
+        fetcher = _Fetcher(store, version.root, dest, top, journal, partials, cache, block_size)
+        # Largest first: they set the finishing time.
+        largest_first = sorted(plan.fetch, key=lambda f: f.size, reverse=True)
+        expected = (SourceChanged, StorageError, OSError)
+        run_parallel(largest_first, fetcher, workers, done, failed, expected, fetcher.stopping)
     report.seconds = time.monotonic() - started
     return report
 
@@ -127,15 +175,17 @@ def download_version(
     block_size: int = 4 * 2**20,
     progress: Progress | None = None,
 ) -> DownloadReport:
-    """download() of VERSION with what it needs from HOME: the journal of placed files
-    and the block cache, whose blocks are reused when they hold a whole file."""
+    """download() of VERSION with what it needs from HOME: the journal of placed files,
+    the records of partial files, and the block cache, whose blocks are reused when they
+    hold a whole file."""
     files = list(registry.iter_files(version))
     store = Store(registry.get_datastore(version.datastore))
     blocks = cache_dir(home)
     cache = BlockCache(blocks) if (blocks / "cache.db").exists() else None
+    records = ensure_home(home) / "run" / "downloads"
     journal = Journal(home, durable=False)
     try:
-        return download(version, files, store, dest, journal, workers=workers,
+        return download(version, files, store, dest, journal, records, workers=workers,
                         overwrite=overwrite, cache=cache, block_size=block_size,
                         progress=progress)  # fmt: skip
     finally:
@@ -144,71 +194,222 @@ def download_version(
             cache.close()
 
 
-def plan_download(files: list[PinnedFile], dest: Path, placed: dict[str, Placed],
+def plan_download(files: list[PinnedFile], top: int, placed: dict[str, Placed],
                   overwrite: bool) -> Plan:  # fmt: skip
-    """Sort files into present (skip), to fetch, and in the way (someone else's)."""
+    """Sort files into present (skip), to fetch, in the way (someone else's), and links
+    where the version has a file or a folder (never followed, never replaced)."""
     plan = Plan([], [], [])
-    for f in files:
-        target = dest / f.path
-        try:
-            remove_quietly(partial_name(target))  # left by an interrupted run
-            st = target.lstat()
-        except FileNotFoundError:
-            plan.fetch.append(f)
-            continue
-        except NotADirectoryError:
-            plan.conflicts.append(f.path)  # a file stands where a folder must be
-            continue
-        ours = placed.get(f.path)
-        unchanged_since_placed = ours is not None and (ours.size, ours.mtime_ns) == (
-            st.st_size,
-            st.st_mtime_ns,
-        )
-        if not target.is_file() or target.is_symlink():
-            plan.conflicts.append(f.path)
-        elif st.st_size == f.size and (
-            (unchanged_since_placed and ours.etag == f.etag) or (f.md5 and md5_of(target) == f.md5)
-        ):
-            plan.present.append(f)
-        elif unchanged_since_placed or overwrite:
-            plan.fetch.append(f)  # ours from another version, or the user said so
-        else:
-            plan.conflicts.append(f.path)
+    folders = _Folders(top)
+    try:
+        for f in sorted(files, key=lambda f: f.path):  # one folder at a time
+            _plan_one(f, folders, placed, overwrite, plan)
+    finally:
+        folders.close()
     return plan
 
 
-class _Fetcher:
-    """Fetches one file to its partial name, checks it, renames it into place."""
+def _plan_one(f: PinnedFile, folders: _Folders, placed: dict[str, Placed], overwrite: bool,
+              plan: Plan) -> None:  # fmt: skip
+    name = _name(f.path)
+    try:
+        folder = folders.open(paths.parent(f.path))
+        st = os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        plan.fetch.append(f)
+        return
+    except InTheWay as error:
+        if error.is_link:
+            plan.links.append(error.where)
+        else:
+            plan.conflicts.append(f.path)  # a file stands where a folder must be
+        return
+    if stat.S_ISLNK(st.st_mode):
+        plan.links.append(f.path)
+        return
+    ours = placed.get(f.path)
+    unchanged_since_placed = ours is not None and (ours.size, ours.mtime_ns) == (
+        st.st_size,
+        st.st_mtime_ns,
+    )
+    if not stat.S_ISREG(st.st_mode):
+        plan.conflicts.append(f.path)
+    elif st.st_size == f.size and (
+        (unchanged_since_placed and ours.etag == f.etag)
+        or (f.md5 and _md5_at(folder, name) == f.md5)
+    ):
+        plan.present.append(f)
+    elif unchanged_since_placed or overwrite:
+        plan.fetch.append(f)  # ours from another version, or the user said so
+    else:
+        plan.conflicts.append(f.path)
 
-    def __init__(self, store: Store, root: str, dest: Path, journal: Journal,
-                 cache: BlockCache | None, block_size: int):  # fmt: skip
-        self.store, self.root, self.dest, self.journal = store, root, dest, journal
+
+class _Folders:
+    """The last folder below DEST that planning opened, kept open for its next file."""
+
+    def __init__(self, top: int):
+        self.top, self.path, self.fd = top, "", os.dup(top)
+
+    def open(self, path: str) -> int:
+        if path != self.path:
+            fd = open_folder(self.top, _parts(path))
+            os.close(self.fd)
+            self.path, self.fd = path, fd
+        return self.fd
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class _Partials:
+    """The partial files of one run: short names `.amlfs-TOKEN-N` made with O_EXCL beside
+    their place, so they never take a user's name nor exceed NAME_MAX, and a record in
+    RECORDS naming the token, DEST and the folders written to. The record is locked while
+    the run lives; the lock dies with the process, and a later run into the same DEST
+    removes exactly the partial files of this token that a dead run left."""
+
+    def __init__(self, records: Path, dest: Path, folders: list[str]):
+        self.records, self.token = records, secrets.token_hex(6)
+        self._numbers = itertools.count()  # next() on it is atomic under the GIL
+        records.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.record = records / self.token
+        self._fd = os.open(self.record, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            os.write(self._fd, json.dumps({"dest": str(dest), "folders": folders}).encode())
+            # Durable before any partial file exists: a power cut cannot orphan one.
+            os.fsync(self._fd)
+            _fsync_folder(records)
+        except BaseException:
+            self.close()
+            raise
+
+    def create(self, folder: int) -> tuple[str, int]:
+        """A new partial file in FOLDER: its name and an fd open for reading and writing."""
+        for _ in range(NAME_TRIES):
+            name = f".amlfs-{self.token}-{next(self._numbers)}"
+            try:
+                return name, os.open(name, PARTIAL_FLAGS, 0o666, dir_fd=folder)
+            except FileExistsError:
+                continue
+        raise OSError(f"no free partial name in a folder after {NAME_TRIES} tries")
+
+    def close(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.record)
+        os.close(self._fd)
+
+    def __enter__(self) -> _Partials:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def remove_leftovers(records: Path, dest: Path, top: int) -> None:
+    """Remove the partial files that dead runs into DEST left, as their records name them
+    (token and folders); files of any other name are never touched."""
+    if not records.is_dir():
+        return
+    for record in sorted(records.iterdir()):
+        try:
+            fd = os.open(record, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue  # its run just ended
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its run is alive
+            left = _read_record(fd)
+            if left is None or left.get("dest") != str(dest):
+                continue  # being written, or another DEST's
+            for folder in left.get("folders", []):
+                _remove_partials(top, folder, f".amlfs-{record.name}-")
+            os.unlink(record)
+        finally:
+            os.close(fd)
+
+
+def _read_record(fd: int) -> dict | None:
+    with contextlib.suppress(ValueError):
+        left = json.loads(os.pread(fd, os.fstat(fd).st_size, 0))
+        return left if isinstance(left, dict) else None
+    return None
+
+
+def _remove_partials(top: int, folder: str, prefix: str) -> None:
+    try:
+        fd = open_folder(top, _parts(folder))
+    except (FileNotFoundError, InTheWay):
+        return  # nothing of ours can be there
+    try:
+        with os.scandir(fd) as entries:
+            ours = [
+                e.name
+                for e in entries
+                if e.name.startswith(prefix)
+                and e.name[len(prefix) :].isdigit()
+                and e.is_file(follow_symlinks=False)
+            ]
+        for name in ours:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=fd)
+        log.info("removed %d partial file(s) of a dead download from %s", len(ours), folder)
+    finally:
+        os.close(fd)
+
+
+class _Fetcher:
+    """Fetches one file to a partial file, checks and syncs it, renames it into place and
+    syncs its folder: only then is it recorded as placed."""
+
+    def __init__(self, store: Store, root: str, dest: Path, top: int, journal: Journal,
+                 partials: _Partials, cache: BlockCache | None, block_size: int):  # fmt: skip
+        self.store, self.root, self.dest, self.top = store, root, dest, top
+        self.journal, self.partials = journal, partials
         self.cache, self.block_size = cache, block_size
+        self.folder_syncs = _FolderSyncs()
         self.stopping = threading.Event()
 
     def __call__(self, f: PinnedFile) -> bool:
         """Place F; True if its bytes came from the block cache."""
-        target = self.dest / f.path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = partial_name(target)
+        folder = open_folder(self.top, _parts(paths.parent(f.path)), create=True)
         try:
-            from_cache = self._from_cache(f, partial)
-            if not from_cache:
-                self._from_store(f, partial)
-            _check(f, partial)
-            os.replace(partial, target)
-        except BaseException:
-            remove_quietly(partial)
-            raise
-        _remember(self.journal, self.dest, f)
+            partial, fd = self.partials.create(folder)
+            try:
+                from_cache = self._fill(f, fd, partial, folder)
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+        finally:
+            os.close(folder)
+        self.journal.record_placed(self.dest, f.path, Placed(st.st_size, st.st_mtime_ns, f.etag))
         return from_cache
 
-    def _from_store(self, f: PinnedFile, partial: Path) -> None:
+    def _fill(self, f: PinnedFile, fd: int, partial: str, folder: int) -> bool:
+        try:
+            from_cache = self._from_cache(f, fd)
+            if not from_cache:
+                self._from_store(f, fd)
+            _check(f, fd)
+            os.fsync(fd)  # the bytes reach the disk before the name does
+            os.replace(partial, _name(f.path), src_dir_fd=folder, dst_dir_fd=folder)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial, dir_fd=folder)
+            raise
+        # The name reaches the disk before the journal records it.
+        self.folder_syncs.sync(paths.parent(f.path), folder)
+        return from_cache
+
+    def _from_store(self, f: PinnedFile, fd: int) -> None:
         relative = paths.join(self.root, f.path)
-        with_retries(lambda: self.store.download_pinned(relative, f.etag, partial), f.path,
+        # Written through the open partial file itself: no name below DEST is looked up.
+        with_retries(lambda: self.store.download_pinned(relative, f.etag, fd_path(fd)), f.path,
                      self.stopping)  # fmt: skip
 
-    def _from_cache(self, f: PinnedFile, partial: Path) -> bool:
+    def _from_cache(self, f: PinnedFile, fd: int) -> bool:
         """Write F from the block cache if every block of it is there (a mount read it)."""
         if self.cache is None or f.size == 0:
             return False
@@ -217,27 +418,97 @@ class _Fetcher:
         keys = [BlockKey(source, f.etag, self.block_size, i) for i in range(count)]
         if not all(self.cache.contains(key) for key in keys):
             return False
-        with open(partial, "wb") as out:
-            for key in keys:
-                length = min(self.block_size, f.size - key.index * self.block_size)
-                data = self.cache.get(key, length)
-                if data is None:
-                    return False  # evicted or damaged meanwhile: fetch from storage
-                out.write(data)
+        for key in keys:
+            length = min(self.block_size, f.size - key.index * self.block_size)
+            data = self.cache.get(key, length)
+            if data is None:
+                return False  # evicted or damaged meanwhile: fetch from storage
+            os.pwrite(fd, data, key.index * self.block_size)
         return True
 
 
-def _check(f: PinnedFile, partial: Path) -> None:
-    size = partial.stat().st_size
+@dataclass
+class _FolderState:
+    asked: int = 0  # syncs asked for, each after a rename into the folder
+    done: int = 0  # syncs asked for up to this one are covered by a finished fsync
+    running: bool = False
+
+
+class _FolderSyncs:
+    """Folder fsyncs after renames, shared by the workers (group commit). An fsync of a
+    folder that starts after a rename into it makes that rename durable, so a worker
+    waits for an fsync started after its request, running one itself if none is: files
+    landing in one folder at once share an fsync, and every rename is still covered."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._folders: dict[str, _FolderState] = {}
+
+    def sync(self, key: str, fd: int) -> None:
+        """Return once an fsync of the folder KEY (open at FD) that started after this
+        call has finished."""
+        with self._changed:
+            state = self._folders.setdefault(key, _FolderState())
+            state.asked += 1
+            ticket = state.asked
+            while state.done < ticket:
+                if not state.running:
+                    state.running, upto = True, state.asked
+                    break
+                self._changed.wait()
+            else:
+                return
+        synced = False
+        try:
+            os.fsync(fd)  # outside the lock: others keep asking meanwhile
+            synced = True
+        finally:
+            with self._changed:
+                state.running = False
+                if synced:
+                    state.done = max(state.done, upto)
+                self._changed.notify_all()
+
+
+def _check(f: PinnedFile, fd: int) -> None:
+    size = os.fstat(fd).st_size
     if size != f.size:
         raise StorageError(f"{f.path}: received {size} bytes, pinned {f.size}")
-    if f.md5 and md5_of(partial) != f.md5:
+    if f.md5 and md5_of_fd(fd) != f.md5:
         raise StorageError(f"{f.path}: MD5 differs from the pinned one")
 
 
-def _remember(journal: Journal, dest: Path, f: PinnedFile) -> None:
-    st = (dest / f.path).stat()
+def _adopt(journal: Journal, dest: Path, top: int, f: PinnedFile) -> None:
+    folder = open_folder(top, _parts(paths.parent(f.path)))
+    try:
+        st = os.stat(_name(f.path), dir_fd=folder, follow_symlinks=False)
+    finally:
+        os.close(folder)
     journal.record_placed(dest, f.path, Placed(st.st_size, st.st_mtime_ns, f.etag))
+
+
+def _md5_at(folder: int, name: str) -> bytes:
+    fd = os.open(name, READ_FLAGS, dir_fd=folder)
+    try:
+        return md5_of_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _parts(folder: str) -> list[str]:
+    return folder.split("/") if folder else []
+
+
+def _name(path: str) -> str:
+    return path.rpartition("/")[2]
 
 
 def _reason(error: Exception) -> str:
