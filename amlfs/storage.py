@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
+import io
 import logging
 import os
 import tempfile
@@ -507,6 +509,30 @@ def _copy_bytes(source: BinaryIO, out: BinaryIO, length: int) -> None:
         length -= len(chunk)
 
 
+def _copied_in_kernel(source: BinaryIO, fd: int, length: int) -> bool:
+    """LENGTH bytes of SOURCE (from its start) into FD with copy_file_range (no trip
+    through Python; a reflink where the filesystem shares extents). False where the
+    kernel cannot (another filesystem, not a plain file): nothing was copied then."""
+    done = 0
+    try:
+        source_fd = source.fileno()
+        while done < length:
+            copied = os.copy_file_range(source_fd, fd, length - done, done, done)
+            if copied == 0:
+                raise StorageError(f"{getattr(source, 'name', 'source')}: shorter than expected")
+            done += copied
+    except (OSError, AttributeError, io.UnsupportedOperation) as error:
+        if isinstance(error, OSError) and error.errno not in _NO_KERNEL_COPY:
+            raise
+        if done:
+            os.ftruncate(fd, 0)
+        return False
+    return True
+
+
+_NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF}
+
+
 def _local_put(source: BinaryIO, length: int, full: str, check: Callable[[], None]) -> None:
     """LENGTH bytes of SOURCE to the local file FULL: written under a temporary name of
     its own beside it (created exclusively: it can be no one else's file, and it is short
@@ -518,8 +544,9 @@ def _local_put(source: BinaryIO, length: int, full: str, check: Callable[[], Non
     try:
         with os.fdopen(fd, "wb") as out:
             os.fchmod(out.fileno(), 0o666 & ~_UMASK)
-            _copy_bytes(source, out, length)
-            out.flush()
+            if not _copied_in_kernel(source, out.fileno(), length):
+                _copy_bytes(source, out, length)
+                out.flush()
             os.fsync(out.fileno())
         check()
         os.replace(partial, full)

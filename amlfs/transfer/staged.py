@@ -75,7 +75,7 @@ class Node:
     fd: int | None = None  # open on the current staged copy
     frozen: int = 0  # bytes of `staged` a commit or upload refers to: never written again
     hashed: tuple[str, int, Any] | None = None  # (copy, bytes, running MD5 of those bytes)
-    dir_synced: str | None = None  # the copy whose folder entry is known to be on disk
+    entry_synced: int = 0  # ticket of the staging folder sync that covers its copy's entry
     copying: trio.Event | None = None  # set when the copy being made is ready
     commit_lock: trio.Lock = field(default_factory=trio.Lock)
     dirty: bool = False  # written since last journaled
@@ -129,6 +129,55 @@ class NameLocks:
                     del self._locks[name]
 
 
+class FolderSyncs:
+    """Syncs of the staging folder, so that a new copy's entry is on disk before a close
+    journals it. Asked for when the copy is made and run in the background, shared by the
+    copies made meanwhile (group commit): by the first close, the sync is usually done."""
+
+    def __init__(self, folder: Path, nursery: trio.Nursery):
+        self.folder, self.nursery = folder, nursery
+        self.asked = self.done = 0
+        self.running = False
+        self.failure: OSError | None = None
+        self._changed = trio.Event()
+
+    def ask(self) -> int:
+        """A ticket: covered once a sync that started after this call has finished."""
+        self.asked += 1
+        if not self.running:
+            self.running = True
+            self.nursery.start_soon(self._run)
+        return self.asked
+
+    async def wait(self, ticket: int) -> None:
+        """Return once TICKET is covered; an fsync that failed is this caller's OSError."""
+        while self.done < ticket:
+            if not self.running:  # the last sync failed: try again for this ticket
+                self.ask()
+            await self._changed.wait()
+            if self.failure is not None and self.done < ticket:
+                raise self.failure
+
+    async def _run(self) -> None:
+        try:
+            while self.done < self.asked:
+                upto = self.asked
+                try:
+                    await trio.to_thread.run_sync(_fsync_folder, self.folder)
+                except OSError as error:
+                    self.failure = error
+                    return
+                self.done, self.failure = upto, None
+                self._wake()
+        finally:
+            self.running = False
+            self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+
 class OutputFiles:
     def __init__(self, journal: Journal, session_id: int, staging: Path, store: Store,
                  target: str, nursery: trio.Nursery, workers: int = 8):  # fmt: skip
@@ -141,6 +190,7 @@ class OutputFiles:
         self.stats = OutputStats()
         self.names = NameLocks()
         self.stored_at: dict[str, str] = {}  # name -> etag of what this mount stored there
+        self.folder_syncs = FolderSyncs(staging, nursery)
         self._next_inode = ROOT_INODE + 1
         self._settling: set[int] = set()
         _fsync_folder(staging.parent)  # the staging folder's own entry, before any close
@@ -364,27 +414,26 @@ class OutputFiles:
             hashed = node.hashed if node.hashed and node.hashed[0] == name else None
             node.committing = Snapshot(name, size, b"")
             row = self.row(node, node.committing)
-            sync_folder = node.dir_synced != name
             try:
+                await self.folder_syncs.wait(node.entry_synced)
                 snapshot, hasher = await trio.to_thread.run_sync(
-                    self._sync_and_journal, row, hashed, sync_folder
+                    self._sync_and_journal, row, hashed
                 )
             except BaseException:
                 node.dirty = True
                 raise
             finally:
                 node.committing = None
-        node.dir_synced = name
         if node.staged == name:
             node.hashed = (name, size, hasher)
         node.committed, node.in_journal = snapshot, True
         self._drop_copies(node)
 
-    def _sync_and_journal(self, row: Upload, hashed: tuple[str, int, Any] | None,
-                          sync_folder: bool) -> tuple[Snapshot, Any]:  # fmt: skip
-        """In a worker thread: the copy's bytes and folder entry on disk, the MD5 of what
-        the close saw (continued from HASHED where an earlier close hashed a prefix), and
-        the journal row, synced, in that order."""
+    def _sync_and_journal(self, row: Upload,
+                          hashed: tuple[str, int, Any] | None) -> tuple[Snapshot, Any]:  # fmt: skip
+        """In a worker thread: the copy's bytes on disk (its folder entry is already, see
+        FolderSyncs), the MD5 of what the close saw (continued from HASHED where an
+        earlier close hashed a prefix), and the journal row, synced, in that order."""
         assert row.staged is not None
         hasher, done = (hashed[2].copy(), hashed[1]) if hashed else (hashlib.md5(), 0)
         fd = os.open(self.staging / row.staged, os.O_RDONLY)
@@ -398,8 +447,6 @@ class OutputFiles:
                 done += len(chunk)
         finally:
             os.close(fd)
-        if sync_folder:
-            _fsync_folder(self.staging)
         md5 = hasher.digest()
         self.journal.record(replace(row, md5=md5))
         return Snapshot(row.staged, row.size, md5), hasher
@@ -421,6 +468,7 @@ class OutputFiles:
             node.superseded.append(node.staged)
         node.staged, node.fd = name, fd
         node.frozen, node.hashed, node.window = 0, None, None
+        node.entry_synced = self.folder_syncs.ask()
         node.size = os.fstat(fd).st_size
 
     async def _copy_made(self, node: Node) -> None:
