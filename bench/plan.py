@@ -121,6 +121,14 @@ OPERATIONS = (
         True,
         ("direct", "amlfs"),
     ),
+    # Ceiling ("direct"): the same writes and fsyncs to a file on the local disk.
+    Workload(
+        "output-fsync",
+        "output mount: one file, fsync every 16 MiB, write to close",
+        "MiB/s",
+        True,
+        ("direct", "amlfs"),
+    ),
     # Ceilings: the same steps by hand (mount or download, the pass, unmount or remove).
     Workload(
         "run-mounted", "amlfs run: one pass, image set mounted", "s", False, ("direct", "amlfs")

@@ -394,6 +394,36 @@ class Run:
             )
             writes = output_mount if have("output") else not_yet("amlfs output mount")
             self.measure(backend, f"output-{kind}", "amlfs", writes)
+        self.fsyncing_writer(backend, store)
+
+    def fsyncing_writer(self, backend: str, store: str) -> None:
+        """A checkpoint written with an fsync every 16 MiB (as the size of the large set),
+        to the local disk and through an output mount: until close() returns, the upload
+        after it is not timed."""
+        size = self.data.large_bytes
+
+        def write_to(folder: Path) -> Figure:
+            took = fsynced_write(folder / "ckpt.bin", size)
+            return size / MiB / took, f"{size // MiB} MiB", {"seconds": took}
+
+        def local() -> Figure:
+            with tempfile.TemporaryDirectory(dir=self.work) as folder:
+                return write_to(Path(folder))
+
+        def output_mount() -> Figure:
+            mountpoint = Path(tempfile.mkdtemp(dir=self.work, prefix="out-"))
+            location = f"{store}:outputs/fsync-{time.monotonic_ns()}"
+            amlfs(self.home, self.env, "output", "mount", location, str(mountpoint))
+            try:
+                figure = write_to(mountpoint)
+                amlfs(self.home, self.env, "unmount", str(mountpoint))
+            finally:
+                unmount_if_mounted(mountpoint)
+            return figure
+
+        self.measure(backend, "output-fsync", "direct", local)
+        writes = output_mount if amlfs_supports("output") else not_yet("amlfs output mount")
+        self.measure(backend, "output-fsync", "amlfs", writes)
 
     def million(self) -> None:
         """Mount time and daemon RSS for a version of `scale.million` files (registry
@@ -453,6 +483,29 @@ def in_memory_tree_rss_mib(n: int) -> float:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, timeout=600)  # fmt: skip
     return float(proc.stdout)
+
+
+FSYNC_EVERY = 16 * MiB
+
+
+def fsynced_write(path: Path, size: int) -> float:
+    """Seconds to write SIZE bytes to PATH in 1 MiB writes, with an fsync every 16 MiB,
+    and close it (in a process of its own, as a training job would)."""
+    code = (
+        "import os, sys, time\n"
+        "path, size, every = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])\n"
+        "chunk = os.urandom(1 << 20)\n"
+        "started = time.perf_counter()\n"
+        "fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)\n"
+        "for done in range(0, size, len(chunk)):\n"
+        "    os.write(fd, chunk[: size - done])\n"
+        "    if (done + len(chunk)) % every == 0:\n"
+        "        os.fsync(fd)\n"
+        "os.close(fd)\n"
+        "print(time.perf_counter() - started)\n"
+    )
+    out = run_command([sys.executable, "-c", code, str(path), str(size), str(FSYNC_EVERY)])
+    return float(out)
 
 
 def not_yet(feature: str) -> Callable[[], Figure]:

@@ -79,9 +79,10 @@ def test_a_damaged_cached_block_is_dropped_and_fetched_again(
         keys = list(store.iterkeys())
         assert keys
         for key in keys:
-            value = bytearray(store[key])
-            value[-1] ^= 0xFF  # one flipped bit pattern in the data
-            store[key] = bytes(value)
+            value, crc = store.get(key, tag=True)
+            damaged = bytearray(value)
+            damaged[-1] ^= 0xFF  # one flipped bit pattern in the data...
+            store.set(key, bytes(damaged), tag=crc)  # ...under its old CRC: only it tells
 
     again = mounts.mount("ds:1", *OPTIONS)
     assert (again / "train" / "a.bin").read_bytes() == FILES["train/a.bin"]
