@@ -13,6 +13,7 @@ import click
 from amlfs import mounts
 from amlfs.cli.context import app, common_options, json_option
 from amlfs.cli.output import emit_json, human_bytes, table
+from amlfs.credentials import daemon_environment
 from amlfs.errors import UserError
 from amlfs.home import cache_dir as default_cache_dir
 from amlfs.home import default_home, ensure_home
@@ -115,7 +116,9 @@ def mount(ctx: click.Context, ref: str, mountpoint: Path, cache_dir: Path | None
             args += [f"--{name.replace('_', '-')}", str(options[name])]
         args += ["--allow-other"] if settings.allow_other else []
         args += ["--debug"] if "--debug" in sys.argv else []
-        pid = mounts.start_daemon(home, args, log_name=f"mount-{path.name}-{version.ref}")
+        env = daemon_environment(registry.list_datastores(), version.datastore)
+        pid = mounts.start_daemon(home, args, log_name=f"mount-{path.name}-{version.ref}",
+                                  env=env)  # fmt: skip
         click.echo(f"mounted {version.ref} at {path} (pid {pid})")
         return
     serve_here(ctx, home, version, path, settings)
