@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -191,6 +190,16 @@ def test_a_mount_daemon_gets_its_own_datastores_secret_and_no_other(
                                    str(out): "TWIN_CONN"})  # fmt: skip
 
 
+@pytest.fixture
+def service(cli: Cli, tmp_path: Path, mounts: Mounts) -> Iterator[Service]:
+    """`amlfs daemon` of this test (`mounts` checks FUSE is there), ended at teardown."""
+    helper = Service(cli, tmp_path)
+    try:
+        yield helper
+    finally:
+        helper.cleanup()
+
+
 def test_the_service_gives_each_mount_its_own_datastores_secret_only(
     cli: Cli, two_datastores: None, service: Service, tmp_path: Path
 ) -> None:
@@ -205,16 +214,6 @@ def test_the_service_gives_each_mount_its_own_datastores_secret_only(
     service.wait_for("READY=1")
     assert_own_variable_only(cli, {str(blob): CONNECTION_ENV, str(out): "TWIN_CONN"})
     children = [record.pid for record in records(cli.home)]
-    service.signal(signal.SIGTERM)
-    assert service.proc is not None and service.proc.wait(timeout=60) == 0
+    code, err = service.stop()
+    assert code == 0, err
     assert not any(daemon_alive(pid) for pid in children)
-
-
-@pytest.fixture
-def service(cli: Cli, tmp_path: Path, mounts: Mounts) -> Iterator[Service]:
-    """`amlfs daemon` of this test (`mounts` checks FUSE is there), ended at teardown."""
-    helper = Service(cli, tmp_path)
-    try:
-        yield helper
-    finally:
-        helper.cleanup()
