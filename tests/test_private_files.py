@@ -27,7 +27,9 @@ NOBODY = 65534
 def loose(folder: Path) -> list[str]:
     """FOLDER and everything under it that group or others may use, with its mode."""
     found = []
-    for path in [folder, *folder.rglob("*")]:
+    # os.walk, not rglob: it passes over folders removed while it looks (staging).
+    walked = [Path(top) / name for top, dirs, files in os.walk(folder) for name in dirs + files]
+    for path in [folder, *walked]:
         try:
             mode = stat.S_IMODE(path.lstat().st_mode)
         except FileNotFoundError:

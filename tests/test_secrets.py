@@ -53,9 +53,10 @@ def environ_from(data: bytes) -> dict[str, str]:
 def contents(folder: Path) -> dict[Path, bytes]:
     """Every file under FOLDER, recursively, but those removed while it is read."""
     found = {}
-    for path in folder.rglob("*"):
-        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-            found[path] = path.read_bytes()
+    for top, _, files in os.walk(folder):  # passes over folders removed while it looks
+        for path in (Path(top) / name for name in files):
+            with contextlib.suppress(FileNotFoundError):
+                found[path] = path.read_bytes()
     return found
 
 
