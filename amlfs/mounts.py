@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,20 +151,22 @@ def records(home: Path) -> list[MountRecord]:
 
 
 def start_daemon(home: Path, args: list[str], log_name: str | None, *,
-                 ends_with_us: bool = False) -> int:  # fmt: skip
+                 env: Mapping[str, str], ends_with_us: bool = False) -> int:  # fmt: skip
     """Start `amlfs mount … --foreground` in the background; return its pid once it
     serves. Its failure to start is raised here, with the daemon's own reason.
 
-    The daemon logs to HOME/logs/LOG_NAME.log, or without a LOG_NAME where we do (a
-    service's journal). ENDS_WITH_US: the kernel sends it SIGTERM (unmount, finish the
-    uploads) if this thread dies, killed or not; `amlfs run` wants that for its mounts."""
+    ENV is the daemon's environment: credentials.daemon_environment(), which holds its
+    own datastore's secret and no other. The daemon logs to HOME/logs/LOG_NAME.log, or
+    without a LOG_NAME where we do (a service's journal). ENDS_WITH_US: the kernel sends
+    it SIGTERM (unmount, finish the uploads) if this thread dies, killed or not; `amlfs
+    run` wants that for its mounts."""
     read_end, write_end = os.pipe()
     log = open(log_dir(home) / f"{log_name}.log", "ab") if log_name else None  # noqa: SIM115
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "amlfs", "--home", str(home), *args, "--foreground"],
             # A service's NOTIFY_SOCKET is its own: systemd hears the service, not its mounts.
-            env={**{k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"},
+            env={**{k: v for k, v in env.items() if k != "NOTIFY_SOCKET"},
                  READY_ENV: str(write_end)},
             pass_fds=(write_end,),
             stdin=subprocess.DEVNULL, stdout=log, stderr=log,

@@ -84,6 +84,10 @@ def test_the_unit_keeps_its_promises(name: str) -> None:
     assert one(unit, "Service", "EnvironmentFile") == "-/etc/amlfs/credentials.env"
     assert "AMLFS_HOME=/var/lib/amlfs" in words(unit, "Service", "Environment")
     assert one(unit, "Service", "StateDirectory") == "amlfs"
+    # What the daemon creates (state folder, cache, staging, journal, logs) is root's alone.
+    assert one(unit, "Service", "StateDirectoryMode") == "0700"
+    assert one(unit, "Service", "UMask") == "0077"
+    assert one(unit, "Service", "NoNewPrivileges") == "yes"
     assert "network-online.target" in words(unit, "Unit", "After")
     assert "network-online.target" in words(unit, "Unit", "Wants")
     assert one(unit, "Install", "WantedBy") == "multi-user.target"

@@ -11,7 +11,7 @@ from amlfs.cli.context import common_options, json_option
 from amlfs.cli.mount import home_of
 from amlfs.cli.output import emit_json, human_bytes
 from amlfs.errors import AmlfsError
-from amlfs.home import cache_dir
+from amlfs.home import cache_dir, private_folder
 
 cache_dir_option = click.option(
     "--cache-dir", type=click.Path(file_okay=False, path_type=Path),
@@ -63,6 +63,7 @@ def clear(ctx: click.Context, cache_dir: Path | None) -> None:
 
 
 def open_cache(folder: Path) -> BlockCache:
+    folder = private_folder(folder, "cache folder")
     try:
         return BlockCache(folder, required=True)
     except Exception as error:

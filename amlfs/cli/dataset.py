@@ -12,6 +12,7 @@ from amlfs import datasets
 from amlfs.cli.context import app, common_options, json_option, read_text_file
 from amlfs.cli.output import emit_json, human_bytes, table
 from amlfs.errors import EXIT_RUNTIME, UserError
+from amlfs.home import callers_files
 from amlfs.registry.manifest import export_manifest, load_manifest, manifest_to_new_version
 from amlfs.registry.models import PinnedFile, Version
 
@@ -168,7 +169,8 @@ def export(ctx: click.Context, ref: str, output: Path | None) -> None:
         click.echo(text, nl=False)
         return
     tmp = output.with_name(f".{output.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    with callers_files():  # the user's file, with the modes the user expects
+        tmp.write_text(text, encoding="utf-8")
     tmp.replace(output)
     click.echo(f"wrote {version.ref} ({version.file_count:,} files) to {output}", err=True)
 

@@ -34,17 +34,27 @@ from amlfs.cli.output import emit_json, table
     help="Where downloaded inputs, upload outputs and mountpoints go, in a folder"
     " per run removed at the end (default: HOME/runs).",
 )
+@click.option(
+    "--pass-env",
+    multiple=True,
+    metavar="VAR",
+    help="Pass the credential variable VAR on to the command (a datastore's"
+    " --…-env variables are removed from its environment otherwise).",
+)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[--] COMMAND [ARG]…")
 @common_options
 @click.pass_context
 def run_command(ctx: click.Context, inputs: tuple[str, ...], outputs: tuple[str, ...],
-                work_dir: Path | None, command: tuple[str, ...]) -> int:  # fmt: skip
+                work_dir: Path | None, pass_env: tuple[str, ...],
+                command: tuple[str, ...]) -> int:  # fmt: skip
     """Run COMMAND with its inputs and outputs wired up; exit with its exit status.
 
     {inputs.NAME} and {outputs.NAME} in the arguments, and $AMLFS_INPUT_NAME and
     $AMLFS_OUTPUT_NAME in its environment, are the local paths; {run-id} in an argument
     or an output path and {output-name} in an output path are substituted. The run and
     the exact versions it read and registered are recorded (`amlfs runs`, `amlfs lineage`).
+    The command does not see the variables datastores read their credentials from,
+    but those given with --pass-env.
     """
     from amlfs.cli.outputs import UploadWait
     from amlfs.cli.progress import TransferProgress
@@ -54,7 +64,8 @@ def run_command(ctx: click.Context, inputs: tuple[str, ...], outputs: tuple[str,
     hooks = RunHooks(say=lambda line: click.echo(f"amlfs: {line}", err=True),
                      transfer=TransferProgress, waiting=UploadWait())  # fmt: skip
     job = Job(home_of(ctx), app(ctx).registry(), [parse_input(i) for i in inputs],
-              [parse_output(o) for o in outputs], list(command), hooks, work_dir)  # fmt: skip
+              [parse_output(o) for o in outputs], list(command), hooks, work_dir,
+              pass_env)  # fmt: skip
     return job.execute()
 
 

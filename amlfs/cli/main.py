@@ -13,6 +13,7 @@ import click
 from amlfs import __version__
 from amlfs.cli.context import common_options
 from amlfs.errors import EXIT_RUNTIME, EXIT_USAGE, AmlfsError
+from amlfs.home import private_files
 
 log = logging.getLogger("amlfs")
 
@@ -64,8 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     if debug:
         log.setLevel(logging.DEBUG)
     try:
-        # Without standalone mode click returns ctx.exit()'s code, or the command's value.
-        code = cli.main(args=argv, prog_name="amlfs", standalone_mode=False)
+        # Everything amlfs creates is private unless made for the user elsewhere (see
+        # private_files); its daemons are amlfs processes too and start here as well.
+        with private_files():
+            # Without standalone mode click returns ctx.exit()'s code, or the command's value.
+            code = cli.main(args=argv, prog_name="amlfs", standalone_mode=False)
     except click.Abort:
         click.echo("amlfs: interrupted", err=True)
         return 130

@@ -13,9 +13,10 @@ import click
 from amlfs import mounts
 from amlfs.cli.context import app, common_options, json_option
 from amlfs.cli.output import emit_json, human_bytes, table
+from amlfs.credentials import daemon_environment
 from amlfs.errors import UserError
 from amlfs.home import cache_dir as default_cache_dir
-from amlfs.home import default_home, ensure_home
+from amlfs.home import default_home, ensure_home, private_folder
 from amlfs.registry.models import Datastore, Version
 
 if TYPE_CHECKING:
@@ -99,7 +100,8 @@ def mount(ctx: click.Context, ref: str, mountpoint: Path, cache_dir: Path | None
         version = registry.resolve(ref)
         path = mounts.check_mountpoint(mountpoint)
         settings = mounts.MountOptions(
-            cache_dir=(cache_dir or default_cache_dir(home)).absolute(),
+            # Blocks found there are served as the version's bytes: only ours will do.
+            cache_dir=private_folder(cache_dir or default_cache_dir(home), "cache folder"),
             cache_size=parse_size(options["cache_size"], "--cache-size"),
             block_size=parse_size(options["block_size"], "--block-size"),
             hot_bytes=parse_size(options["memory_cache"], "--memory-cache"),
@@ -115,7 +117,9 @@ def mount(ctx: click.Context, ref: str, mountpoint: Path, cache_dir: Path | None
             args += [f"--{name.replace('_', '-')}", str(options[name])]
         args += ["--allow-other"] if settings.allow_other else []
         args += ["--debug"] if "--debug" in sys.argv else []
-        pid = mounts.start_daemon(home, args, log_name=f"mount-{path.name}-{version.ref}")
+        env = daemon_environment(registry.list_datastores(), version.datastore)
+        pid = mounts.start_daemon(home, args, log_name=f"mount-{path.name}-{version.ref}",
+                                  env=env)  # fmt: skip
         click.echo(f"mounted {version.ref} at {path} (pid {pid})")
         return
     serve_here(ctx, home, version, path, settings)

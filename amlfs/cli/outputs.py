@@ -13,6 +13,7 @@ from amlfs import mounts
 from amlfs.cli.context import app, common_options
 from amlfs.cli.mount import daemon_logging, home_of
 from amlfs.cli.output import human_bytes
+from amlfs.credentials import daemon_environment
 from amlfs.errors import AmlfsError
 from amlfs.registry import paths
 
@@ -93,7 +94,8 @@ def output_mount(ctx: click.Context, location: str, mountpoint: Path, dataset: s
         args += ["--register", dataset] if dataset else []
         args += ["--allow-other"] if allow_other else []
         args += ["--debug"] if "--debug" in sys.argv else []
-        pid = mounts.start_daemon(home, args, log_name=f"output-{path.name}")
+        env = daemon_environment(app(ctx).registry().list_datastores(), datastore)
+        pid = mounts.start_daemon(home, args, log_name=f"output-{path.name}", env=env)
         click.echo(f"mounted output {datastore}:{target or '/'} at {path} (pid {pid})")
         return
     daemon_logging()

@@ -10,6 +10,7 @@ from amlfs.cli.context import app, common_options
 from amlfs.cli.mount import home_of, parse_size
 from amlfs.cli.output import human_bytes
 from amlfs.cli.progress import TransferProgress
+from amlfs.home import callers_files
 
 
 @click.command("download")
@@ -35,7 +36,9 @@ def download_command(ctx: click.Context, ref: str, dest: Path, workers: int | No
     home = home_of(ctx)
     registry = app(ctx).registry()
     version = registry.resolve(ref)
-    with TransferProgress("download", version.file_count, version.total_bytes) as progress:
+    # DEST is the user's: its files get the user's umask, not amlfs's private one.
+    with callers_files(), TransferProgress("download", version.file_count,
+                                           version.total_bytes) as progress:  # fmt: skip
         report = download_version(
             home, registry, version, dest, workers=workers or DEFAULT_WORKERS,
             overwrite=overwrite, block_size=parse_size(block_size, "--block-size"),

@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import Mapping
 
 from amlfs.errors import UserError
+from amlfs.home import caller_umask
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +50,20 @@ def should_forward(info: signal.struct_siginfo) -> bool:
 
 def run_command(argv: list[str], env: Mapping[str, str]) -> int:
     """Run ARGV in our process group until it ends, passing on FORWARDED signals sent to
-    us; return its exit status."""
+    us; return its exit status. It runs under the umask amlfs was started with, not
+    amlfs's own private one: what a job writes is the user's business."""
+    umask = caller_umask()
+
+    def prepare_child() -> None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        os.umask(umask)
+
     # Blocked before the child exists, so that none is lost or handled the default way
     # between the start and the loop; the child unblocks them for itself.
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     try:
         try:
-            child = subprocess.Popen(argv, env=dict(env), preexec_fn=_unblock_signals)
+            child = subprocess.Popen(argv, env=dict(env), preexec_fn=prepare_child)
         except OSError as error:
             log.error("cannot run %s: %s", argv[0], error.strerror)
             return 126 if isinstance(error, PermissionError) else 127
@@ -73,7 +81,3 @@ def run_command(argv: list[str], env: Mapping[str, str]) -> int:
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     return exit_status(child.returncode)
-
-
-def _unblock_signals() -> None:
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())

@@ -18,7 +18,7 @@ import secrets
 import shutil
 import signal
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Protocol
 
 from amlfs import mounts
+from amlfs.credentials import daemon_environment, job_environment
 from amlfs.errors import AmlfsError, UserError
 from amlfs.home import default_home
 from amlfs.jobs.command import check_command, run_command
@@ -60,11 +61,14 @@ class Job:
 
     def __init__(self, home: Path, registry: Registry, inputs: list[InputSpec],
                  outputs: list[OutputSpec], command: list[str], hooks: RunHooks,
-                 work_root: Path | None = None) -> None:  # fmt: skip
+                 work_root: Path | None = None, pass_env: Sequence[str] = ()) -> None:  # fmt: skip
         check_names(inputs, outputs)
         if not command:
             raise UserError("no command given: amlfs run [OPTIONS] -- COMMAND [ARG…]")
         check_command(command)
+        if unset := [name for name in pass_env if name not in os.environ]:
+            raise UserError(f"--pass-env {unset[0]}: ${unset[0]} is not set")
+        self.pass_env = list(pass_env)
         self.home, self.registry, self.hooks = home, registry, hooks
         self.inputs, self.outputs, self.command = inputs, outputs, command
         self.id = new_run_id()
@@ -81,7 +85,9 @@ class Job:
         self.kept: set[Path] = set()  # output folders not uploaded: never deleted
 
     def environment(self) -> dict[str, str]:
-        env = {**os.environ, "AMLFS_RUN_ID": self.id, "AMLFS_HOME": str(self.home)}
+        """The command's: ours without the datastores' secrets (but those passed on)."""
+        env = job_environment(self.registry.list_datastores(), self.pass_env)
+        env.update({"AMLFS_RUN_ID": self.id, "AMLFS_HOME": str(self.home)})
         env.update({i.env_var: str(self.input_paths[i.name]) for i in self.inputs})
         env.update({o.env_var: str(self.output_paths[o.name]) for o in self.outputs})
         return env
@@ -130,7 +136,7 @@ class Job:
             version = self.versions[spec.name]
             if spec.mode == "mount":
                 teardown.callback(self._unmount_quietly, path)
-                self._start_mount(spec.name, ["mount", version.ref, str(path)])
+                self._start_mount(spec.name, version.datastore, ["mount", version.ref, str(path)])
                 self.hooks.say(f"input {spec.name}: {version.ref} mounted at {path}")
             else:
                 self._download(spec.name, version, path)
@@ -140,12 +146,15 @@ class Job:
             location = f"{spec.datastore}:{self.targets[spec.name]}"
             if spec.mode == "mount":
                 teardown.callback(self._unmount_quietly, path)
-                self._start_mount(spec.name, ["output", "mount", location, str(path)])
+                self._start_mount(spec.name, spec.datastore,
+                                  ["output", "mount", location, str(path)])  # fmt: skip
                 self.hooks.say(f"output {spec.name}: {location} mounted at {path}")
 
-    def _start_mount(self, name: str, args: list[str]) -> None:
+    def _start_mount(self, name: str, datastore: str, args: list[str]) -> None:
+        env = daemon_environment(self.registry.list_datastores(), datastore)
         # Tied to us: if `amlfs run` is killed outright, its mounts still end cleanly.
-        mounts.start_daemon(self.home, args, log_name=f"run-{self.id}-{name}", ends_with_us=True)
+        mounts.start_daemon(self.home, args, log_name=f"run-{self.id}-{name}", env=env,
+                            ends_with_us=True)  # fmt: skip
 
     def _download(self, name: str, version: Version, dest: Path) -> None:
         from amlfs.transfer.download import DownloadFailed, download_version

@@ -58,11 +58,13 @@ class _File(BaseModel):
 
 @dataclass(frozen=True)
 class Declared:
-    """One valid entry: where it mounts, what (for people), and the child's arguments."""
+    """One valid entry: where it mounts, what (for people), the child's arguments, and
+    the datastore whose credentials the child gets."""
 
     mountpoint: str
     what: str
     args: tuple[str, ...]
+    datastore: str
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,7 @@ def declared_entry(raw: object, registry: Registry) -> Declared:
         args = ["output", "mount", f"{datastore}:{target}", mountpoint]
         args += ["--register", out.register_as] if out.register_as else []
         args += _options(out, ("staging_dir", "workers", "patience"))
-        return Declared(mountpoint, f"output {datastore}:{target}", tuple(args))
+        return Declared(mountpoint, f"output {datastore}:{target}", tuple(args), datastore)
     if "dataset" not in raw:
         raise UserError("an entry needs dataset: NAME[:VERSION] or output: DATASTORE:PATH")
     entry = ReadOnlyEntry.model_validate(raw)
@@ -128,7 +130,7 @@ def declared_entry(raw: object, registry: Registry) -> Declared:
     args = ["mount", version.ref, mountpoint]
     args += _options(entry, ("cache_dir", "cache_size", "block_size", "memory_cache",
                              "fetch_limit", "io_timeout"))  # fmt: skip
-    return Declared(mountpoint, version.ref, tuple(args))
+    return Declared(mountpoint, version.ref, tuple(args), version.datastore)
 
 
 def _options(entry: _Entry, names: tuple[str, ...]) -> list[str]:

@@ -25,6 +25,7 @@ from cysystemd.daemon import Notification
 from cysystemd.daemon import notify as sd_notify
 
 from amlfs import mounts
+from amlfs.credentials import daemon_environment
 from amlfs.errors import AmlfsError, UserError
 from amlfs.home import registry_path
 from amlfs.registry.store import Registry
@@ -134,8 +135,7 @@ class Service:
         entry = child.declared
         try:
             await trio.to_thread.run_sync(mounts.detach_if_dead, self.home, Path(entry.mountpoint))
-            child.pid = await trio.to_thread.run_sync(mounts.start_daemon, self.home,
-                                                      list(entry.args), None)  # fmt: skip
+            child.pid = await trio.to_thread.run_sync(self._launch, entry)
         except UserError as error:  # the entry itself is wrong: not until it is changed
             child.failure, child.retry_at = str(error), None
             log.error("%s not served: %s", entry.mountpoint, error)
@@ -148,6 +148,13 @@ class Service:
             return
         child.started, child.failure, child.retry_at = time.monotonic(), None, None
         log.info("serving %s at %s (pid %d)", entry.what, entry.mountpoint, child.pid)
+
+    def _launch(self, entry: Declared) -> int:
+        """Start ENTRY's daemon with its own datastore's credentials and no other's (the
+        registry as it is now: a datastore added since the start is known)."""
+        with Registry(registry_path(self.home)) as registry:
+            env = daemon_environment(registry.list_datastores(), entry.datastore)
+        return mounts.start_daemon(self.home, list(entry.args), None, env=env)
 
     async def _supervise(self) -> None:
         """Notice children that died, detach what they left mounted, start them again."""

@@ -121,6 +121,8 @@ class Journal:
         """DURABLE: each commit reaches the disk before it returns (output mounts promise
         that of a closed file); downloads only need the bookkeeping to be consistent."""
         self._lock = threading.Lock()
+        # Private whatever the umask: SQLite gives its WAL the database file's mode.
+        (home / JOURNAL_FILE).touch(mode=0o600)
         self._db = self._connect(home, "FULL" if durable else "NORMAL")
         self._db.executescript(_SCHEMA)  # idempotent; executescript commits on its own
         # Progress a crash may lose without harm goes through a connection of its own that
