@@ -27,6 +27,7 @@ from fsspec.asyn import sync
 from fsspec.core import url_to_fs
 
 from amlfs.errors import NotAsStored, SourceChanged, StorageError, UserError
+from amlfs.home import caller_umask
 from amlfs.registry import paths
 from amlfs.registry.models import Datastore, PinnedFile
 
@@ -50,10 +51,6 @@ BLOB_CONCURRENCY = 4
 # one may go on in the background, and is waited for (polled) up to this long.
 COPY_TIMEOUT_S = 1800.0
 COPY_BUFFER = 4 * 2**20
-# Files a local datastore receives get the usual permissions (read once: os.umask can
-# only be read by setting it, which is not thread-safe later).
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 def protocol_of(url: str) -> str:
@@ -533,17 +530,31 @@ def _copied_in_kernel(source: BinaryIO, fd: int, length: int) -> bool:
 _NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF}
 
 
+def _make_folders(folder: str, mode: int) -> None:
+    """FOLDER and its missing parents, each with MODE (set exactly: amlfs runs under a
+    private umask, and these folders are the user's)."""
+    missing = []
+    while not os.path.isdir(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another upload made it meanwhile
+            os.mkdir(path)
+            os.chmod(path, mode)
+
+
 def _local_put(source: BinaryIO, length: int, full: str, check: Callable[[], None]) -> None:
     """LENGTH bytes of SOURCE to the local file FULL: written under a temporary name of
     its own beside it (created exclusively: it can be no one else's file, and it is short
     whatever FULL's length), synced, then compared (CHECK raises if FULL is not what it
     must be) and renamed into place."""
     folder = os.path.dirname(full)
-    os.makedirs(folder, exist_ok=True)
+    umask = caller_umask()  # the user's data, not amlfs's state: the user's modes
+    _make_folders(folder, 0o777 & ~umask)
     fd, partial = tempfile.mkstemp(dir=folder, prefix=".amlfs-", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), 0o666 & ~_UMASK)
+            os.fchmod(out.fileno(), 0o666 & ~umask)
             if not _copied_in_kernel(source, out.fileno(), length):
                 _copy_bytes(source, out, length)
                 out.flush()

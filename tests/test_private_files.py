@@ -132,3 +132,14 @@ def test_what_amlfs_makes_for_the_user_keeps_the_users_umask(
         assert stat.S_IMODE(path.stat().st_mode) == (0o755 if path.is_dir() else 0o644), path
     job = with_umask_022(cli, "run", "--", "sh", "-c", "umask")
     assert job.returncode == 0 and job.stdout == "0022\n", job.stderr
+
+
+def test_files_stored_in_a_local_datastore_have_the_users_modes(cli: Cli, tmp_path: Path) -> None:
+    """A local folder as a datastore holds the user's data, not amlfs's state."""
+    store, src = tmp_path / "store", tmp_path / "src"
+    (src / "deep").mkdir(parents=True)
+    (src / "deep" / "result.txt").write_bytes(b"shared with the team")
+    cli.ok("datastore", "add", "loc", f"file://{store}")
+    assert with_umask_022(cli, "upload", str(src), "loc:runs/1").returncode == 0
+    for path in [store / "runs", store / "runs" / "1" / "deep", store / "runs/1/deep/result.txt"]:
+        assert stat.S_IMODE(path.stat().st_mode) == (0o755 if path.is_dir() else 0o644), path
