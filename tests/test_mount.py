@@ -217,19 +217,25 @@ def test_two_mounts_share_one_block_cache(cli: Cli, dataset: Container, mounts: 
 
 
 def status_of(cli: Cli, root: Path, wait_s: float = 3.0) -> dict:
-    """The mount's counters once its status record has caught up (it is written every
-    second)."""
+    """The mount's counters once its status record has caught up: it is written every
+    second, so they are taken once two records a second apart agree (a busy machine may
+    delay a write)."""
     import time
 
-    deadline = time.monotonic() + wait_s
-    while True:
+    def stats() -> dict:
         listed = json.loads(cli.ok("status", "--json").out)
-        [record] = [m for m in listed if m["mountpoint"] == str(root)]
-        if record["stats"].get("reads") or time.monotonic() > deadline:
-            time.sleep(1.1)  # one more write, so the counters include the last read
-            listed = json.loads(cli.ok("status", "--json").out)
-            return next(m for m in listed if m["mountpoint"] == str(root))["stats"]
+        return next(m for m in listed if m["mountpoint"] == str(root))["stats"]
+
+    deadline = time.monotonic() + wait_s
+    while not stats().get("reads") and time.monotonic() < deadline:
         time.sleep(0.1)
+    latest, settle_by = stats(), time.monotonic() + 15.0
+    while time.monotonic() < settle_by:
+        time.sleep(1.1)
+        previous, latest = latest, stats()
+        if latest == previous:
+            break
+    return latest
 
 
 def test_cache_clear_is_safe_while_mounted(cli: Cli, dataset: Container, mounts: Mounts) -> None:
