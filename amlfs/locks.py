@@ -69,14 +69,10 @@ def hold(path: Path) -> Held | None:
         # The previous holder may have removed the file between our open and our lock:
         # then we hold a lock on a file nobody else can find. Try again with the new one.
         try:
-            current = os.stat(path)
+            same = os.path.samestat(os.stat(path), os.fstat(fd))
         except FileNotFoundError:
-            current = None
-        locked = os.fstat(fd)
-        if current is not None and (current.st_dev, current.st_ino) == (
-            locked.st_dev,
-            locked.st_ino,
-        ):
+            same = False
+        if same:
             return Held(path, fd)
         os.close(fd)
 
