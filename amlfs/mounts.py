@@ -2,13 +2,16 @@
 until it serves, the runtime records `amlfs status` reads, and unmounting.
 
 Each daemon writes a record (JSON, replaced atomically) under `<home>/run/mounts/`
-while it runs and removes it when it stops; a record whose process is gone is stale.
+while it runs and removes it when it stops. A daemon is alive while it holds the lock on
+the record's `.lock` file, which the kernel releases when the process ends (a pid could
+be reused); a record whose lock is free is stale, and whoever finds it removes it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import json
 import os
 import re
@@ -21,6 +24,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from amlfs import locks
 from amlfs.errors import AmlfsError, UserError
 from amlfs.home import ensure_home
 
@@ -109,45 +113,98 @@ class MountRecord:
     started_at: float
     cache_dir: str
     stats: dict
+    lock: str = ""  # the file its daemon holds locked while alive; the record is beside it
 
     @property
     def alive(self) -> bool:
-        return daemon_alive(self.pid)
+        return locks.held(Path(self.lock))
 
-    def public(self) -> dict:
-        return {**self.__dict__, "alive": self.alive}
+    @property
+    def path(self) -> Path:
+        return Path(self.lock).with_suffix(".json")
+
+    def public(self, alive: bool) -> dict:
+        return {**self.__dict__, "alive": alive}
 
 
 def daemon_alive(pid: int) -> bool:
-    """Whether PID is a running amlfs process (not a zombie, not a reused pid)."""
+    """Whether PID, an amlfs process, is still running (not a zombie). Sure only of a
+    child not yet reaped (its pid cannot be reused); a daemon's record tells by its lock."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return "\nState:\tZ" not in status and b"amlfs" in cmdline
+    if "\nState:\tZ" in status:
+        return False
+    # A process that is exiting has no command line any more but still holds its files
+    # (and locks) until it is a zombie; kernel threads (children of kthreadd) have none.
+    exiting = not cmdline and "\nPPid:\t2\n" not in status and "\nPPid:\t0\n" not in status
+    return b"amlfs" in cmdline or exiting
 
 
-def write_record(home: Path, record: MountRecord) -> None:
-    path = run_dir(home) / f"{record.pid}.json"
-    temporary = path.with_suffix(".tmp")
+@contextlib.contextmanager
+def daemon_record(home: Path, kind: str, what: str, mountpoint: Path,
+                  cache_dir: Path) -> Iterator[MountRecord]:  # fmt: skip
+    """In a daemon: its record, alive from here (its lock taken) until the block ends,
+    when the record and the lock file are removed. The daemon writes the record
+    (`write_record`) once it serves, before it reports ready."""
+    lock = run_dir(home) / f"{os.getpid()}-{time.time_ns()}.lock"  # never reused
+    held = locks.hold(lock)
+    assert held is not None, "a new daemon's lock file is its own"
+    record = MountRecord(
+        pid=os.getpid(), kind=kind, what=what, mountpoint=str(mountpoint), started_at=time.time(),
+        cache_dir=str(cache_dir), stats={}, lock=str(lock),
+    )  # fmt: skip
+    try:
+        yield record
+    finally:
+        record.path.unlink(missing_ok=True)
+        held.release()
+
+
+def write_record(record: MountRecord) -> None:
+    temporary = record.path.with_suffix(".tmp")
     temporary.write_text(json.dumps(record.__dict__))
-    os.replace(temporary, path)
+    os.replace(temporary, record.path)
 
 
-def remove_record(home: Path, pid: int) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        (run_dir(home) / f"{pid}.json").unlink()
+def remove_record(record: MountRecord) -> None:
+    """Remove the record of a daemon that ended (never that of a live one)."""
+    held = locks.hold(Path(record.lock))
+    if held is None:
+        return  # alive after all
+    record.path.unlink(missing_ok=True)
+    held.release()
 
 
 def records(home: Path) -> list[MountRecord]:
+    """Every record, of live daemons and stale ones (see `current_records`)."""
     found = []
     for path in sorted(run_dir(home).glob("*.json")):
         try:
-            found.append(MountRecord(**json.loads(path.read_text())))
+            # A record is judged by the lock beside it, whatever it says.
+            data = {**json.loads(path.read_text()), "lock": str(path.with_suffix(".lock"))}
+            found.append(MountRecord(**data))
         except (OSError, ValueError, TypeError):
             continue  # being replaced, or not ours
     return found
+
+
+def current_records(home: Path) -> list[tuple[MountRecord, bool]]:
+    """Records and whether their daemon is alive. Stale ones are removed on the way (by
+    whoever looks), except that of a mountpoint still mounted with no live daemon:
+    `amlfs status` shows that mount as stale until `amlfs unmount` detaches it."""
+    found = [(record, record.alive) for record in records(home)]
+    serving = {record.mountpoint for record, alive in found if alive}
+    table = mounted_paths()
+    kept = []
+    for record, alive in found:
+        if not alive and (record.mountpoint not in table or record.mountpoint in serving):
+            remove_record(record)  # ended without cleaning up, or an earlier mount's
+            continue
+        kept.append((record, alive))
+    return kept
 
 
 def start_daemon(home: Path, args: list[str], log_name: str | None, *,
@@ -257,7 +314,9 @@ def failures_reported(mountpoint: Path, daemon: bool = True) -> Iterator[None]:
 def unmount(
     home: Path, mountpoint: Path, waiting: Callable[[MountRecord], None] | None = None
 ) -> MountRecord | None:
-    """Unmount (also a stale mount whose daemon died) and wait for its daemon to end.
+    """Unmount (also a stale mount whose daemon died) and wait for its daemon to end;
+    return the record of that daemon, None if it was dead (its record, and any other
+    stale one of MOUNTPOINT, is removed: it may be that of an earlier mount there).
 
     An output mount's daemon first finishes its uploads (bounded by its own patience);
     WAITING hears its latest record meanwhile, every half second."""
@@ -267,11 +326,15 @@ def unmount(
         raise UserError(f"{path} is not mounted")
     if not table[str(path)].startswith("fuse"):
         raise UserError(f"{path} is not an amlfs mount ({table[str(path)]})")
-    record = next((r for r in records(home) if r.mountpoint == str(path)), None)
+    here = [r for r in records(home) if r.mountpoint == str(path)]
+    record = next((r for r in here if r.alive), None)
     proc = subprocess.run(["fusermount3", "-u", str(path)], capture_output=True, text=True)
     if proc.returncode != 0:
         reason = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
         raise AmlfsError(f"cannot unmount {path}: {reason}")
+    for stale in here:
+        if stale is not record:
+            remove_record(stale)
     if record is not None:
         bound = STOP_TIMEOUT_S if record.kind != "output" else OUTPUT_STOP_TIMEOUT_S
         deadline = time.monotonic() + bound
@@ -280,12 +343,12 @@ def unmount(
             time.sleep(0.05)
             if waiting is not None and time.monotonic() - last_heard >= 0.5:
                 last_heard = time.monotonic()
-                latest = next((r for r in records(home) if r.pid == record.pid), record)
+                latest = next((r for r in records(home) if r.lock == record.lock), record)
                 waiting(latest)
         if record.alive:
             raise AmlfsError(f"the daemon of {path} (pid {record.pid}) did not end within"
                              f" {bound:.0f} s; it keeps running")  # fmt: skip
-        remove_record(home, record.pid)
+        remove_record(record)
     return record
 
 
@@ -295,6 +358,26 @@ def detach_if_dead(home: Path, mountpoint: Path) -> None:
     path = str(mountpoint)
     if mounted_paths().get(path) != "fuse.amlfs":
         return
-    if any(r.mountpoint == path and r.alive for r in records(home)):
+    if any(r.mountpoint == path and alive for r, alive in current_records(home)):
         return
     unmount(home, mountpoint)
+
+
+def hold_destination(home: Path, destination: str, mountpoint: Path) -> locks.Held:
+    """In an output daemon: make DATASTORE:PATH its own while it serves, or raise a
+    UserError naming the mount that has it (two mounts of one destination would overwrite
+    and delete each other's files, and settle each other's sessions)."""
+    folder = ensure_home(home) / "run" / "outputs"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = folder / f"{hashlib.sha256(destination.encode()).hexdigest()}.lock"
+    held = locks.hold(path)
+    if held is None:
+        try:
+            first = json.loads(locks.read(path))
+            who = f"at {first['mountpoint']} (pid {first['pid']})"
+        except (ValueError, KeyError, TypeError):
+            who = "by a mount that is starting"  # it has not written its name yet
+        raise UserError(f"{destination} is already mounted for output {who}; one output"
+                        " mount per destination")  # fmt: skip
+    held.write(json.dumps({"pid": os.getpid(), "mountpoint": str(mountpoint)}))
+    return held

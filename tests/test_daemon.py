@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from amlfs.mounts import daemon_alive, mounted_paths, records
+from amlfs.mounts import current_records, daemon_alive, mounted_paths
 from tests.conftest import Cli, Container
 from tests.support.mounts import processes_mentioning
 from tests.support.sample import FILES
@@ -84,7 +84,8 @@ class Service:
         return self.proc.returncode, err
 
     def pid_at(self, mountpoint: Path) -> int | None:
-        found = [r.pid for r in records(self.cli.home) if r.mountpoint == str(mountpoint)]
+        found = [r.pid for r, alive in current_records(self.cli.home)
+                 if alive and r.mountpoint == str(mountpoint)]  # fmt: skip
         return found[0] if found else None
 
     def cleanup(self) -> None:

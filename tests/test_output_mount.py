@@ -4,22 +4,28 @@ not to a killed daemon, not to storage going away, not to a full staging disk.""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
 import random
+import re
 import signal
+import sqlite3
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import adlfs
 import pytest
 
+from amlfs.mounts import mounted_paths
 from tests.conftest import CONNECTION_ENV, Cli, Container
 from tests.support.azurite import Azurite
-from tests.support.mounts import Mounts
+from tests.support.mounts import Mounts, processes_mentioning
 
 BIG = random.Random(9).randbytes(3 * 2**20 + 17)
 
@@ -220,3 +226,132 @@ def test_unmount_with_storage_down_fails_and_resume_uploads_and_registers_later(
     listing = json.loads(cli.ok("dataset", "show", "late:1", "--files", "--json").out)
     assert {f["path"] for f in listing["files"]} == {"a.txt", "sub/b.txt", "c.txt"}
     assert stored(own_fs, "outputs/late")["c.txt"] == sha(b"c")
+
+
+# -- Liveness and exclusivity: a daemon or session is alive while it holds its lock ------
+
+
+@pytest.fixture
+def impostor() -> Iterator[int]:
+    """A live process with "amlfs" in its command line that holds no lock of ours: what
+    a dead daemon's pid can be after a reboot. Ended by pid at teardown."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "amlfs"])
+    try:
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def pretend_pid_reused(home: Path, dead: int, pid: int) -> None:
+    """Make the journal and the status records of the dead daemon DEAD name PID instead."""
+    with contextlib.closing(sqlite3.connect(home / "transfers.db")) as db, db:
+        db.execute("UPDATE sessions SET pid = ? WHERE pid = ?", (pid, dead))
+    for path in (home / "run" / "mounts").glob("*.json"):
+        record = json.loads(path.read_text())
+        if record["pid"] == dead:
+            path.write_text(json.dumps({**record, "pid": pid}))
+
+
+def killed_with_a_pending_upload(mounts: Mounts, emulator: Azurite, location: str,
+                                 name: str, data: bytes) -> Path:  # fmt: skip
+    """An output mount whose daemon was SIGKILLed while storage was down: NAME is
+    journaled and not uploaded. Storage is back on return."""
+    root = mounts.output(location)
+    emulator.stop()
+    (root / name).write_bytes(data)
+    os.kill(mounts.pids[root], signal.SIGKILL)
+    assert mounts.wait_gone(root)
+    emulator.start()
+    return root
+
+
+@pytest.mark.parametrize("finisher", ["output resume", "the next mount"])
+def test_a_dead_daemons_pid_reused_by_a_live_amlfs_process_leaves_its_session_dead(
+    cli: Cli, own_emulator: Azurite, own_fs: adlfs.AzureBlobFileSystem, mounts: Mounts,
+    impostor: int, finisher: str,
+) -> None:  # fmt: skip
+    root = killed_with_a_pending_upload(mounts, own_emulator, "own:reused", "left.txt", b"left")
+    pretend_pid_reused(cli.home, mounts.pids[root], impostor)
+
+    [shown] = [m for m in json.loads(cli.ok("status", "--json").out)
+               if m["mountpoint"] == str(root)]  # fmt: skip
+    assert shown["pid"] == impostor and shown["alive"] is False
+    assert shown["state"] == "stale: daemon gone, run amlfs unmount"
+    if finisher == "output resume":
+        assert "own:reused: 1 file(s) settled" in cli.ok("output", "resume").out
+    else:
+        mounts.output("own:reused")  # finishes the dead session's uploads in the background
+        wait_for(lambda: "left.txt" in stored(own_fs, "outputs/reused"), "the dead upload")
+    assert stored(own_fs, "outputs/reused") == {"left.txt": sha(b"left")}
+
+
+def test_unmount_reports_the_live_daemon_not_a_stale_record_of_the_same_mountpoint(
+    cli: Cli, own_emulator: Azurite, own_fs: adlfs.AzureBlobFileSystem, mounts: Mounts
+) -> None:
+    root = mounts.output("own:first")
+    [record] = (cli.home / "run" / "mounts").glob("*.json")
+    left_behind = record.read_text()
+    os.kill(mounts.pids[root], signal.SIGTERM)  # unmounts, uploads, ends
+    assert mounts.wait_gone(root)
+    # The record an ended daemon could leave, named to be read before any other.
+    (cli.home / "run" / "mounts" / "0.json").write_text(left_behind)
+
+    mounts.output("own:second", "--patience", "2", mountpoint=root)
+    own_emulator.stop()
+    (root / "late.txt").write_bytes(b"cannot be uploaded")
+    result = cli.process("unmount", str(root))
+    assert result.code == 1, result.out
+    assert "1 file(s) of own:second not uploaded (late.txt)" in result.err
+    assert not list((cli.home / "run" / "mounts").glob("*.json"))  # the stale one too
+
+
+def test_a_second_output_mount_of_a_destination_is_refused_naming_the_first(
+    cli: Cli, blob: Container, mounts: Mounts
+) -> None:
+    first = mounts.output("blob:dup")
+    second = mounts.mountpoint()
+    refused = cli.process("output", "mount", "blob:/dup/", str(second))
+    if started := re.search(r"\(pid (\d+)\)", refused.out):  # the fixture ends it, if so
+        mounts.pids[second] = int(started.group(1))
+    assert refused.code == 2, refused.out
+    assert refused.err.count("\n") == 1, refused.err
+    assert f"blob:dup is already mounted for output at {first} (pid {mounts.pids[first]})" in (
+        refused.err
+    )
+    assert str(second) not in mounted_paths() and not processes_mentioning(second)
+
+    mounts.unmount(first)  # the destination is free again
+    (mounts.output("blob:dup", mountpoint=second) / "after.txt").write_bytes(b"second mount")
+    mounts.unmount(second)
+    assert stored(blob.fs, f"{blob.name}/dup") == {"after.txt": sha(b"second mount")}
+
+
+def test_a_session_claimed_by_one_settler_is_left_alone_by_resume_and_by_a_new_mount(
+    cli: Cli, own_emulator: Azurite, own_fs: adlfs.AzureBlobFileSystem, mounts: Mounts
+) -> None:
+    from amlfs.transfer.journal import Journal
+    from amlfs.transfer.sessions import claim_session
+
+    killed_with_a_pending_upload(mounts, own_emulator, "own:one", "once.txt", b"once")
+    journal = Journal(cli.home)
+    try:
+        [session] = journal.unfinished()
+        with claim_session(journal, session) as claimed:  # this test is the first settler
+            assert claimed is not None
+            result = cli.process("output", "resume")
+            assert result.code == 1
+            assert result.out.splitlines()[0] == (
+                f"skipped: session {session.id} of own:one is being settled by another amlfs"
+                f" process (pid {os.getpid()})"
+            )
+            again = mounts.output("own:one")
+            log = cli.home / "logs" / f"output-{again.name}.log"
+            wait_for(lambda: f"skipped: session {session.id}" in log.read_text(),
+                     "the new mount's clean-up skips the claimed session")  # fmt: skip
+            assert stored(own_fs, "outputs/one") == {}
+        assert "own:one: 1 file(s) settled" in cli.ok("output", "resume").out
+    finally:
+        journal.close()
+    mounts.unmount(again)
+    assert stored(own_fs, "outputs/one") == {"once.txt": sha(b"once")}

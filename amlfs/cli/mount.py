@@ -163,16 +163,18 @@ def unmount(ctx: click.Context, mountpoint: Path) -> None:
     An output mount first finishes its uploads; if any fails, they stay staged and
     journaled, and the command exits 1.
     """
-    from amlfs.cli.outputs import UploadWait, check_uploads
+    from amlfs.cli.outputs import UploadWait, check_dead_sessions, check_uploads
 
     home = home_of(ctx)
-    record = mounts.unmount(home, mountpoint, waiting=UploadWait())
-    what = f"{record.what} " if record else ""
+    path = mountpoint.expanduser().absolute()
+    record = mounts.unmount(home, path, waiting=UploadWait())  # the live daemon's, if any
     if record is not None and record.kind == "output":
         check_uploads(home, record)
         click.echo(f"unmounted output {record.what} from {record.mountpoint}; all uploaded")
         return
-    click.echo(f"unmounted {what}from {mountpoint.expanduser().absolute()}")
+    if record is None:
+        check_dead_sessions(home, path)
+    click.echo(f"unmounted {f'{record.what} ' if record else ''}from {path}")
 
 
 @click.command("status")
@@ -184,14 +186,11 @@ def status(ctx: click.Context, as_json: bool) -> None:
     home = home_of(ctx)
     table_now = mounts.mounted_paths()
     listed = []
-    for record in mounts.records(home):
+    for record, alive in mounts.current_records(home):
         mounted = record.mountpoint in table_now
-        if not record.alive and not mounted:
-            mounts.remove_record(home, record.pid)  # ended without cleaning up: forget it
-            continue
-        state = "serving" if record.alive and mounted else (
+        state = "serving" if alive and mounted else (
             "stale: daemon gone, run amlfs unmount" if mounted else "stopping")  # fmt: skip
-        listed.append({**record.public(), "state": state})
+        listed.append({**record.public(alive), "state": state})
     if as_json:
         emit_json(listed)
         return

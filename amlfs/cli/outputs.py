@@ -107,17 +107,21 @@ def output_mount(ctx: click.Context, location: str, mountpoint: Path, dataset: s
     with mounts.failures_reported(path):
         store = Store(datastore_record)
         journal = Journal(home)
-        outcome = serve_output(home, journal, store, target, path, options)
-    if outcome.unsettled:
-        raise UploadsPending(outcome.session, outcome.unsettled)
-    log = logging.getLogger("amlfs")
-    if dataset is not None and pinned_files(outcome.rows):
-        version = register_session(app(ctx).registry(), outcome.session, outcome.rows)
-        log.info("registered %s", version.ref)
-    elif dataset is not None:
-        log.warning("nothing was written: no version of %s registered", dataset)
-    journal.set_state(outcome.session.id, "done")
-    shutil.rmtree(outcome.session.staging, ignore_errors=True)
+    # Alive (for `amlfs unmount`, which waits) until the session is registered and done.
+    with mounts.daemon_record(home, "output", f"{datastore}:{target}", path,
+                              options.staging_root) as record:  # fmt: skip
+        with mounts.failures_reported(path):
+            outcome = serve_output(home, journal, store, target, path, options, record)
+        if outcome.unsettled:
+            raise UploadsPending(outcome.session, outcome.unsettled)
+        log = logging.getLogger("amlfs")
+        if dataset is not None and pinned_files(outcome.rows):
+            version = register_session(app(ctx).registry(), outcome.session, outcome.rows)
+            log.info("registered %s", version.ref)
+        elif dataset is not None:
+            log.warning("nothing was written: no version of %s registered", dataset)
+        journal.set_state(outcome.session.id, "done")
+        shutil.rmtree(outcome.session.staging, ignore_errors=True)
 
 
 @output.command("resume")
@@ -128,7 +132,8 @@ def output_resume(ctx: click.Context, location: str | None) -> None:
     """Finish the uploads of output mounts that stopped (killed, machine restarted)."""
     from amlfs.storage import Store
     from amlfs.transfer.journal import Journal
-    from amlfs.transfer.outputs import UploadsPending, orphaned, resume
+    from amlfs.transfer.outputs import UploadsPending, being_settled, orphaned, resume
+    from amlfs.transfer.sessions import SessionBusy, claim_session, settler
 
     home = home_of(ctx)
     registry = app(ctx).registry()
@@ -145,7 +150,10 @@ def output_resume(ctx: click.Context, location: str | None) -> None:
         return stores[name]
 
     sessions = list(orphaned(journal, destination))
-    if not sessions:
+    skipped = [SessionBusy(s, settler(s)) for s in being_settled(journal, destination)]
+    for busy in skipped:
+        click.echo(f"skipped: {busy}")
+    if not sessions and not skipped:
         click.echo("nothing to resume")
         return
     failures: list[UploadsPending] = []
@@ -156,13 +164,24 @@ def output_resume(ctx: click.Context, location: str | None) -> None:
             sent[0] += 1
             sent[1] += row.size
 
-        failing, version = resume(journal, registry, session, open_store, heard)
+        try:
+            with claim_session(journal, session) as current:
+                if current is None:
+                    continue  # another settler finished it since it was listed
+                failing, version = resume(journal, registry, current, open_store, heard)
+        except SessionBusy as busy:  # claimed by another since it was listed
+            click.echo(f"skipped: {busy}")
+            skipped.append(busy)
+            continue
         click.echo(f"{session.destination}: {sent[0]} file(s) settled ({human_bytes(sent[1])})"
                    + (f"; registered {version.ref}" if version else ""))  # fmt: skip
         if failing:
             failures.append(UploadsPending(session, failing))
     if failures:
         raise failures[0]
+    if skipped:  # not known to be settled: not a success
+        raise AmlfsError(f"{len(skipped)} session(s) skipped while another process settles"
+                         " them; run `amlfs output resume` again once it is done")  # fmt: skip
 
 
 class UploadWait:
@@ -194,3 +213,21 @@ def check_uploads(home: Path, record: mounts.MountRecord) -> None:
     if session_id is None:
         raise AmlfsError("the output mount left no session to check")
     ended_session(home, session_id)
+
+
+def check_dead_sessions(home: Path, mountpoint: Path) -> None:
+    """After detaching a mount whose daemon was dead: exit non-zero if an output mount
+    that served there left files not uploaded (the journal says; a status record could
+    be an earlier mount's)."""
+    from amlfs.transfer.journal import JOURNAL_FILE, Journal
+    from amlfs.transfer.outputs import ended_session, orphaned
+
+    if not (home / JOURNAL_FILE).exists():
+        return  # no output mount ever served from this HOME
+    journal = Journal(home)
+    try:
+        dead = [s for s in orphaned(journal) if s.mountpoint == str(mountpoint)]
+    finally:
+        journal.close()
+    for session in dead:
+        ended_session(home, session.id)

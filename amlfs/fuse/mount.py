@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import time
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -42,7 +41,9 @@ def serve(home: Path, registry: Registry, version: Version, mountpoint: Path,
     cache = BlockCache(options.cache_dir, options.cache_size)
     tree = VersionTree(registry, version)
     try:
-        trio.run(_serve, home, tree, opening, cache, mountpoint, options)
+        with mounts.daemon_record(home, "read-only", version.ref, mountpoint,
+                                  options.cache_dir) as record:  # fmt: skip
+            trio.run(_serve, record, tree, opening, cache, mountpoint, options)
     finally:
         cache.close()
 
@@ -75,15 +76,11 @@ def widen_readahead(mountpoint: Path, block_size: int) -> None:
         log.debug("kernel read-ahead left at its default (%s)", error)
 
 
-async def _serve(home: Path, tree: VersionTree, opening: Future[Store], cache: BlockCache,
-                 mountpoint: Path, options: MountOptions) -> None:  # fmt: skip
+async def _serve(record: mounts.MountRecord, tree: VersionTree, opening: Future[Store],
+                 cache: BlockCache, mountpoint: Path, options: MountOptions) -> None:  # fmt: skip
     # The datastore has been opening in a thread while pyfuse3 and trio were imported.
     # Taken here, before the nursery, a failure to open it is a plain failure to mount.
     store = await trio.to_thread.run_sync(opening.result)
-    record = mounts.MountRecord(
-        pid=os.getpid(), kind="read-only", what=tree.version.ref, mountpoint=str(mountpoint),
-        started_at=time.time(), cache_dir=str(options.cache_dir), stats={},
-    )  # fmt: skip
     async with trio.open_nursery() as nursery:
         reader = BlockReader(
             store, cache, HotBlocks(options.hot_bytes), nursery, block_size=options.block_size,
@@ -103,13 +100,13 @@ async def _serve(home: Path, tree: VersionTree, opening: Future[Store], cache: B
         signals = UnmountOnSignal()
         detached_by_kernel = False  # `fusermount3 -u` ended the session: nothing to undo
         try:
-            mounts.write_record(home, record)
+            mounts.write_record(record)
             mounts.report_ready("ready")
 
             async def publish_status() -> None:
                 while True:
                     record.stats = reader.stats.public()
-                    mounts.write_record(home, record)
+                    mounts.write_record(record)
                     await trio.to_thread.run_sync(cache.flush_counts)
                     await trio.sleep(STATUS_EVERY_S)
 
@@ -124,6 +121,5 @@ async def _serve(home: Path, tree: VersionTree, opening: Future[Store], cache: B
             # Signalled, or failing after the mount was made: detach it ourselves, never
             # leave a dead mount behind.
             pyfuse3.close(unmount=not detached_by_kernel)
-            mounts.remove_record(home, os.getpid())
             nursery.cancel_scope.cancel()
     log.info("unmounted %s", mountpoint)

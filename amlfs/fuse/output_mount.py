@@ -17,8 +17,9 @@ from amlfs.fuse.mount import UnmountOnSignal
 from amlfs.fuse.output import OutputOperations
 from amlfs.mounts import OutputOptions
 from amlfs.storage import Store
+from amlfs.transfer import sessions
 from amlfs.transfer.journal import Journal, Session, Upload
-from amlfs.transfer.outputs import orphaned
+from amlfs.transfer.outputs import being_settled, orphaned
 from amlfs.transfer.outputs import resume as resume_session
 from amlfs.transfer.staged import OutputFiles
 
@@ -35,21 +36,31 @@ class Outcome:
 
 
 def serve_output(home: Path, journal: Journal, store: Store, target: str, mountpoint: Path,
-                 options: OutputOptions) -> Outcome:  # fmt: skip
-    """Serve until unmounted or signalled, then finish the uploads (see OutputOptions)."""
-    staging = options.staging_root / f"{os.getpid()}-{time.time_ns()}"  # this mount's own
-    staging.mkdir(parents=True, mode=0o700)
-    session_id = journal.open_session(
-        store.datastore.name, target, str(mountpoint), os.getpid(), str(staging),
-        options.register,
-    )  # fmt: skip
-    unsettled = trio.run(_serve, home, journal, session_id, staging, store, target,
-                         mountpoint, options)  # fmt: skip
+                 options: OutputOptions, record: mounts.MountRecord) -> Outcome:  # fmt: skip
+    """Serve until unmounted or signalled, then finish the uploads (see OutputOptions).
+
+    The destination is this mount's alone while it serves (a second output mount of it
+    is refused), and the session is this process's until it ends (see transfer/sessions)."""
+    destination = f"{store.datastore.name}:{target}"
+    exclusive = mounts.hold_destination(home, destination, mountpoint)
+    try:
+        staging = options.staging_root / f"{os.getpid()}-{time.time_ns()}"  # this mount's own
+        staging.mkdir(parents=True, mode=0o700)
+        sessions.hold_for_daemon(staging)  # before the journal names it: never seen unheld
+        session_id = journal.open_session(
+            store.datastore.name, target, str(mountpoint), os.getpid(), str(staging),
+            options.register,
+        )  # fmt: skip
+        record.cache_dir, record.stats = str(staging), {"session": session_id}
+        unsettled = trio.run(_serve, record, journal, session_id, staging, store, target,
+                             mountpoint, options)  # fmt: skip
+    finally:
+        exclusive.release()
     return Outcome(journal.session(session_id), unsettled, journal.uploads(session_id))
 
 
 async def _serve(
-    home: Path,
+    record: mounts.MountRecord,
     journal: Journal,
     session_id: int,
     staging: Path,
@@ -59,10 +70,6 @@ async def _serve(
     options: OutputOptions,
 ) -> list[Upload]:
     destination = f"{store.datastore.name}:{target}"
-    record = mounts.MountRecord(
-        pid=os.getpid(), kind="output", what=destination, mountpoint=str(mountpoint),
-        started_at=time.time(), cache_dir=str(staging), stats={"session": session_id},
-    )  # fmt: skip
     async with trio.open_nursery() as nursery:
         files = OutputFiles(journal, session_id, staging, store, target, nursery,
                             workers=options.workers)  # fmt: skip
@@ -86,7 +93,7 @@ async def _serve(
                 "last_error": failing[0].error if failing else None,
                 "uploaded": files.stats.uploaded, "bytes_uploaded": files.stats.bytes_uploaded,
             }  # fmt: skip
-            mounts.write_record(home, record)
+            mounts.write_record(record)
 
         async def publish_status() -> None:
             while True:
@@ -119,15 +126,27 @@ async def _serve(
 
 async def _finish_orphans(journal: Journal, store: Store, destination: str) -> None:
     """Uploads left by an earlier mount of the same destination whose daemon died."""
-    for session in orphaned(journal, destination):
-        log.info("finishing the uploads of an earlier mount of %s (session %d)",
-                 destination, session.id)  # fmt: skip
-        try:
-            failing, _ = await trio.to_thread.run_sync(
-                lambda session=session: resume_session(journal, None, session, lambda _: store)
-            )
-        except Exception as error:  # never the mount's failure: `output resume` retries
-            log.warning("earlier uploads of %s not finished: %s", destination, error)
-            continue
-        if failing:
-            log.warning("%d earlier upload(s) of %s still failing", len(failing), destination)
+    found = await trio.to_thread.run_sync(lambda: list(orphaned(journal, destination)))
+    for session in await trio.to_thread.run_sync(being_settled, journal, destination):
+        log.info("skipped: %s", sessions.SessionBusy(session, sessions.settler(session)))
+    for session in found:
+        await trio.to_thread.run_sync(_finish_orphan, journal, store, session)
+
+
+def _finish_orphan(journal: Journal, store: Store, session: Session) -> None:
+    try:
+        with sessions.claim_session(journal, session) as current:
+            if current is None:
+                return  # another settler finished it meanwhile
+            log.info("finishing the uploads of an earlier mount of %s (session %d)",
+                     current.destination, current.id)  # fmt: skip
+            failing, _ = resume_session(journal, None, current, lambda _: store)
+    except sessions.SessionBusy as busy:
+        log.info("skipped: %s", busy)
+        return
+    except Exception as error:  # never the mount's failure: `output resume` retries
+        log.warning("earlier uploads of %s not finished: %s", session.destination, error)
+        return
+    if failing:
+        log.warning("%d earlier upload(s) of %s still failing", len(failing),
+                    session.destination)  # fmt: skip

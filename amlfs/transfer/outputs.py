@@ -15,11 +15,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from amlfs.errors import AmlfsError, NotAsStored, StorageError
-from amlfs.mounts import daemon_alive
 from amlfs.registry import paths
 from amlfs.registry.models import NewVersion, PinnedFile, Version
 from amlfs.registry.store import Registry
 from amlfs.storage import Store
+from amlfs.transfer import sessions
 from amlfs.transfer.files import some_names
 from amlfs.transfer.journal import Journal, Session, Upload
 from amlfs.transfer.parallel import with_retries
@@ -123,10 +123,21 @@ def session_version(session: Session, rows: list[Upload], dataset: str) -> NewVe
 
 
 def orphaned(journal: Journal, destination: str | None = None) -> Iterator[Session]:
-    """Sessions with work left whose daemon is gone (killed, or the machine restarted)."""
+    """Sessions with work left that nobody holds: their daemon is gone (killed, or the
+    machine restarted) and no one is settling them. Settle one only after claiming it
+    (`sessions.claim_session`): another settler may have found it too."""
+    for session in _unfinished(journal, destination):
+        if not sessions.alive(session):
+            yield session
+
+
+def being_settled(journal: Journal, destination: str | None = None) -> list[Session]:
+    """Sessions whose daemon is gone and which another process is settling now."""
+    return [s for s in _unfinished(journal, destination) if sessions.settler(s) is not None]
+
+
+def _unfinished(journal: Journal, destination: str | None) -> Iterator[Session]:
     for session in journal.unfinished():
-        if daemon_alive(session.pid):
-            continue
         if destination is None or session.destination == destination:
             yield session
 
