@@ -160,7 +160,8 @@ def test_a_full_staging_disk_is_enospc_to_the_writer_and_nothing_truncated_is_st
 ) -> None:
     staging = tmp_path / "staging"
     staging.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(staging)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(staging)],
+                   check=True)  # fmt: skip
     try:
         root = mounts.output("blob:full", "--staging-dir", str(staging))
         with pytest.raises(OSError) as raised, open(root / "too-big.bin", "wb") as f:

@@ -74,7 +74,7 @@ def test_everything_amlfs_keeps_is_private(
     assert (cli.home / "transfers.db").exists() and list((cli.home / "logs").iterdir())
 
 
-def test_a_cache_folder_others_could_write_to_is_refused(
+def test_a_cache_or_staging_folder_others_could_write_to_is_refused(
     cli: Cli, dataset: Container, mounts: Mounts, tmp_path: Path
 ) -> None:
     shared = tmp_path / "shared"
@@ -96,6 +96,13 @@ def test_a_cache_folder_others_could_write_to_is_refused(
         result = cli.process("cache", "stats", "--cache-dir", str(folder))
         assert result.code == 2 and reason in result.err, result.err
         assert list(folder.iterdir()) == []
+
+        point = mounts.mountpoint()
+        result = cli.process("output", "mount", "blob:out", str(point), "--staging-dir",
+                             str(folder))  # fmt: skip
+        if result.code == 0:
+            mounts.pids[point] = int(re.search(r"\(pid (\d+)\)", result.out).group(1))
+        assert result.code == 2 and f"staging folder {folder} {reason}" in result.err, result.err
 
     fresh = tmp_path / "new" / "cache"
     root = mounts.mount("ds:1", "--cache-dir", str(fresh), *OPTIONS)

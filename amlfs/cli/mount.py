@@ -163,7 +163,8 @@ def unmount(ctx: click.Context, mountpoint: Path) -> None:
     An output mount first finishes its uploads; if any fails, they stay staged and
     journaled, and the command exits 1.
     """
-    from amlfs.cli.outputs import UploadWait, check_dead_sessions, check_uploads
+    from amlfs.cli.outputs import UploadWait, check_uploads
+    from amlfs.transfer.outputs import check_dead_sessions
 
     home = home_of(ctx)
     path = mountpoint.expanduser().absolute()

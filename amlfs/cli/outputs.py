@@ -15,6 +15,7 @@ from amlfs.cli.mount import daemon_logging, home_of
 from amlfs.cli.output import human_bytes
 from amlfs.credentials import daemon_environment
 from amlfs.errors import AmlfsError
+from amlfs.home import private_folder
 from amlfs.registry import paths
 
 DEFAULT_WORKERS = 8
@@ -75,7 +76,8 @@ def output_mount(ctx: click.Context, location: str, mountpoint: Path, dataset: s
         datastore_record = app(ctx).registry().get_datastore(datastore)
         path = mounts.check_mountpoint(mountpoint)
         options = mounts.OutputOptions(
-            staging_root=(staging_dir or home / "staging").absolute(), workers=workers,
+            staging_root=private_folder(staging_dir or home / "staging", "staging folder"),
+            workers=workers,
             patience_s=patience, register=dataset, allow_other=allow_other,
         )  # fmt: skip
     if not foreground:
@@ -213,21 +215,3 @@ def check_uploads(home: Path, record: mounts.MountRecord) -> None:
     if session_id is None:
         raise AmlfsError("the output mount left no session to check")
     ended_session(home, session_id)
-
-
-def check_dead_sessions(home: Path, mountpoint: Path) -> None:
-    """After detaching a mount whose daemon was dead: exit non-zero if an output mount
-    that served there left files not uploaded (the journal says; a status record could
-    be an earlier mount's)."""
-    from amlfs.transfer.journal import JOURNAL_FILE, Journal
-    from amlfs.transfer.outputs import ended_session, orphaned
-
-    if not (home / JOURNAL_FILE).exists():
-        return  # no output mount ever served from this HOME
-    journal = Journal(home)
-    try:
-        dead = [s for s in orphaned(journal) if s.mountpoint == str(mountpoint)]
-    finally:
-        journal.close()
-    for session in dead:
-        ended_session(home, session.id)

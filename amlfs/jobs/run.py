@@ -186,12 +186,19 @@ class Job:
         return problems
 
     def _settle_mount(self, spec: OutputSpec, status: int, run_log: RunLog) -> None:
-        from amlfs.transfer.outputs import ended_session, pinned_files, session_version
+        from amlfs.transfer.outputs import (
+            check_dead_sessions,
+            ended_session,
+            pinned_files,
+            session_version,
+        )
 
         path = self.output_paths[spec.name]
         record = mounts.unmount(self.home, path, waiting=self.hooks.waiting)
         if record is None or "session" not in record.stats:
-            raise AmlfsError("the output mount left no record of its uploads")
+            check_dead_sessions(self.home, path)  # its files left pending, if any
+            raise AmlfsError("its mount daemon ended before the command did; what it stored"
+                             " stays, nothing is registered")  # fmt: skip
         session, rows = ended_session(self.home, record.stats["session"])
         stored = pinned_files(rows)
         where = f"{spec.datastore}:{self.targets[spec.name]}"

@@ -21,7 +21,7 @@ from amlfs.registry.store import Registry
 from amlfs.storage import Store
 from amlfs.transfer import sessions
 from amlfs.transfer.files import some_names
-from amlfs.transfer.journal import Journal, Session, Upload
+from amlfs.transfer.journal import JOURNAL_FILE, Journal, Session, Upload
 from amlfs.transfer.parallel import with_retries
 
 log = logging.getLogger(__name__)
@@ -199,6 +199,21 @@ def ended_session(home: Path, session_id: int) -> tuple[Session, list[Upload]]:
     if unsettled := [row for row in rows if not row.settled]:
         raise UploadsPending(session, unsettled)
     return session, rows
+
+
+def check_dead_sessions(home: Path, mountpoint: Path) -> None:
+    """After detaching a mount whose daemon was dead: raise UploadsPending if an output
+    mount that served there left files not uploaded (the journal says; a status record
+    could be an earlier mount's)."""
+    if not (home / JOURNAL_FILE).exists():
+        return  # no output mount ever served from this HOME
+    journal = Journal(home)
+    try:
+        dead = [s for s in orphaned(journal) if s.mountpoint == str(mountpoint)]
+    finally:
+        journal.close()
+    for session in dead:
+        ended_session(home, session.id)
 
 
 def _drop_staged(staging: Path, row: Upload) -> None:
