@@ -136,11 +136,20 @@ def daemon_alive(pid: int) -> bool:
     except OSError:
         return False
     if "\nState:\tZ" in status:
-        return False
+        # A zombie leader whose other threads are still exiting still holds its files
+        # (and locks): they are released with the last thread.
+        return any(_task_running(task) for task in Path(f"/proc/{pid}/task").glob("*"))
     # A process that is exiting has no command line any more but still holds its files
     # (and locks) until it is a zombie; kernel threads (children of kthreadd) have none.
     exiting = not cmdline and "\nPPid:\t2\n" not in status and "\nPPid:\t0\n" not in status
     return b"amlfs" in cmdline or exiting
+
+
+def _task_running(task: Path) -> bool:
+    try:
+        return "\nState:\tZ" not in (task / "status").read_text()
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
