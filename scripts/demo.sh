@@ -2,7 +2,9 @@
 # The main job on an embedded default: a local folder as the datastore, with sample
 # data generated here. Registers two versions, shows and verifies them, exports a
 # manifest, mounts a version read-only and reads it through the mount, downloads it,
-# writes results through an output mount registered as a new dataset, runs a job with
+# writes results through an output mount registered as a new dataset (a checkpoint
+# renamed over one still uploading; a second mount of it refused), uploads a folder
+# (a link out of it refused), runs a job with
 # `amlfs run` and shows its lineage, then changes a source file to show that amlfs
 # notices (verify reports it, the mount refuses its bytes).
 set -euo pipefail
@@ -65,9 +67,31 @@ mkdir -p "$out/daily"
 for day in mon tue wed; do
   tail -n +2 "$demo/download/week28/$day.csv" | sort -t, -k2 -g | tail -1 > "$out/daily/$day-max.csv"
 done
-shell ls -l "$out/daily"
+# A checkpoint saved the usual way, a temporary file renamed over the old one while
+# the old one may still be uploading: storage keeps the newer one.
+shell sh -c "head -c 64M /dev/urandom > '$out/model.ckpt' &&
+             echo 'epoch 2 weights' > '$out/model.ckpt.tmp' && mv '$out/model.ckpt.tmp' '$out/model.ckpt'"
+shell ls -l "$out" "$out/daily"
+# One output mount per destination: a second one is refused, naming the first.
+mkdir -p "$demo/out2"
+if step output mount local:Forecasts/run1 "$demo/out2"; then
+  echo "demo: a second output mount of the same destination should have been refused" >&2
+  exit 1
+fi
 step unmount "$out"
+shell cat "$demo/store/Forecasts/run1/model.ckpt"
 step dataset show forecasts:1 --files
+
+# Uploads never follow a link out of the folder they upload.
+mkdir -p "$demo/results"
+echo "accuracy,0.91" > "$demo/results/metrics.csv"
+ln -s /etc/hostname "$demo/results/hostname"
+if step upload "$demo/results" local:Results/1; then
+  echo "demo: the upload should have refused the link" >&2
+  exit 1
+fi
+rm "$demo/results/hostname"
+step upload "$demo/results" local:Results/1
 
 # A job: amlfs run mounts its input, gives it an output folder, uploads and registers
 # that folder only if the job succeeds, and records which versions it read and made.
