@@ -27,7 +27,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -480,18 +480,7 @@ class OutputFiles:
         """Move NODE to a new copy holding the first LENGTH bytes of the current one."""
         assert node.staged is not None
         source = self.staging / node.staged
-        copy = self._create_copy(node)
-        node.copying = ready = trio.Event()
-        try:
-            await trio.to_thread.run_sync(_copy_range, source, copy[1], length)
-        except BaseException:
-            os.close(copy[1])
-            (self.staging / copy[0]).unlink(missing_ok=True)
-            raise
-        finally:
-            node.copying = None
-            ready.set()
-        self._use_copy(node, copy)
+        await self._new_copy(node, lambda _name, fd: _copy_range(source, fd, length))
         self._drop_copies(node)
 
     async def _fetch_stored(self, node: Node, empty: bool) -> None:
@@ -499,22 +488,33 @@ class OutputFiles:
         await self._copy_made(node)
         if node.staged is not None:  # another opener fetched it meanwhile
             return
-        copy = self._create_copy(node)
-        if not (empty or node.remote_path is None or node.etag is None or node.size == 0):
-            source = paths.join(self.target, node.remote_path)
+        if empty or node.remote_path is None or node.etag is None or node.size == 0:
+            await self._new_copy(node, None)
+            return
+        source, etag = paths.join(self.target, node.remote_path), node.etag
+
+        def fetch(name: str, _fd: int) -> None:  # only if still as we stored it
+            self.store.download_pinned(source, etag, self.staging / name)
+
+        await self._new_copy(node, fetch, limiter=self.limiter)
+
+    async def _new_copy(self, node: Node, fill: Callable[[str, int], None] | None,
+                        limiter: trio.CapacityLimiter | None = None) -> None:  # fmt: skip
+        """Point NODE at a new staged copy, filled first by FILL(name, fd) in a worker
+        thread (under LIMITER): requests to NODE wait for it (see _copy_made)."""
+        name, fd = self._create_copy(node)
+        if fill is not None:
             node.copying = ready = trio.Event()
-            try:  # streamed into the new copy, only if still as we stored it
-                async with self.limiter:
-                    await trio.to_thread.run_sync(self.store.download_pinned, source,
-                                                  node.etag, self.staging / copy[0])  # fmt: skip
+            try:
+                await trio.to_thread.run_sync(fill, name, fd, limiter=limiter)
             except BaseException:
-                os.close(copy[1])
-                (self.staging / copy[0]).unlink(missing_ok=True)
+                os.close(fd)
+                (self.staging / name).unlink(missing_ok=True)
                 raise
             finally:
                 node.copying = None
                 ready.set()
-        self._use_copy(node, copy)
+        self._use_copy(node, (name, fd))
 
     def _drop_copies(self, node: Node, everything: bool = False) -> None:
         """Delete staged copies nothing needs any more (EVERYTHING: the file is gone)."""
