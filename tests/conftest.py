@@ -72,6 +72,18 @@ class Cli:
 
 
 @pytest.fixture
+def impostor() -> Iterator[int]:
+    """A live process with "amlfs" in its command line that holds no lock of ours: what
+    a dead daemon's or run's pid can be after a reboot. Ended by pid at teardown."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "amlfs"])
+    try:
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
 def cli(tmp_path: Path) -> Cli:
     """The CLI with a fresh state folder of this test's own."""
     return Cli(tmp_path / "home")

@@ -14,9 +14,7 @@ import re
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import adlfs
@@ -230,18 +228,6 @@ def test_unmount_with_storage_down_fails_and_resume_uploads_and_registers_later(
 
 
 # -- Liveness and exclusivity: a daemon or session is alive while it holds its lock ------
-
-
-@pytest.fixture
-def impostor() -> Iterator[int]:
-    """A live process with "amlfs" in its command line that holds no lock of ours: what
-    a dead daemon's pid can be after a reboot. Ended by pid at teardown."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "amlfs"])
-    try:
-        yield proc.pid
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def pretend_pid_reused(home: Path, dead: int, pid: int) -> None:

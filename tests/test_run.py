@@ -5,10 +5,12 @@ which versions each run read and produced."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -291,7 +293,7 @@ def test_an_upload_that_fails_keeps_the_output_folder_and_says_how_to_finish(
 
 
 def test_a_run_killed_outright_leaves_no_mount_behind_and_is_shown_as_lost(
-    cli: Cli, dataset: Container, tmp_path: Path
+    cli: Cli, dataset: Container, tmp_path: Path, impostor: int
 ) -> None:
     proc, started = start_sleeping_run(cli, tmp_path, "ckpt=blob:ckpt/{run-id},mode=mount")
     try:
@@ -310,5 +312,9 @@ def test_a_run_killed_outright_leaves_no_mount_behind_and_is_shown_as_lost(
             os.kill(pid, signal.SIGKILL)
     run = run_of(cli)
     assert run["state"] == "lost" and run["ended_at"] is None
+    # Its pid taken by another amlfs process (after a reboot): still lost.
+    with contextlib.closing(sqlite3.connect(cli.home / "registry.db")) as db, db:
+        db.execute("UPDATE runs SET pid = ? WHERE id = ?", (impostor, run["id"]))
+    assert run_of(cli)["state"] == "lost"
     # The output mount's daemon ended as on SIGTERM: the closed file was uploaded first.
     assert stored(dataset.fs, f"{dataset.name}/ckpt/{run['id']}") == {"result.txt": b"partial"}

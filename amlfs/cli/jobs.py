@@ -84,15 +84,16 @@ def runs_list(ctx: click.Context, limit: int | None, as_json: bool) -> None:
     from amlfs.jobs.lineage import state_of
     from amlfs.registry.runs import RunLog
 
-    recorded = RunLog(app(ctx).registry()).list(limit)
+    recorded, home = RunLog(app(ctx).registry()).list(limit), home_of(ctx)
     if as_json:
-        emit_json([run.public_dict(state_of(run)) for run in recorded])
+        emit_json([run.public_dict(state_of(run, home)) for run in recorded])
         return
     if not recorded:
         click.echo("no runs")
         return
     table(["RUN", "STATE", "EXIT", "STARTED", "INPUTS", "OUTPUTS", "COMMAND"], [
-        [run.id, state_of(run), "-" if run.exit_code is None else run.exit_code, run.started_at,
+        [run.id, state_of(run, home), "-" if run.exit_code is None else run.exit_code,
+         run.started_at,
          " ".join(i.version.ref for i in run.inputs) or "-",
          " ".join(o.version.ref for o in run.outputs if o.version) or "-",
          _shorten(" ".join(run.command))]
@@ -111,7 +112,7 @@ def runs_show(ctx: click.Context, run_id: str, as_json: bool) -> None:
     from amlfs.registry.runs import RunLog
 
     run = RunLog(app(ctx).registry()).get(run_id)
-    data = run.public_dict(state_of(run))
+    data = run.public_dict(state_of(run, home_of(ctx)))
     if as_json:
         emit_json(data)
         return
@@ -139,7 +140,7 @@ def lineage_command(ctx: click.Context, ref: str, as_json: bool) -> None:
     from amlfs.registry.runs import RunLog
 
     registry = app(ctx).registry()
-    data = lineage(RunLog(registry), registry.resolve(ref))
+    data = lineage(RunLog(registry), registry.resolve(ref), home_of(ctx))
     if as_json:
         emit_json(data)
         return

@@ -5,18 +5,25 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from amlfs.mounts import daemon_alive
+from amlfs import locks
 from amlfs.registry.models import Version
 from amlfs.registry.runs import Run, RunLog
 
 MAX_GENERATIONS = 64  # a bound on the walk back, far beyond any real pipeline
 
 
-def state_of(run: Run) -> str:
-    """running, succeeded, failed, or lost (no end recorded and its process is gone)."""
+def run_lock(home: Path, run_id: str) -> Path:
+    """The lock `amlfs run` holds while it runs: a run whose lock nobody holds is over,
+    whatever process has its pid now (after a reboot, pids are reused)."""
+    return home / "run" / "runs" / f"{run_id}.lock"
+
+
+def state_of(run: Run, home: Path) -> str:
+    """running, succeeded, failed, or lost (no end recorded and its `amlfs run` is gone)."""
     if run.ended_at is None:
-        if run.host == socket.gethostname() and not daemon_alive(run.pid):
+        if run.host == socket.gethostname() and not locks.held(run_lock(home, run.id)):
             return "lost"
         return "running"
     return "succeeded" if run.exit_code == 0 and run.error is None else "failed"
@@ -32,7 +39,7 @@ class Origin:
     inputs: list[tuple[str, str, Origin]] = field(default_factory=list)  # name, mode, origin
     seen_before: bool = False  # already shown higher up: not expanded again
 
-    def public_dict(self) -> dict:
+    def public_dict(self, home: Path) -> dict:
         data: dict = {"version": self.version.ref}
         if self.seen_before:
             return {**data, "expanded": False}
@@ -41,8 +48,8 @@ class Origin:
         return {
             **data,
             "produced_by": {
-                **_summary(self.run),
-                "inputs": [{"name": name, "mode": mode, **origin.public_dict()}
+                **_summary(self.run, home),
+                "inputs": [{"name": name, "mode": mode, **origin.public_dict(home)}
                            for name, mode, origin in self.inputs],
             },
         }  # fmt: skip
@@ -65,14 +72,14 @@ def origin(runs: RunLog, version: Version) -> Origin:
     return walk(version, 0)
 
 
-def lineage(runs: RunLog, version: Version) -> dict:
+def lineage(runs: RunLog, version: Version, home: Path) -> dict:
     """What `amlfs lineage --json` prints."""
     return {
-        **origin(runs, version).public_dict(),
-        "read_by": [_summary(run) for run in runs.readers(version)],
+        **origin(runs, version).public_dict(home),
+        "read_by": [_summary(run, home) for run in runs.readers(version)],
     }
 
 
-def _summary(run: Run) -> dict:
-    return {"run": run.id, "state": state_of(run), "exit_code": run.exit_code,
+def _summary(run: Run, home: Path) -> dict:
+    return {"run": run.id, "state": state_of(run, home), "exit_code": run.exit_code,
             "started_at": run.started_at, "command": run.command}  # fmt: skip

@@ -25,11 +25,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from amlfs import mounts
+from amlfs import locks, mounts
 from amlfs.credentials import daemon_environment, job_environment
 from amlfs.errors import AmlfsError, UserError
 from amlfs.home import default_home
 from amlfs.jobs.command import check_command, run_command
+from amlfs.jobs.lineage import run_lock
 from amlfs.jobs.spec import InputSpec, OutputSpec, check_names, substitute
 from amlfs.registry.models import Version
 from amlfs.registry.runs import Run, RunInput, RunLog, RunOutput
@@ -104,6 +105,16 @@ class Job:
     def execute(self) -> int:
         """Run the job; return the command's exit status (raise if amlfs itself failed)."""
         run_log = RunLog(self.registry)
+        lock_path = run_lock(self.home, self.id)
+        lock_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        alive = locks.hold(lock_path)  # a fresh id: nobody else holds it
+        try:
+            return self._execute(run_log)
+        finally:
+            if alive is not None:
+                alive.release()
+
+    def _execute(self, run_log: RunLog) -> int:
         run_log.start(self.record())
         self.hooks.say(f"run {self.id}")
         status: int | None = None
