@@ -166,7 +166,7 @@ def resume(
             done = with_retries(
                 lambda row=row: settle(store, session.target, staging, row, stored_at), row.path
             )
-        except (StorageError, OSError) as error:
+        except (AmlfsError, OSError) as error:  # this file stays pending; the others go on
             journal.record(replace(row, error=str(error)))
             failing.append(replace(row, error=str(error)))
             continue
