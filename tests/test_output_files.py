@@ -16,6 +16,7 @@ import trio
 from amlfs.errors import NotAsStored, StorageError
 from amlfs.registry.models import Datastore
 from amlfs.storage import Store
+from amlfs.transfer import staged
 from amlfs.transfer.journal import Journal, Upload
 from amlfs.transfer.outputs import settle
 from amlfs.transfer.staged import ROOT_INODE, OutputFiles
@@ -214,3 +215,38 @@ def test_a_name_of_255_bytes_is_stored_in_a_local_folder(tmp_path: Path) -> None
     assert sorted(p.name for p in (tmp_path / "store" / "out").iterdir()) == sorted(
         [name, f".{name[:200]}.amlfs-part"]
     )
+
+
+async def test_a_new_copys_folder_entry_is_synced_before_its_close_is_journaled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A journaled staged copy that a power cut could unname is a lost file: the staging
+    folder is synced after the copy is made and before the close's row is written."""
+    events: list[str] = []
+    sync_folder, record = staged._fsync_folder, Journal.record
+
+    def folder_synced(folder: Path) -> None:
+        sync_folder(folder)
+        events.append(f"synced {folder.name}")
+
+    def recorded(journal: Journal, row: Upload, **options: bool) -> None:
+        events.append(f"journaled {row.staged}")
+        record(journal, row, **options)
+
+    monkeypatch.setattr(staged, "_fsync_folder", folder_synced)
+    monkeypatch.setattr(Journal, "record", recorded)
+    journal = Journal(tmp_path)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    session = journal.open_session("loc", "out", "/mnt", 1, str(staging), None)
+    async with trio.open_nursery() as nursery:
+        files = OutputFiles(journal, session, staging, local_store(tmp_path), "out", nursery)
+        for name in ("a", "b"):
+            node = files.create(ROOT_INODE, name, 0o644)
+            events.append(f"created {node.staged}")
+            await files.write(node, 0, b"bytes")
+            await files.commit(node)
+        nursery.cancel_scope.cancel()
+    for copy in ("2.1", "3.1"):
+        created, journaled = events.index(f"created {copy}"), events.index(f"journaled {copy}")
+        assert "synced staging" in events[created:journaled], events
