@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import hashlib
 import io
 import logging
@@ -28,6 +27,7 @@ from fsspec.core import url_to_fs
 
 from amlfs.errors import NotAsStored, SourceChanged, StorageError, UserError
 from amlfs.home import caller_umask
+from amlfs.localfs import copy_prefix, fsync_folder
 from amlfs.registry import paths
 from amlfs.registry.models import Datastore, PinnedFile
 
@@ -489,7 +489,9 @@ async def _azure_copy(fs: fsspec.AbstractFileSystem, full_source: str, full_targ
 
 @contextlib.contextmanager
 def _opened(local: Path | BinaryIO) -> Iterator[BinaryIO]:
+    """LOCAL open for reading, at its start (a retried upload sends it from the start)."""
     if not isinstance(local, Path):
+        local.seek(0)
         yield local
         return
     with open(local, "rb") as source:
@@ -497,37 +499,14 @@ def _opened(local: Path | BinaryIO) -> Iterator[BinaryIO]:
 
 
 def _copy_bytes(source: BinaryIO, out: BinaryIO, length: int) -> None:
-    """Exactly LENGTH bytes of SOURCE, from where it stands, to OUT."""
+    """Exactly LENGTH bytes of SOURCE (at its start) to OUT, through Python: for files
+    of stores other than local folders."""
     while length > 0:
         chunk = source.read(min(COPY_BUFFER, length))
         if not chunk:
             raise StorageError(f"{getattr(source, 'name', 'source')}: shorter than expected")
         out.write(chunk)
         length -= len(chunk)
-
-
-def _copied_in_kernel(source: BinaryIO, fd: int, length: int) -> bool:
-    """LENGTH bytes of SOURCE (from its start) into FD with copy_file_range (no trip
-    through Python; a reflink where the filesystem shares extents). False where the
-    kernel cannot (another filesystem, not a plain file): nothing was copied then."""
-    done = 0
-    try:
-        source_fd = source.fileno()
-        while done < length:
-            copied = os.copy_file_range(source_fd, fd, length - done, done, done)
-            if copied == 0:
-                raise StorageError(f"{getattr(source, 'name', 'source')}: shorter than expected")
-            done += copied
-    except (OSError, AttributeError, io.UnsupportedOperation) as error:
-        if isinstance(error, OSError) and error.errno not in _NO_KERNEL_COPY:
-            raise
-        if done:
-            os.ftruncate(fd, 0)
-        return False
-    return True
-
-
-_NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF}
 
 
 def _make_folders(folder: str, mode: int) -> None:
@@ -547,7 +526,8 @@ def _local_put(source: BinaryIO, length: int, full: str, check: Callable[[], Non
     """LENGTH bytes of SOURCE to the local file FULL: written under a temporary name of
     its own beside it (created exclusively: it can be no one else's file, and it is short
     whatever FULL's length), synced, then compared (CHECK raises if FULL is not what it
-    must be) and renamed into place."""
+    must be), renamed into place, and the rename synced: once this returns, the file is
+    there also after a power cut, as a blob is once its upload returns."""
     folder = os.path.dirname(full)
     umask = caller_umask()  # the user's data, not amlfs's state: the user's modes
     _make_folders(folder, 0o777 & ~umask)
@@ -555,12 +535,17 @@ def _local_put(source: BinaryIO, length: int, full: str, check: Callable[[], Non
     try:
         with os.fdopen(fd, "wb") as out:
             os.fchmod(out.fileno(), 0o666 & ~umask)
-            if not _copied_in_kernel(source, out.fileno(), length):
+            try:
+                source_fd = source.fileno()
+            except (AttributeError, io.UnsupportedOperation):  # not a local file
                 _copy_bytes(source, out, length)
                 out.flush()
+            else:
+                copy_prefix(source_fd, out.fileno(), length)
             os.fsync(out.fileno())
         check()
         os.replace(partial, full)
+        fsync_folder(folder)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(partial)

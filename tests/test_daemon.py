@@ -23,6 +23,7 @@ from amlfs.mounts import current_records, daemon_alive, mounted_paths
 from tests.conftest import Cli, Container
 from tests.support.mounts import processes_mentioning
 from tests.support.sample import FILES
+from tests.support.waiting import until
 
 WAIT_S = 60.0
 
@@ -140,7 +141,7 @@ def test_ready_comes_once_every_mount_serves_and_sigterm_unmounts_everything(
     assert code == 0, err
     assert "STOPPING=1" in service.heard
     assert not {str(data), str(out)} & set(mounted_paths())
-    assert not any(daemon_alive(pid) for pid in children if pid)
+    until(lambda: not any(daemon_alive(pid) for pid in children if pid), "the children end")
     stored = dataset.fs.cat_file(f"{dataset.name}/service/out/result.txt")
     assert stored == b"written through the service\n"
 

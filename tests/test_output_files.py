@@ -27,12 +27,17 @@ def local_store(tmp_path: Path) -> Store:
     return Store(Datastore("loc", f"file://{tmp_path}/store", "none"))
 
 
-async def test_a_closed_copy_is_never_written_again(tmp_path: Path) -> None:
+def new_session(tmp_path: Path) -> tuple[Journal, Path, int]:
+    """A journal in TMP_PATH with one output mount's session, and its staging folder."""
     journal = Journal(tmp_path)
     staging = tmp_path / "staging"
     staging.mkdir()
+    return journal, staging, journal.open_session("loc", "out", "/mnt", 1, str(staging), None)
+
+
+async def test_a_closed_copy_is_never_written_again(tmp_path: Path) -> None:
+    journal, staging, session = new_session(tmp_path)
     store = local_store(tmp_path)
-    session = journal.open_session("loc", "out", "/mnt", 1, str(staging), None)
     async with trio.open_nursery() as nursery:
         files = OutputFiles(journal, session, staging, store, "out", nursery)
         files.limiter.total_tokens = 1
@@ -62,10 +67,7 @@ async def test_appending_after_an_fsync_writes_on_in_place_and_stores_each_close
 ) -> None:
     """A writer that fsyncs as it goes (checkpoints, logs) never pays for a copy: appends
     go on in the same staged file, and each journaled close names its own prefix of it."""
-    journal = Journal(tmp_path)
-    staging = tmp_path / "staging"
-    staging.mkdir()
-    session = journal.open_session("loc", "out", "/mnt", 1, str(staging), None)
+    journal, staging, session = new_session(tmp_path)
     async with trio.open_nursery() as nursery:
         files = OutputFiles(journal, session, staging, local_store(tmp_path), "out", nursery)
         node = files.create(ROOT_INODE, "train.log", 0o644)
@@ -223,7 +225,7 @@ async def test_a_new_copys_folder_entry_is_synced_before_its_close_is_journaled(
     """A journaled staged copy that a power cut could unname is a lost file: the staging
     folder is synced after the copy is made and before the close's row is written."""
     events: list[str] = []
-    sync_folder, record = staged._fsync_folder, Journal.record
+    sync_folder, record = staged.fsync_folder, Journal.record
 
     def folder_synced(folder: Path) -> None:
         sync_folder(folder)
@@ -233,12 +235,9 @@ async def test_a_new_copys_folder_entry_is_synced_before_its_close_is_journaled(
         events.append(f"journaled {row.staged}")
         record(journal, row, **options)
 
-    monkeypatch.setattr(staged, "_fsync_folder", folder_synced)
+    monkeypatch.setattr(staged, "fsync_folder", folder_synced)
     monkeypatch.setattr(Journal, "record", recorded)
-    journal = Journal(tmp_path)
-    staging = tmp_path / "staging"
-    staging.mkdir()
-    session = journal.open_session("loc", "out", "/mnt", 1, str(staging), None)
+    journal, staging, session = new_session(tmp_path)
     async with trio.open_nursery() as nursery:
         files = OutputFiles(journal, session, staging, local_store(tmp_path), "out", nursery)
         for name in ("a", "b"):
@@ -250,3 +249,30 @@ async def test_a_new_copys_folder_entry_is_synced_before_its_close_is_journaled(
     for copy in ("2.1", "3.1"):
         created, journaled = events.index(f"created {copy}"), events.index(f"journaled {copy}")
         assert "synced staging" in events[created:journaled], events
+
+
+def test_a_file_stored_in_a_local_folder_is_on_disk_name_included_when_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local folder as a datastore keeps what an upload returned, also after a power
+    cut: the bytes are synced before the rename, and the folder after it."""
+    events: list[str] = []
+    fsync, replace_name = os.fsync, os.replace
+
+    def synced(fd: int) -> None:
+        fsync(fd)
+        events.append(f"synced {Path(os.readlink(f'/proc/self/fd/{fd}')).name}")
+
+    def renamed(source: str, target: str) -> None:
+        replace_name(source, target)
+        events.append(f"renamed to {Path(target).name}")
+
+    monkeypatch.setattr(os, "fsync", synced)
+    monkeypatch.setattr(os, "replace", renamed)
+    (tmp_path / "staged").write_bytes(b"model")
+    local_store(tmp_path).upload(tmp_path / "staged", "out/model.bin")
+    assert [e.split(".amlfs-")[0] for e in events] == [
+        "synced ",
+        "renamed to model.bin",
+        "synced out",
+    ]

@@ -169,12 +169,18 @@ def test_a_250_byte_name_downloads_and_uploads(
 # --- upload: no link followed out of the source ------------------------------------------
 
 
+def secret_outside(tmp_path: Path) -> Path:
+    """A file outside any folder uploaded, standing for /etc/shadow."""
+    shadow = tmp_path / "shadow"
+    shadow.write_bytes(SECRET)
+    return shadow
+
+
 def test_upload_refuses_links_naming_them_and_stores_nothing(
     cli: Cli, container: Container, tmp_path: Path
 ) -> None:
     add_blob(cli, container)
-    shadow = tmp_path / "shadow"
-    shadow.write_bytes(SECRET)
+    shadow = secret_outside(tmp_path)
     src = tmp_path / "src"
     write_tree(src, {"model.bin": b"weights", "logs/run.txt": b"ok"})
     (src / "shadow").symlink_to(shadow)
@@ -193,8 +199,7 @@ def test_follow_links_uploads_links_inside_the_source_and_never_one_outside(
     cli: Cli, container: Container, tmp_path: Path
 ) -> None:
     add_blob(cli, container)
-    shadow = tmp_path / "shadow"
-    shadow.write_bytes(SECRET)
+    shadow = secret_outside(tmp_path)
     src = tmp_path / "src"
     write_tree(src, {"data/a.txt": b"a", "data/b.txt": b"b"})
     (src / "alias.txt").symlink_to("data/a.txt")
@@ -220,8 +225,7 @@ def test_a_link_planted_between_listing_and_reading_is_not_followed(
     cli: Cli, container: Container, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     add_blob(cli, container)
-    shadow = tmp_path / "shadow"
-    shadow.write_bytes(SECRET)
+    shadow = secret_outside(tmp_path)
     src = tmp_path / "src"
     write_tree(src, {"a.txt": b"mine", "sub/b.txt": b"mine too"})
     real_list = Store.list_source
@@ -259,8 +263,7 @@ def test_a_run_output_holding_a_link_out_is_not_uploaded(
     cli: Cli, container: Container, tmp_path: Path
 ) -> None:
     add_blob(cli, container)
-    shadow = tmp_path / "shadow"
-    shadow.write_bytes(SECRET)
+    shadow = secret_outside(tmp_path)
     script = f"echo w > {{outputs.o}}/model.bin && ln -s {shadow} {{outputs.o}}/shadow"
     result = cli("run", "--output", "o=blob:out/{run-id},register=o", "--", "sh", "-c", script)
     assert result.code == 1

@@ -107,12 +107,12 @@ class Job:
         run_log = RunLog(self.registry)
         lock_path = run_lock(self.home, self.id)
         lock_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        alive = locks.hold(lock_path)  # a fresh id: nobody else holds it
+        alive = locks.hold(lock_path)
+        assert alive is not None, "a new run id's lock is this run's own"
         try:
             return self._execute(run_log)
         finally:
-            if alive is not None:
-                alive.release()
+            alive.release()
 
     def _execute(self, run_log: RunLog) -> int:
         run_log.start(self.record())

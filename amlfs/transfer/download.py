@@ -13,7 +13,6 @@ in DEST (planted before or during the download) is an error naming it, never a w
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import itertools
 import json
 import logging
@@ -26,9 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from amlfs import locks
 from amlfs.cache.blocks import BlockCache, BlockKey
 from amlfs.errors import AmlfsError, SourceChanged, StorageError, UserError
 from amlfs.home import cache_dir, ensure_home
+from amlfs.localfs import fsync_folder
 from amlfs.registry import paths
 from amlfs.registry.models import PinnedFile, Version
 from amlfs.registry.store import Registry
@@ -264,24 +265,24 @@ class _Folders:
 class _Partials:
     """The partial files of one run: short names `.amlfs-TOKEN-N` made with O_EXCL beside
     their place, so they never take a user's name nor exceed NAME_MAX, and a record in
-    RECORDS naming the token, DEST and the folders written to. The record is locked while
-    the run lives; the lock dies with the process, and a later run into the same DEST
-    removes exactly the partial files of this token that a dead run left."""
+    RECORDS naming DEST and the folders written to. The run holds the record's lock
+    (amlfs.locks) while it lives; the kernel releases it when the run dies, and a later
+    run into the same DEST removes exactly the partial files of this token."""
 
     def __init__(self, records: Path, dest: Path, folders: list[str]):
-        self.records, self.token = records, secrets.token_hex(6)
+        self.token = secrets.token_hex(6)
         self._numbers = itertools.count()  # next() on it is atomic under the GIL
         records.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.record = records / self.token
-        self._fd = os.open(self.record, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        held = locks.hold(records / self.token)
+        assert held is not None, "a new token's record is this run's own"
+        self._record = held
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-            os.write(self._fd, json.dumps({"dest": str(dest), "folders": folders}).encode())
+            held.write(json.dumps({"dest": str(dest), "folders": folders}))
             # Durable before any partial file exists: a power cut cannot orphan one.
-            os.fsync(self._fd)
-            _fsync_folder(records)
+            os.fsync(held.fd)
+            fsync_folder(records)
         except BaseException:
-            self.close()
+            held.release()
             raise
 
     def create(self, folder: int) -> tuple[str, int]:
@@ -295,9 +296,7 @@ class _Partials:
         raise OSError(f"no free partial name in a folder after {NAME_TRIES} tries")
 
     def close(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.record)
-        os.close(self._fd)
+        self._record.release()
 
     def __enter__(self) -> _Partials:
         return self
@@ -312,23 +311,17 @@ def remove_leftovers(records: Path, dest: Path, top: int) -> None:
     if not records.is_dir():
         return
     for record in sorted(records.iterdir()):
-        try:
-            fd = os.open(record, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue  # its run just ended
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # its run is alive
-            left = _read_record(fd)
-            if left is None or left.get("dest") != str(dest):
-                continue  # being written, or another DEST's
-            for folder in left.get("folders", []):
-                _remove_partials(top, folder, f".amlfs-{record.name}-")
-            os.unlink(record)
-        finally:
-            os.close(fd)
+        held = locks.hold(record)
+        if held is None:
+            continue  # its run is alive
+        left = _read_record(held.fd)
+        if left is not None and left.get("dest") != str(dest):
+            held.release(remove=False)  # another DEST's: a download into it cleans up
+            continue
+        # Unreadable: its run died before it wrote it, so before any partial file.
+        for folder in (left or {}).get("folders", []):
+            _remove_partials(top, folder, f".amlfs-{record.name}-")
+        held.release()
 
 
 def _read_record(fd: int) -> dict | None:
@@ -491,14 +484,6 @@ def _md5_at(folder: int, name: str) -> bytes:
     fd = os.open(name, READ_FLAGS, dir_fd=folder)
     try:
         return md5_of_fd(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_folder(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -36,6 +36,7 @@ from typing import Any
 import trio
 
 from amlfs.errors import AmlfsError
+from amlfs.localfs import copy_prefix, fsync_folder
 from amlfs.registry import paths
 from amlfs.storage import Store
 from amlfs.transfer.journal import Journal, Upload
@@ -73,7 +74,6 @@ class Node:
     staged: str | None = None  # the local copy writes go to (file name in staging), if any
     generation: int = 0
     fd: int | None = None  # open on the current staged copy
-    frozen: int = 0  # bytes of `staged` a commit or upload refers to: never written again
     hashed: tuple[str, int, Any] | None = None  # (copy, bytes, running MD5 of those bytes)
     entry_synced: int = 0  # ticket of the staging folder sync that covers its copy's entry
     copying: trio.Event | None = None  # set when the copy being made is ready
@@ -94,6 +94,14 @@ class Node:
     error: str | None = None
     broken: int | None = None  # errno of a failed write: never journaled, never uploaded
     window: tuple[int, bytes] | None = None  # (offset, bytes) last read back from storage
+
+    @property
+    def frozen(self) -> int:
+        """Bytes of `staged` that a close being made durable, or one journaled and not yet
+        stored (its upload included), refers to: never written again. (A removed file's
+        upload is never kept, so its bytes need not be frozen.)"""
+        snapshots = (self.committing, self.committed)
+        return max((s.size for s in snapshots if s and s.staged == self.staged), default=0)
 
 
 @dataclass
@@ -163,7 +171,7 @@ class FolderSyncs:
             while self.done < self.asked:
                 upto = self.asked
                 try:
-                    await trio.to_thread.run_sync(_fsync_folder, self.folder)
+                    await trio.to_thread.run_sync(fsync_folder, self.folder)
                 except OSError as error:
                     self.failure = error
                     return
@@ -193,7 +201,7 @@ class OutputFiles:
         self.folder_syncs = FolderSyncs(staging, nursery)
         self._next_inode = ROOT_INODE + 1
         self._settling: set[int] = set()
-        _fsync_folder(staging.parent)  # the staging folder's own entry, before any close
+        fsync_folder(staging.parent)  # the staging folder's own entry, before any close
 
     # --- the tree -------------------------------------------------------------------
 
@@ -407,12 +415,11 @@ class OutputFiles:
             await self._copy_made(node)
             if not node.dirty or node.removed or node.staged is None:
                 return
-            # Frozen before the await: a write below SIZE meanwhile goes to a new copy,
-            # never into the bytes being made durable; appends go on in place.
+            # Frozen before the await (see Node.frozen): a write below SIZE meanwhile goes
+            # to a new copy, never into the bytes being made durable; appends go on in place.
             name, size = node.staged, node.size
-            node.frozen, node.dirty = max(node.frozen, size), False
+            node.committing, node.dirty = Snapshot(name, size, b""), False
             hashed = node.hashed if node.hashed and node.hashed[0] == name else None
-            node.committing = Snapshot(name, size, b"")
             row = self.row(node, node.committing)
             try:
                 await self.folder_syncs.wait(node.entry_synced)
@@ -467,7 +474,7 @@ class OutputFiles:
         if node.staged is not None:
             node.superseded.append(node.staged)
         node.staged, node.fd = name, fd
-        node.frozen, node.hashed, node.window = 0, None, None
+        node.hashed, node.window = None, None
         node.entry_synced = self.folder_syncs.ask()
         node.size = os.fstat(fd).st_size
 
@@ -480,7 +487,7 @@ class OutputFiles:
         """Move NODE to a new copy holding the first LENGTH bytes of the current one."""
         assert node.staged is not None
         source = self.staging / node.staged
-        await self._new_copy(node, lambda _name, fd: _copy_range(source, fd, length))
+        await self._new_copy(node, lambda _name, fd: _copy_from(source, fd, length))
         self._drop_copies(node)
 
     async def _fetch_stored(self, node: Node, empty: bool) -> None:
@@ -639,7 +646,6 @@ class OutputFiles:
             if committed and (committed.staged, committed.size) == (sent.staged, sent.size):
                 node.committed = None
             if node.committed is None and node.committing is None:
-                node.frozen = 0  # nothing refers to the staged bytes any more
                 whole = (node.staged, node.size, node.dirty) == (sent.staged, sent.size, False)
                 if whole and node.writers == 0:
                     self._release_copy(node)  # stored whole: reads go to storage
@@ -675,21 +681,6 @@ class OutputFiles:
                 node.fd = None
 
 
-def _copy_range(source: Path, fd: int, length: int) -> None:
-    """The first LENGTH bytes of SOURCE into FD, in the kernel (a reflink where the
-    filesystem shares extents, a copy elsewhere)."""
-    with open(source, "rb") as src:
-        done = 0
-        while done < length:
-            copied = os.copy_file_range(src.fileno(), fd, length - done, done, done)
-            if copied == 0:
-                raise OSError(errno.EIO, f"{source.name} is shorter than {length} bytes")
-            done += copied
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _copy_from(source: Path, fd: int, length: int) -> None:
+    with open(source, "rb") as copied:
+        copy_prefix(copied.fileno(), fd, length)

@@ -27,7 +27,6 @@ from amlfs.storage import Store
 from amlfs.transfer.files import (
     READ_FLAGS,
     InTheWay,
-    fd_path,
     md5_of_fd,
     open_folder,
     open_top,
@@ -227,7 +226,8 @@ def upload(
             if there is not None and there.size == before.st_size and there.md5 == md5:
                 return _relative(there, f.path), False
             # Read through the open file itself: nothing planted since can redirect it.
-            pinned = with_retries(lambda: store.upload(fd_path(fd), remote, md5), f.path)
+            with os.fdopen(fd, "rb", closefd=False) as source:
+                pinned = with_retries(lambda: store.upload(source, remote, md5), f.path)
             after = os.fstat(fd)
         finally:
             os.close(fd)

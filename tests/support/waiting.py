@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
@@ -16,3 +17,12 @@ async def eventually(condition: Callable[[], bool], what: str) -> None:
             await trio.sleep(0.005)
         return
     pytest.fail(f"not within {WAIT_S} s: {what}")
+
+
+def until(condition: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
+    """CONDITION, polled outside trio (processes exiting, files appearing)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout} s: {what}")
+        time.sleep(0.05)
