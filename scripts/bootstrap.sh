@@ -23,6 +23,7 @@ dpkg -s fuse3 >/dev/null 2>&1 || missing+=(fuse3)
 dpkg -s libfuse3-dev >/dev/null 2>&1 || missing+=(libfuse3-dev)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 command -v gcc >/dev/null || missing+=(gcc)
+command -v patch >/dev/null || missing+=(patch)
 command -v python3 >/dev/null || missing+=(python3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 [[ -f "$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null)/Python.h" ]] \
@@ -49,6 +50,28 @@ if ! .venv/bin/python -c 'import amlfs, pytest, pyfuse3, matplotlib' 2>/dev/null
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e '.[test,bench]'
   touch .venv/.installed
+fi
+
+# pyfuse3 with the patch in patches/pyfuse3 (see patches/README.md), built from the pinned
+# release's source under a local version label, so that pip shows it is not the release.
+PYFUSE3_RELEASE=3.5.0
+PYFUSE3_BUILD="$PYFUSE3_RELEASE+amlfs.1"  # bump .N whenever a patch changes
+installed_pyfuse3() {
+  .venv/bin/python -c 'from importlib.metadata import version; print(version("pyfuse3"))' 2>/dev/null
+}
+if [[ "$(installed_pyfuse3)" != "$PYFUSE3_BUILD" ]]; then
+  echo "bootstrap: building pyfuse3 $PYFUSE3_BUILD (pyfuse3 $PYFUSE3_RELEASE with patches/pyfuse3)"
+  work=$(mktemp -d)
+  .venv/bin/pip download -q --no-deps --no-binary :all: "pyfuse3==$PYFUSE3_RELEASE" -d "$work"
+  tar xzf "$work/pyfuse3-$PYFUSE3_RELEASE.tar.gz" -C "$work"
+  source_dir="$work/pyfuse3-$PYFUSE3_RELEASE"
+  for change in patches/pyfuse3/*.patch; do
+    patch -s -p1 -d "$source_dir" < "$change"
+  done
+  rm -f "$source_dir/src/pyfuse3/__init__.c"  # shipped pre-generated: Cython must redo it
+  SETUPTOOLS_SCM_PRETEND_VERSION="$PYFUSE3_BUILD" \
+    .venv/bin/pip install -q --no-deps --force-reinstall "$source_dir"
+  rm -rf "$work"
 fi
 
 if $want_emulator && [[ ! -x node_modules/.bin/azurite-blob || package-lock.json -nt node_modules ]]; then

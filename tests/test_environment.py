@@ -19,3 +19,16 @@ def test_fuse_is_usable() -> None:
     require(os.access("/dev/fuse", os.R_OK | os.W_OK), "/dev/fuse is not accessible")
     require(shutil.which("fusermount3") is not None, "fusermount3 is missing (apt: fuse3)")
     import pyfuse3  # noqa: F401  (fails if the extension was built without libfuse3)
+
+
+def test_pyfuse3_is_the_patched_build() -> None:
+    """Read-only mounts answer OPEN with ENOSYS and need the inode on each read: pyfuse3
+    built by scripts/bootstrap.sh with patches/pyfuse3 (a plain release cannot mount)."""
+    from importlib.metadata import version
+
+    import pyfuse3
+
+    require(
+        "+amlfs." in version("pyfuse3"), f"pyfuse3 {version('pyfuse3')} is not the patched build"
+    )
+    require(pyfuse3.Operations.read_with_inode is False, "pyfuse3 lacks read_with_inode")

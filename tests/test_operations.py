@@ -27,8 +27,14 @@ import trio
 from amlfs import home
 from amlfs.cache import BlockCache, HotBlocks
 from amlfs.cache.readahead import FILES_AHEAD
-from amlfs.errors import SourceChanged
-from amlfs.fuse.operations import FOREVER_S, XATTRS, ReadOnlyOperations, fuse_error
+from amlfs.errors import AmlfsError, SourceChanged
+from amlfs.fuse.operations import (
+    FOREVER_S,
+    XATTRS,
+    ReadOnlyOperations,
+    fuse_error,
+    require_read_with_inode,
+)
 from amlfs.reader import BlockReader, ReadFailed
 from amlfs.registry import Datastore, NewVersion, PinnedFile, Registry
 from amlfs.registry import paths as registry_paths
@@ -207,7 +213,7 @@ async def test_unknown_inodes_are_enoent(ops: ReadOnlyOperations) -> None:
     await fails_with(errno.ENOENT, ops.getattr(10**9, None))
     await fails_with(errno.ENOENT, ops.lookup(10**9, b"images", None))
     await fails_with(errno.ENOENT, ops.opendir(10**9, None))
-    await fails_with(errno.ENOENT, ops.open(10**9, os.O_RDONLY, None))
+    await fails_with(errno.ENOENT, ops.read(0, 0, 4096, 10**9))
     await fails_with(errno.ENOENT, ops.getxattr(10**9, b"user.amlfs.etag", None))
 
 
@@ -398,14 +404,12 @@ async def test_unknown_xattrs_and_xattrs_of_folders_are_enodata(ops: ReadOnlyOpe
 
 
 async def read_whole(ops: ReadOnlyOperations, path: str, piece: int = 128 * 1024) -> bytes:
-    info = await ops.open(await inode_of(ops, path), os.O_RDONLY, None)
-    try:
-        parts = []
-        for offset in range(0, len(FILES[path]) + 1, piece):  # bounded by the pinned size
-            parts.append(await ops.read(info.fh, offset, piece))
-        return b"".join(parts)
-    finally:
-        await ops.release(info.fh)
+    """Read PATH as the kernel does once opens are its own: handle 0, and the inode."""
+    inode = await inode_of(ops, path)
+    parts = []
+    for offset in range(0, len(FILES[path]) + 1, piece):  # bounded by the pinned size
+        parts.append(await ops.read(0, offset, piece, inode))
+    return b"".join(parts)
 
 
 @pytest.mark.parametrize(
@@ -419,34 +423,34 @@ async def test_a_file_reads_as_its_pinned_bytes(
     assert await read_whole(ops, path, piece) == FILES[path]
 
 
-async def test_opened_files_keep_the_kernels_page_cache(ops: ReadOnlyOperations) -> None:
-    info = await ops.open(await inode_of(ops, image(5)), os.O_RDONLY, None)
-    assert info.keep_cache
-    await ops.release(info.fh)
-
-
-async def test_each_open_gets_its_own_handle(ops: ReadOnlyOperations) -> None:
-    inode = await inode_of(ops, "big.bin")
-    first = await ops.open(inode, os.O_RDONLY, None)
-    second = await ops.open(inode, os.O_RDONLY, None)
-    assert first.fh != second.fh
-    await ops.release(first.fh)
-    assert await ops.read(second.fh, BLOCK, 10) == FILES["big.bin"][BLOCK : BLOCK + 10]
-    await ops.release(second.fh)
-
-
 @pytest.mark.parametrize(
-    "flags",
-    [os.O_WRONLY, os.O_RDWR, os.O_RDONLY | os.O_CREAT, os.O_RDONLY | os.O_TRUNC,
-     os.O_WRONLY | os.O_APPEND],
-    ids=["O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND"],
-)  # fmt: skip
-async def test_opening_for_writing_is_erofs(ops: ReadOnlyOperations, flags: int) -> None:
-    await fails_with(errno.EROFS, ops.open(await inode_of(ops, "README.md"), flags, None))
+    "flags", [os.O_RDONLY, os.O_WRONLY, os.O_RDWR], ids=["O_RDONLY", "O_WRONLY", "O_RDWR"]
+)
+async def test_opening_is_left_to_the_kernel(ops: ReadOnlyOperations, flags: int) -> None:
+    # ENOSYS once: the kernel then opens files itself, keeps their pages across opens and
+    # sends no release; the `ro` mount and the mode bits refuse writing.
+    await fails_with(errno.ENOSYS, ops.open(await inode_of(ops, "README.md"), flags, None))
+    assert ReadOnlyOperations.read_with_inode
 
 
-async def test_opening_a_folder_as_a_file_is_eisdir(ops: ReadOnlyOperations) -> None:
-    await fails_with(errno.EISDIR, ops.open(await inode_of(ops, "images"), os.O_RDONLY, None))
+async def test_reads_of_one_file_at_two_places_are_independent(ops: ReadOnlyOperations) -> None:
+    inode = await inode_of(ops, "big.bin")
+    assert await ops.read(0, BLOCK, 10, inode) == FILES["big.bin"][BLOCK : BLOCK + 10]
+    assert await ops.read(0, 7 * BLOCK, 10, inode) == FILES["big.bin"][7 * BLOCK : 7 * BLOCK + 10]
+    assert await ops.read(0, BLOCK + 10, 5, inode) == FILES["big.bin"][BLOCK + 10 : BLOCK + 15]
+
+
+async def test_reading_a_folder_is_eisdir(ops: ReadOnlyOperations) -> None:
+    await fails_with(errno.EISDIR, ops.read(0, 0, 4096, await inode_of(ops, "images")))
+
+
+async def test_what_reads_remember_per_file_is_bounded(
+    ops: ReadOnlyOperations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("amlfs.fuse.operations.FILES_KEPT", 10)
+    for i in range(30):
+        assert await read_whole(ops, image(i)) == FILES[image(i)]
+    assert len(ops._files) == 10
 
 
 WRITES: dict[str, Callable[[ReadOnlyOperations, int, int], Awaitable[Any]]] = {
@@ -475,10 +479,9 @@ async def test_every_change_is_erofs(ops: ReadOnlyOperations, handler: str) -> N
 async def test_a_file_changed_in_storage_reads_as_eio(
     ops: ReadOnlyOperations, store: FakeStore
 ) -> None:
-    info = await ops.open(await inode_of(ops, "changed.bin"), os.O_RDONLY, None)
-    await fails_with(errno.EIO, ops.read(info.fh, 0, 4096))
-    await fails_with(errno.EIO, ops.read(info.fh, 2 * BLOCK, 4096))
-    await ops.release(info.fh)
+    inode = await inode_of(ops, "changed.bin")
+    await fails_with(errno.EIO, ops.read(0, 0, 4096, inode))
+    await fails_with(errno.EIO, ops.read(0, 2 * BLOCK, 4096, inode))
     # The rest of the version reads on.
     assert await read_whole(ops, "big.bin") == FILES["big.bin"]
 
@@ -496,9 +499,8 @@ def test_fuse_error_maps_failures_to_errnos() -> None:
 async def test_walking_a_folder_in_order_fetches_the_next_files_ahead(
     ops: ReadOnlyOperations, store: FakeStore
 ) -> None:
-    for i in range(2):
-        info = await ops.open(await inode_of(ops, image(i)), os.O_RDONLY, None)
-        await ops.release(info.fh)
+    for i in range(2):  # each file started: its first bytes read
+        await ops.read(0, 0, 16, await inode_of(ops, image(i)))
     walked = [image(i) for i in range(2 + FILES_AHEAD)]  # these two and the next eight
     await eventually(
         lambda: ops.reader.stats.prefetches == 0 and store.requested() == set(walked),
@@ -511,27 +513,32 @@ async def test_walking_a_folder_in_order_fetches_the_next_files_ahead(
     assert [fetched[path] for path in walked] == [1] * len(walked)
 
 
-async def test_opening_one_small_file_fetches_only_it(
+async def test_reading_one_small_file_fetches_only_it(
     ops: ReadOnlyOperations, store: FakeStore
 ) -> None:
-    info = await ops.open(await inode_of(ops, image(700)), os.O_RDONLY, None)
-    await eventually(lambda: ops.reader.stats.prefetches == 0 and store.requests, "prefetch")
+    assert await ops.read(0, 0, 4096, await inode_of(ops, image(700))) == FILES[image(700)]
+    await eventually(lambda: ops.reader.stats.prefetches == 0, "read-ahead done")
     assert store.requested() == {image(700)}
-    assert await ops.read(info.fh, 0, 4096) == FILES[image(700)]
     assert len(store.requests) == 1
-    await ops.release(info.fh)
 
 
 async def test_reading_a_large_file_straight_on_fetches_blocks_ahead(
     ops: ReadOnlyOperations, store: FakeStore
 ) -> None:
-    info = await ops.open(await inode_of(ops, "big.bin"), os.O_RDONLY, None)
-    assert store.requests == []  # a large file is not fetched on open
-    await ops.read(info.fh, 0, BLOCK)
+    inode = await inode_of(ops, "big.bin")
+    assert store.requests == []  # looking a file up fetches nothing
+    await ops.read(0, 0, BLOCK, inode)
     await eventually(lambda: ops.reader.stats.prefetches == 0, "prefetches done")
     covered = sorted(
         b for _, start, end in store.requests for b in range(start // BLOCK, -(-end // BLOCK))
     )
     assert covered == [0, 1, 2]  # the block read and the first window of two
     assert len(store.requests) == 2  # the window's two blocks in one request
-    await ops.release(info.fh)
+
+
+def test_a_pyfuse3_without_the_patch_is_refused_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delattr(pyfuse3.Operations, "read_with_inode")
+    with pytest.raises(AmlfsError, match=r"read-with-inode\.patch"):
+        require_read_with_inode()

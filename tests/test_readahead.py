@@ -1,12 +1,19 @@
 """Read-ahead policy, pure decisions: how far ahead of a sequential reader to fetch, and
-when opening files one after another is a walk through a folder in listing order."""
+when starting files one after another is a walk through a folder in listing order."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from amlfs.cache.readahead import FILES_AHEAD, FIRST_WINDOW, MAX_WINDOW, FolderWalk, SequentialReads
+from amlfs.cache.readahead import (
+    FILES_AHEAD,
+    FIRST_WINDOW,
+    MAX_STREAMS,
+    MAX_WINDOW,
+    FolderWalk,
+    SequentialReads,
+)
 
 BLOCK = 1024 * 1024
 KERNEL_READ = 128 * 1024
@@ -77,6 +84,24 @@ def test_the_first_read_away_from_the_start_is_not_sequential() -> None:
     assert SequentialReads().on_read(40 * BLOCK, BLOCK, BLOCK, 100 * BLOCK) == range(0)
 
 
+def test_readers_going_through_one_file_at_different_places_each_get_a_window() -> None:
+    reads = SequentialReads()
+    reads.on_read(0, BLOCK, BLOCK, 100 * BLOCK)
+    reads.on_read(50 * BLOCK, BLOCK, BLOCK, 100 * BLOCK)  # a second reader, half-way
+    # Interleaved, neither resets the other: both grow their windows.
+    assert reads.on_read(BLOCK, BLOCK, BLOCK, 100 * BLOCK) == range(2, 6)
+    assert reads.on_read(51 * BLOCK, BLOCK, BLOCK, 100 * BLOCK) == range(52, 54)
+    assert reads.on_read(2 * BLOCK, BLOCK, BLOCK, 100 * BLOCK) == range(3, 11)
+    assert reads.on_read(52 * BLOCK, BLOCK, BLOCK, 100 * BLOCK) == range(53, 57)
+
+
+def test_the_streams_kept_per_file_are_bounded() -> None:
+    reads = SequentialReads()
+    for i in range(1000):
+        reads.on_read(i * 7 * BLOCK % (90 * BLOCK), 4096, BLOCK, 100 * BLOCK)
+    assert len(reads.streams) <= MAX_STREAMS
+
+
 def test_reads_slightly_out_of_order_still_count_as_sequential() -> None:
     reads = SequentialReads()
     reads.on_read(0, KERNEL_READ, BLOCK, 100 * BLOCK)
@@ -109,45 +134,45 @@ def test_blocks_ahead_are_always_within_the_file_and_the_window(
 # --- FolderWalk -------------------------------------------------------------------------
 
 
-def test_opening_files_of_a_folder_in_ascending_ids_is_a_walk() -> None:
+def test_starting_files_of_a_folder_in_ascending_ids_is_a_walk() -> None:
     walk = FolderWalk()
-    assert walk.on_open(10, 11) is False  # a first open is not a walk yet
-    assert [walk.on_open(10, entry) for entry in range(12, 20)] == [True] * 8
+    assert walk.on_start(10, 11) is False  # a first file is not a walk yet
+    assert [walk.on_start(10, entry) for entry in range(12, 20)] == [True] * 8
 
 
 def test_skipping_a_few_entries_forward_is_still_a_walk() -> None:
     # Entry ids grow in name order but subfolders' entries come in between.
     walk = FolderWalk()
-    walk.on_open(10, 100)
-    assert walk.on_open(10, 100 + FILES_AHEAD + 1) is True
+    walk.on_start(10, 100)
+    assert walk.on_start(10, 100 + FILES_AHEAD + 1) is True
 
 
 def test_a_big_jump_forward_is_not_a_walk() -> None:
     walk = FolderWalk()
-    walk.on_open(10, 100)
-    assert walk.on_open(10, 100 + FILES_AHEAD + 2) is False
-    assert walk.on_open(10, 100 + FILES_AHEAD + 3) is True  # a walk from where it landed
+    walk.on_start(10, 100)
+    assert walk.on_start(10, 100 + FILES_AHEAD + 2) is False
+    assert walk.on_start(10, 100 + FILES_AHEAD + 3) is True  # a walk from where it landed
 
 
 def test_a_jump_backwards_or_the_same_file_again_is_not_a_walk() -> None:
     walk = FolderWalk()
-    walk.on_open(10, 100)
-    walk.on_open(10, 101)
-    assert walk.on_open(10, 99) is False
-    assert walk.on_open(10, 99) is False  # opening the same file twice
+    walk.on_start(10, 100)
+    walk.on_start(10, 101)
+    assert walk.on_start(10, 99) is False
+    assert walk.on_start(10, 99) is False  # starting the same file twice
 
 
 def test_folders_are_tracked_separately() -> None:
     walk = FolderWalk()
-    walk.on_open(10, 100)
-    walk.on_open(20, 500)  # another folder in between does not break the walk of the first
-    assert walk.on_open(10, 101) is True
-    assert walk.on_open(20, 501) is True
-    assert walk.on_open(30, 102) is False  # nor does one folder's walk start another's
+    walk.on_start(10, 100)
+    walk.on_start(20, 500)  # another folder in between does not break the walk of the first
+    assert walk.on_start(10, 101) is True
+    assert walk.on_start(20, 501) is True
+    assert walk.on_start(30, 102) is False  # nor does one folder's walk start another's
 
 
 def test_the_folders_remembered_are_bounded() -> None:
     walk = FolderWalk()
     for folder in range(25_000):
-        walk.on_open(folder, folder)
-    assert len(walk.last_opened) <= 10_001
+        walk.on_start(folder, folder)
+    assert len(walk.last_started) <= 10_001

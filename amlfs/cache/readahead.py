@@ -7,52 +7,75 @@ image dataset read file by file) gets the next few files fetched ahead.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 FIRST_WINDOW = 2  # blocks ahead once a read looks sequential
 MAX_WINDOW = 8  # blocks ahead at most (× block size is the memory a reader may pin)
 FILES_AHEAD = 8  # next files of a folder fetched while it is walked in order
 
 
-@dataclass
-class SequentialReads:
-    """Per open file: is the reader going straight through, and how far ahead to go."""
+MAX_STREAMS = 4  # readers going straight through one file at once, told apart by offset
 
+
+@dataclass
+class Stream:
     next_offset: int = 0
     window: int = 0
+
+
+@dataclass
+class SequentialReads:
+    """Per file: the readers going straight through it (several at once, at different
+    places, as fio jobs or a data loader's workers do), and how far ahead of each to go."""
+
+    streams: list[Stream] = field(default_factory=list)  # least recently read first
+
+    @property
+    def window(self) -> int:
+        """The window of the stream read last."""
+        return self.streams[-1].window if self.streams else 0
 
     def on_read(self, offset: int, size: int, block_size: int, file_size: int) -> range:
         """Record a read; the block indices worth fetching ahead of it (maybe none)."""
         # Kernel read-ahead may reorder neighbouring requests a little: within a block of
-        # where the last read ended still counts as going straight on.
-        sequential = abs(offset - self.next_offset) <= block_size
-        self.next_offset = offset + size
+        # where a stream's last read ended still counts as going straight on.
+        stream = next((s for s in self.streams if abs(offset - s.next_offset) <= block_size), None)
+        if stream is not None:
+            sequential = True
+            self.streams.remove(stream)
+        else:  # a new reader, or one that jumped; a file's first read near its start is on
+            sequential = not self.streams and offset <= block_size
+            stream = Stream()
+        self.streams.append(stream)
+        del self.streams[:-MAX_STREAMS]
+        stream.next_offset = offset + size
         if not sequential:
-            self.window = 0
+            stream.window = 0
             return range(0)
-        self.window = min(MAX_WINDOW, self.window * 2 if self.window else FIRST_WINDOW)
+        stream.window = min(MAX_WINDOW, stream.window * 2 if stream.window else FIRST_WINDOW)
         last_block = (file_size - 1) // block_size if file_size else -1
         current = (offset + size - 1) // block_size
-        return range(current + 1, min(last_block, current + self.window) + 1)
+        return range(current + 1, min(last_block, current + stream.window) + 1)
 
 
 @dataclass
 class FolderWalk:
-    """Per mount: the last file opened in each folder, to spot walks in listing order.
+    """Per mount: the last file started (read from its first byte) in each folder, to
+    spot walks in listing order.
 
-    Entry ids of one folder grow in name order, so opening a file whose id is just above
+    Entry ids of one folder grow in name order, so starting a file whose id is just above
     the previous one's in the same folder is a step forward through the listing.
     """
 
-    last_opened: dict[int, int]
+    last_started: dict[int, int]
 
     def __init__(self) -> None:
-        self.last_opened = {}
+        self.last_started = {}
 
-    def on_open(self, folder_id: int, entry_id: int) -> bool:
-        """Record an open; True when it continues a walk forward through the folder."""
-        previous = self.last_opened.get(folder_id)
-        if len(self.last_opened) > 10_000:  # bounded: a walk only needs recent folders
-            self.last_opened.clear()
-        self.last_opened[folder_id] = entry_id
+    def on_start(self, folder_id: int, entry_id: int) -> bool:
+        """Record a file's start; True when it continues a walk forward through the folder."""
+        previous = self.last_started.get(folder_id)
+        if len(self.last_started) > 10_000:  # bounded: a walk only needs recent folders
+            self.last_started.clear()
+        self.last_started[folder_id] = entry_id
         return previous is not None and previous < entry_id <= previous + FILES_AHEAD + 1

@@ -18,7 +18,7 @@ import trio
 
 from amlfs import mounts
 from amlfs.cache import BlockCache, HotBlocks
-from amlfs.fuse.operations import ReadOnlyOperations
+from amlfs.fuse.operations import ReadOnlyOperations, require_read_with_inode
 from amlfs.mounts import MountOptions
 from amlfs.reader import BlockReader
 from amlfs.registry.models import Version
@@ -38,6 +38,7 @@ def serve(home: Path, registry: Registry, version: Version, mountpoint: Path,
     OPENING is the datastore being opened in another thread; the mount is only reported
     ready (and a failure to open it is a failure to mount) once it is open.
     """
+    require_read_with_inode()
     cache = BlockCache(options.cache_dir, options.cache_size)
     tree = VersionTree(registry, version)
     try:
@@ -105,7 +106,7 @@ async def _serve(record: mounts.MountRecord, tree: VersionTree, opening: Future[
 
             async def publish_status() -> None:
                 while True:
-                    record.stats = reader.stats.public()
+                    record.stats = reader.stats.public() | {"requests": dict(operations.requests)}
                     mounts.write_record(record)
                     await trio.to_thread.run_sync(cache.flush_counts)
                     await trio.sleep(STATUS_EVERY_S)

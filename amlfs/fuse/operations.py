@@ -3,6 +3,12 @@
 Metadata comes from the registry only (no storage request for ls, stat or find); file
 data comes from the block reader. The data never changes under a version, so the
 kernel may keep pages, entries and attributes for as long as it likes.
+
+Files are never opened here: `open` answers ENOSYS, after which the kernel sends no OPEN
+or RELEASE for the rest of the connection and keeps every file's page cache across
+opens, so a warm re-read never reaches this process. Reads then carry the inode, not a
+handle (pyfuse3 with patches/pyfuse3), and what a file's reads need is kept per inode
+from its first read on. Read-only is enforced by the `ro` mount and the mode bits.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import errno
 import logging
 import os
 import stat
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +25,7 @@ from typing import Any
 import pyfuse3
 
 from amlfs.cache.readahead import FILES_AHEAD, FolderWalk, SequentialReads
-from amlfs.errors import SourceChanged, StorageError
+from amlfs.errors import AmlfsError, SourceChanged, StorageError
 from amlfs.reader import BlockReader, PinnedBlob, ReadFailed
 from amlfs.registry.models import Entry
 from amlfs.tree import VersionTree, iso_to_ns
@@ -28,7 +35,16 @@ log = logging.getLogger(__name__)
 FOREVER_S = 365 * 24 * 3600.0  # immutable data: cached entries and attributes never expire
 LISTING_BATCH = 256
 XATTRS = (b"user.amlfs.source", b"user.amlfs.etag", b"user.amlfs.md5", b"user.amlfs.version")
-WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+FILES_KEPT = 4096  # files whose read state is kept (least recently read ones go)
+
+
+def require_read_with_inode() -> None:
+    """Reads without opens need the inode on each read: pyfuse3 with our patch."""
+    if not hasattr(pyfuse3.Operations, "read_with_inode"):
+        raise AmlfsError(
+            "the installed pyfuse3 lacks patches/pyfuse3/read-with-inode.patch "
+            "(run scripts/bootstrap.sh to build it)"
+        )
 
 
 def fuse_error(error: BaseException) -> pyfuse3.FUSEError:
@@ -47,9 +63,13 @@ def fuse_error(error: BaseException) -> pyfuse3.FUSEError:
 
 
 def mapped(handler: Callable) -> Callable:
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+    """A request handler of ReadOnlyOperations: counted by kind, failures as errnos."""
+    kind = handler.__name__
+
+    async def wrapper(self: ReadOnlyOperations, *args: Any, **kwargs: Any) -> Any:
+        self.requests[kind] += 1
         try:
-            return await handler(*args, **kwargs)
+            return await handler(self, *args, **kwargs)
         except Exception as error:
             raise fuse_error(error) from None
 
@@ -59,13 +79,17 @@ def mapped(handler: Callable) -> Callable:
 
 
 @dataclass
-class OpenFile:
+class ReadFile:
+    """What reads of one file need, looked up at its first read and kept."""
+
     entry: Entry
     blob: PinnedBlob
     sequential: SequentialReads = field(default_factory=SequentialReads)
 
 
 class ReadOnlyOperations(pyfuse3.Operations):
+    read_with_inode = True  # open answers ENOSYS: every read has handle 0
+
     def __init__(self, tree: VersionTree, reader: BlockReader, source_url: Callable[[str], str]):
         super().__init__()
         self.tree = tree
@@ -73,8 +97,8 @@ class ReadOnlyOperations(pyfuse3.Operations):
         self.source_url = source_url  # relative path -> URL users recognise (xattr)
         self.uid, self.gid = os.getuid(), os.getgid()
         self.walk = FolderWalk()
-        self._open: dict[int, OpenFile] = {}
-        self._next_fh = 1
+        self._files: OrderedDict[int, ReadFile] = OrderedDict()
+        self.requests: Counter[str] = Counter()  # FUSE requests answered, by kind
 
     # --- metadata ---------------------------------------------------------------------
 
@@ -180,20 +204,9 @@ class ReadOnlyOperations(pyfuse3.Operations):
 
     @mapped
     async def open(self, inode: int, flags: int, ctx: Any) -> Any:
-        if flags & WRITE_FLAGS:
-            raise pyfuse3.FUSEError(errno.EROFS)
-        entry = self._entry(inode)
-        if entry.is_dir:
-            raise pyfuse3.FUSEError(errno.EISDIR)
-        handle = self._next_fh
-        self._next_fh += 1
-        self._open[handle] = opened = OpenFile(entry, self.blob(entry))
-        if self.walk.on_open(entry.parent_id, entry.id):
-            for item in self.tree.following(entry, FILES_AHEAD):  # a walk: the next files too
-                self._fetch_if_small(item, self.blob(item))
-        self._fetch_if_small(entry, opened.blob)
-        # Versions never change: pages the kernel holds stay valid across opens.
-        return pyfuse3.FileInfo(fh=handle, keep_cache=True)
+        # The first open of the connection is the last the kernel sends: from then on it
+        # opens files itself (keeping their page cache) and reads carry the inode.
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     def blob(self, entry: Entry) -> PinnedBlob:
         path = self.tree.path_of(entry)
@@ -205,25 +218,36 @@ class ReadOnlyOperations(pyfuse3.Operations):
             label=f"{self.tree.version.ref} {path}",
         )
 
-    def _fetch_if_small(self, entry: Entry, blob: PinnedBlob) -> None:
-        """A file that fits in one block is fetched whole before its first read."""
-        if not entry.is_dir and 0 < entry.size <= self.reader.block_size:
-            self.reader.prefetch(blob, range(1))
+    def _file(self, inode: int) -> ReadFile:
+        file = self._files.get(inode)
+        if file is not None:
+            self._files.move_to_end(inode)
+            return file
+        entry = self._entry(inode)
+        if entry.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        self._files[inode] = file = ReadFile(entry, self.blob(entry))
+        if len(self._files) > FILES_KEPT:
+            self._files.popitem(last=False)
+        return file
 
     @mapped
-    async def read(self, fh: int, off: int, size: int) -> bytes:
-        opened = self._open.get(fh)
-        if opened is None:
-            raise pyfuse3.FUSEError(errno.EBADF)
-        ahead = opened.sequential.on_read(off, size, self.reader.block_size, opened.entry.size)
-        data = await self.reader.read(opened.blob, off, size)
+    async def read(self, fh: int, off: int, size: int, inode: int) -> bytes:
+        file = self._file(inode)
+        entry = file.entry
+        if off == 0 and self.walk.on_start(entry.parent_id, entry.id):
+            for item in self.tree.following(entry, FILES_AHEAD):  # a walk: the next files too
+                self._fetch_if_small(item)
+        ahead = file.sequential.on_read(off, size, self.reader.block_size, entry.size)
+        data = await self.reader.read(file.blob, off, size)
         if ahead:
-            self.reader.prefetch(opened.blob, ahead)
+            self.reader.prefetch(file.blob, ahead)
         return data
 
-    @mapped
-    async def release(self, fh: int) -> None:
-        self._open.pop(fh, None)
+    def _fetch_if_small(self, entry: Entry) -> None:
+        """A file that fits in one block is fetched whole ahead of a walk reaching it."""
+        if not entry.is_dir and 0 < entry.size <= self.reader.block_size:
+            self.reader.prefetch(self.blob(entry), range(1))
 
     @mapped
     async def releasedir(self, fh: int) -> None:
