@@ -62,11 +62,19 @@ def fuse_error(error: BaseException) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(errno.EIO)
 
 
+class CountedOperations(pyfuse3.Operations):
+    """Operations whose handlers are `mapped`: each request is counted by kind."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: Counter[str] = Counter()
+
+
 def mapped(handler: Callable) -> Callable:
-    """A request handler of ReadOnlyOperations: counted by kind, failures as errnos."""
+    """A request handler of CountedOperations: counted by kind, failures as errnos."""
     kind = handler.__name__
 
-    async def wrapper(self: ReadOnlyOperations, *args: Any, **kwargs: Any) -> Any:
+    async def wrapper(self: CountedOperations, *args: Any, **kwargs: Any) -> Any:
         self.requests[kind] += 1
         try:
             return await handler(self, *args, **kwargs)
@@ -87,7 +95,7 @@ class ReadFile:
     sequential: SequentialReads = field(default_factory=SequentialReads)
 
 
-class ReadOnlyOperations(pyfuse3.Operations):
+class ReadOnlyOperations(CountedOperations):
     read_with_inode = True  # open answers ENOSYS: every read has handle 0
 
     def __init__(self, tree: VersionTree, reader: BlockReader, source_url: Callable[[str], str]):
@@ -98,7 +106,6 @@ class ReadOnlyOperations(pyfuse3.Operations):
         self.uid, self.gid = os.getuid(), os.getgid()
         self.walk = FolderWalk()
         self._files: OrderedDict[int, ReadFile] = OrderedDict()
-        self.requests: Counter[str] = Counter()  # FUSE requests answered, by kind
 
     # --- metadata ---------------------------------------------------------------------
 

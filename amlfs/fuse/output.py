@@ -10,14 +10,14 @@ from typing import Any
 
 import pyfuse3
 
-from amlfs.fuse.operations import mapped
+from amlfs.fuse.operations import CountedOperations, mapped
 from amlfs.transfer.staged import Node, OutputFiles
 
 # Only this daemon changes the tree, but sizes change while files are written: short.
 ATTR_TIMEOUT_S = 1.0
 
 
-class OutputOperations(pyfuse3.Operations):
+class OutputOperations(CountedOperations):
     supports_dot_lookup = True
     enable_writeback_cache = False
 

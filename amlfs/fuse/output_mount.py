@@ -78,7 +78,8 @@ async def _serve(
         }  # fmt: skip
         if options.allow_other:
             fuse_options.add("allow_other")
-        pyfuse3.init(OutputOperations(files), str(mountpoint), fuse_options)
+        operations = OutputOperations(files)
+        pyfuse3.init(operations, str(mountpoint), fuse_options)
         log.info("serving output %s at %s (staging %s)", destination, mountpoint, staging)
         signals = UnmountOnSignal()
         detached_by_kernel = False
@@ -92,6 +93,7 @@ async def _serve(
                 "pending_bytes": sum(n.size for n in pending), "failing": len(failing),
                 "last_error": failing[0].error if failing else None,
                 "uploaded": files.stats.uploaded, "bytes_uploaded": files.stats.bytes_uploaded,
+                "requests": dict(operations.requests),
             }  # fmt: skip
             mounts.write_record(record)
 
