@@ -12,12 +12,25 @@ from pathlib import Path
 
 from bench.cells import FAILED, NOT_YET, OK
 from bench.common import RESULTS
-from bench.plan import COMPARISONS, OPERATIONS, READS, SYSTEM_BY_KEY, SYSTEMS, Workload
+from bench.plan import (
+    CLOUD_ONE_WAY_S,
+    CLOUD_READS,
+    COMPARISONS,
+    OPERATIONS,
+    READS,
+    SYSTEM_BY_KEY,
+    SYSTEMS,
+    Workload,
+)
 
 DOCS = Path(__file__).parents[1] / "docs"
 PLOT_NAME = "performance.png"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
-BACKENDS = {"azurite": "Azurite emulator (az://)", "file": "file:// datastore (local disk)"}
+BACKENDS = {
+    "azurite": "Azurite emulator (az://)",
+    "file": "file:// datastore (local disk)",
+    "cloud": f"cloud-like: Azurite behind a {CLOUD_ONE_WAY_S * 1e3:g} ms delay each way (cold)",
+}
 
 
 class Table:
@@ -34,6 +47,11 @@ class Table:
         return self.cells.get((backend, workload, system)) or self.cells.get(
             ("both", workload, system)
         )
+
+    def has(self, backend: str) -> bool:
+        """Whether BACKEND has a table: the cloud-like one only if it was measured (runs
+        before it existed, and --only operations, have none)."""
+        return backend != "cloud" or any(key[0] == backend for key in self.cells)
 
     def value(self, backend: str, workload: str, system: str) -> float | None:
         cell = self.get(backend, workload, system)
@@ -87,6 +105,8 @@ def render(results: dict, plot: Path | None = None) -> str:
         "",
     ]
     for backend, title in BACKENDS.items():
+        if not table.has(backend):
+            continue
         systems = [s for s in SYSTEMS if backend in s.backends]
         lines += [f"#### Reads, {title}", ""]
         lines.append("| workload | unit | " + " | ".join(s.label for s in systems) + " |")
@@ -111,8 +131,10 @@ def ratios(table: Table) -> list[str]:
     lines = ["#### amlfs against its ceilings and the peer (above 1: amlfs better)", "",
              "| workload | backend | " + " | ".join(header) + " |",
              "|---|---|" + "---|" * len(header)]  # fmt: skip
-    for backend in BACKENDS:
+    for backend in filter(table.has, BACKENDS):
         for w in READS:
+            if backend == "cloud" and w.key not in CLOUD_READS:
+                continue  # only a few cold rows are measured there
 
             def r(a: str, b: str, w: Workload = w, backend: str = backend) -> str:
                 if b not in w.systems or a not in w.systems:
@@ -123,9 +145,9 @@ def ratios(table: Table) -> list[str]:
                 return ratio(got, table.value(backend, w.key, b), w.higher_is_better)
 
             row = [r(a, b) for a, b, _ in COMPARISONS] + [r(a, p) for a, _, p in COMPARISONS if p]
-            if backend == "file":
-                row = [c if "rclone" not in h and "adlfs" not in h else "—"
-                       for c, h in zip(row, header, strict=True)]  # fmt: skip
+            hidden = {"file": ("rclone", "adlfs"), "cloud": ("adlfs",)}.get(backend, ())
+            row = [c if not any(name in h for name in hidden) else "—"
+                   for c, h in zip(row, header, strict=True)]  # fmt: skip
             lines.append(f"| {w.label} | {backend} | " + " | ".join(row) + " |")
     return [*lines, ""]
 
@@ -135,6 +157,8 @@ def operations(table: Table) -> list[str]:
              "| operation | backend | unit | direct (ceiling) | amlfs | amlfs ÷ ceiling |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     for backend in BACKENDS:
+        if not any(table.get(backend, w.key, s) for w in OPERATIONS for s in w.systems):
+            continue
         for w in OPERATIONS:
             direct = table.show(backend, w, "direct") if "direct" in w.systems else "—"
             amlfs = table.show(backend, w, "amlfs")

@@ -32,6 +32,7 @@ from bench.common import amlfs_cmd, bounded, machine, run_command
 from bench.data import CONTAINER, DataSets
 from bench.direct import Direct
 from bench.jobs import Jobs
+from bench.latency import delayed
 from bench.mounts import (
     MountedTree,
     container_sas_url,
@@ -40,7 +41,7 @@ from bench.mounts import (
     unmount_if_mounted,
 )
 from bench.pathreads import Figure
-from bench.plan import READS, MiB, Scale
+from bench.plan import CLOUD_ONE_WAY_S, CLOUD_READS, READS, MiB, Scale
 from tests.support.azurite import Azurite
 
 log = logging.getLogger("bench")
@@ -48,6 +49,7 @@ TOOLS = ("fio", "rclone", "fusermount3", "find", "cat")
 SET_OF = {"seq": "large", "ran": "large", "sma": "images", "shu": "images",
           "fin": "meta", "wal": "meta"}  # fmt: skip
 CONNECTION_ENV = "BENCH_CONNECTION_STRING"
+CLOUD_CONNECTION_ENV = "BENCH_CLOUD_CONNECTION_STRING"
 
 
 def missing_tools() -> list[str]:
@@ -109,6 +111,8 @@ class Run:
                 self.rclone_reads(mode)
             self.fresh_emulator()
             self.amlfs_reads()
+            self.fresh_emulator()
+            self.cloud_reads()
         if only != "reads":
             self.fresh_emulator()
             self.operations()
@@ -235,14 +239,16 @@ class Run:
         self.mount_figures(backend, "amlfs-block", warm)
 
     def amlfs_cold(self, mounts: AmlfsMounts, ref: str, sessions: list, workload: str,
-                   fn: Callable) -> Figure:  # fmt: skip
-        """An empty block cache and page cache; afterwards the whole set is read once more
-        through the mount, so that the block cache holds it for the warm runs."""
+                   fn: Callable, then_warm: bool = True) -> Figure:  # fmt: skip
+        """An empty block cache and page cache; afterwards (THEN_WARM) the whole set is read
+        once more through the mount, so that the block cache holds it for the warm runs."""
         mounts.clear_cache()
         pagecache.drop()
         with mounts.mounted(ref, self.probe) as tree:
             sessions.append(tree)
             figure = self.read(workload, fn, tree.root)
+            if not then_warm:
+                return figure
             which = SET_OF[workload[:3]]
             files = [tree.root / which / name for name, _ in getattr(self.data, which)]
             bounded(lambda: pagecache.warm(files), self.timeout(workload))
@@ -265,6 +271,36 @@ class Run:
                         self.timeout(workload))  # fmt: skip
             page_figure["page"] = self.read(workload, fn, tree.root)
         return figure
+
+    def cloud_reads(self) -> None:
+        """Cold passes on the emulator behind a delay line (CLOUD_ONE_WAY_S each way): what
+        a first epoch from real Blob Storage looks like, where requests in flight and
+        read-ahead decide the figures. rclone full, then amlfs, a fresh mount each."""
+        with delayed(self.emulator.port, CLOUD_ONE_WAY_S) as proxy:
+            port = f"127.0.0.1:{self.emulator.port}/"
+            self.env[CLOUD_CONNECTION_ENV] = self.emulator.connection_string.replace(
+                port, f"127.0.0.1:{proxy.port}/"
+            )
+            sas_url = container_sas_url(proxy.port)
+            rclone: list[MountedTree] = []
+            for workload in CLOUD_READS:
+                fn = pathreads.WORKLOADS[workload]
+                self.measure("cloud", workload, "rclone-full", self.rclone_cold, "full", sas_url,
+                             rclone, workload, fn)  # fmt: skip
+            self.mount_figures("cloud", "rclone-full", rclone)
+            if not amlfs_supports("mount"):
+                return
+            amlfs(self.home, self.env, "datastore", "add", "cloud", f"az://{CONTAINER}",
+                  "--connection-string-env", CLOUD_CONNECTION_ENV)  # fmt: skip
+            amlfs(self.home, self.env, "dataset", "register", "bench-cloud", "--datastore",
+                  "cloud", "--path", "large", "--path", "images")  # fmt: skip
+            mounts = AmlfsMounts(self.home, self.work, self.env)
+            cold: list[MountedTree] = []
+            for workload in CLOUD_READS:
+                fn = pathreads.WORKLOADS[workload]
+                self.measure("cloud", workload, "amlfs-cold", self.amlfs_cold, mounts,
+                             "bench-cloud:1", cold, workload, fn, False)  # fmt: skip
+            self.mount_figures("cloud", "amlfs-cold", cold)
 
     # --- operations -----------------------------------------------------------------
 
