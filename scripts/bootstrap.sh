@@ -55,7 +55,7 @@ fi
 # pyfuse3 with the patch in patches/pyfuse3 (see patches/README.md), built from the pinned
 # release's source under a local version label, so that pip shows it is not the release.
 PYFUSE3_RELEASE=3.5.0
-PYFUSE3_BUILD="$PYFUSE3_RELEASE+amlfs.1"  # bump .N whenever a patch changes
+PYFUSE3_BUILD="$PYFUSE3_RELEASE+amlfs.2"  # bump .N whenever a patch changes
 installed_pyfuse3() {
   .venv/bin/python -c 'from importlib.metadata import version; print(version("pyfuse3"))' 2>/dev/null
 }

@@ -49,6 +49,18 @@ step mount weather:2 "$mnt"
 shell find "$mnt" -type f
 shell head -3 "$mnt/week28/fri.csv"
 shell cmp "$mnt/week27/mon.csv" "$demo/store/Weather/week27/mon.csv"
+# A second epoch is the kernel's alone: opens and cached pages never reach the daemon,
+# so the requests it answered (counted by kind in `amlfs status --json`) do not move.
+epoch() {
+  cat "$mnt"/week2?/*.csv > /dev/null
+  sleep 1.2  # the daemon writes its counters every second
+  "${amlfs[@]}" status --json | .venv/bin/python -c '
+import json, sys
+mount = next(m for m in json.load(sys.stdin) if m["mountpoint"] == sys.argv[1])
+print("  requests the daemon answered so far:", mount["stats"]["requests"])' "$mnt"
+}
+echo; echo "first epoch over the mount:"; epoch
+echo "second epoch:"; epoch
 step status
 step unmount "$mnt"
 

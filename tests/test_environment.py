@@ -22,8 +22,9 @@ def test_fuse_is_usable() -> None:
 
 
 def test_pyfuse3_is_the_patched_build() -> None:
-    """Read-only mounts answer OPEN with ENOSYS and need the inode on each read: pyfuse3
-    built by scripts/bootstrap.sh with patches/pyfuse3 (a plain release cannot mount)."""
+    """Read-only mounts answer OPEN and OPENDIR with ENOSYS and need the inode on each read
+    and readdir: pyfuse3 built by scripts/bootstrap.sh with patches/pyfuse3 (a plain
+    release cannot mount)."""
     from importlib.metadata import version
 
     import pyfuse3
@@ -31,4 +32,5 @@ def test_pyfuse3_is_the_patched_build() -> None:
     require(
         "+amlfs." in version("pyfuse3"), f"pyfuse3 {version('pyfuse3')} is not the patched build"
     )
-    require(pyfuse3.Operations.read_with_inode is False, "pyfuse3 lacks read_with_inode")
+    for attribute in ("read_with_inode", "readdir_with_inode"):
+        require(getattr(pyfuse3.Operations, attribute, None) is False, f"no {attribute}")

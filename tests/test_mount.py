@@ -300,6 +300,39 @@ def test_a_second_read_is_served_by_the_kernel_without_the_daemon(
     assert again["reads"] == first["reads"]
 
 
+def test_a_second_listing_is_served_by_the_kernel_without_the_daemon(
+    cli: Cli, dataset: Container, mounts: Mounts
+) -> None:
+    """Listings never change either: the kernel caches them, and a second walk of the
+    tree (names, types and sizes) sends the daemon no request."""
+    root = mounts.mount("ds:1", *OPTIONS)
+    walk = tree_of(root)
+    assert walk == {path: len(data) for path, data in FILES.items()}
+    first = status_of_requests(cli, root)
+    assert first.get("readdir", 0) > 0
+    assert first.get("opendir", 0) <= 1 and "releasedir" not in first
+    assert tree_of(root) == walk
+    assert sorted(os.listdir(root / "train")) == sorted(os.listdir(root / "train"))
+    assert status_of_requests(cli, root) == first
+
+
+def status_of_requests(cli: Cli, root: Path) -> dict:
+    """The daemon's request counters, once two records a second apart agree."""
+    import time
+
+    def requests() -> dict:
+        listed = json.loads(cli.ok("status", "--json").out)
+        return next(m for m in listed if m["mountpoint"] == str(root))["stats"]["requests"]
+
+    latest, settle_by = requests(), time.monotonic() + 15.0
+    while time.monotonic() < settle_by:
+        time.sleep(1.1)
+        previous, latest = latest, requests()
+        if latest == previous and latest:
+            break
+    return latest
+
+
 def test_a_mount_that_cannot_start_fails_the_command_with_the_reason(
     cli: Cli, dataset: Container, mounts: Mounts, monkeypatch: pytest.MonkeyPatch
 ) -> None:

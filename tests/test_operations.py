@@ -212,7 +212,7 @@ async def test_a_name_that_is_not_utf8_is_enoent(ops: ReadOnlyOperations) -> Non
 async def test_unknown_inodes_are_enoent(ops: ReadOnlyOperations) -> None:
     await fails_with(errno.ENOENT, ops.getattr(10**9, None))
     await fails_with(errno.ENOENT, ops.lookup(10**9, b"images", None))
-    await fails_with(errno.ENOENT, ops.opendir(10**9, None))
+    await fails_with(errno.ENOENT, ops.readdir(0, 0, None, 10**9))
     await fails_with(errno.ENOENT, ops.read(0, 0, 4096, 10**9))
     await fails_with(errno.ENOENT, ops.getxattr(10**9, b"user.amlfs.etag", None))
 
@@ -308,16 +308,14 @@ async def list_folder(ops: ReadOnlyOperations, inode: int, room: int) -> list[tu
         accepted.append((name, attrs, next_id))
         return True
 
-    fh = await ops.opendir(inode, None)
     listed: list[tuple[str, int]] = []
     start_id = 0
     original, pyfuse3.readdir_reply = pyfuse3.readdir_reply, reply
     try:
         for _ in range(len(FILES) + 2):  # bounded: one entry per call at the least
             accepted.clear()
-            await ops.readdir(fh, start_id, None)
+            await ops.readdir(0, start_id, None, inode)  # as the kernel: handle 0, the inode
             if not accepted:
-                await ops.releasedir(fh)
                 return listed
             for name, attrs, next_id in accepted:
                 assert next_id == attrs.st_ino  # the offset handed back names the entry
@@ -363,7 +361,13 @@ async def test_the_tree_pages_through_a_folder_in_name_order(tree: VersionTree) 
 
 
 async def test_only_folders_can_be_listed(ops: ReadOnlyOperations) -> None:
-    await fails_with(errno.ENOTDIR, ops.opendir(await inode_of(ops, "README.md"), None))
+    await fails_with(errno.ENOTDIR, ops.readdir(0, 0, None, await inode_of(ops, "README.md")))
+
+
+async def test_opening_a_folder_is_left_to_the_kernel(ops: ReadOnlyOperations) -> None:
+    # ENOSYS once: the kernel then opens folders itself and caches their listings.
+    await fails_with(errno.ENOSYS, ops.opendir(await inode_of(ops, "images"), None))
+    assert ReadOnlyOperations.readdir_with_inode
 
 
 # --- extended attributes ----------------------------------------------------------------
@@ -540,5 +544,5 @@ def test_a_pyfuse3_without_the_patch_is_refused_with_the_reason(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delattr(pyfuse3.Operations, "read_with_inode")
-    with pytest.raises(AmlfsError, match=r"read-with-inode\.patch"):
+    with pytest.raises(AmlfsError, match=r"inode-to-read-and-readdir\.patch"):
         require_read_with_inode()

@@ -65,6 +65,19 @@ class UnmountOnSignal:
                 return
 
 
+def tune_kernel(mountpoint: Path, block_size: int) -> None:
+    """What the kernel should know before the first user request: how far to read ahead,
+    and that folders are never opened here."""
+    widen_readahead(mountpoint, block_size)
+    # The listing of the folder whose OPENDIR is answered ENOSYS is not cached by the
+    # kernel (the later ones are); listed again, its subfolders' attributes are renewed
+    # and their cached listings dropped. Spend that first OPENDIR here, on no listing.
+    try:
+        os.close(os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY))
+    except OSError as error:
+        log.debug("could not open the mount's root (%s)", error)
+
+
 def widen_readahead(mountpoint: Path, block_size: int) -> None:
     """Let the kernel read ahead two blocks instead of its default 128 KiB, so that
     sequential readers send large requests and several at once. Only root may; without
@@ -102,7 +115,12 @@ async def _serve(record: mounts.MountRecord, tree: VersionTree, opening: Future[
         detached_by_kernel = False  # `fusermount3 -u` ended the session: nothing to undo
         try:
             mounts.write_record(record)
-            mounts.report_ready("ready")
+
+            async def ready() -> None:
+                # Asks this very filesystem (stat, open): only once it serves. Ready after,
+                # so that no user request comes before the kernel is told.
+                await trio.to_thread.run_sync(tune_kernel, mountpoint, options.block_size)
+                mounts.report_ready("ready")
 
             async def publish_status() -> None:
                 while True:
@@ -111,9 +129,7 @@ async def _serve(record: mounts.MountRecord, tree: VersionTree, opening: Future[
                     await trio.to_thread.run_sync(cache.flush_counts)
                     await trio.sleep(STATUS_EVERY_S)
 
-            # stat()ing the mountpoint asks this very filesystem: only once it serves.
-            nursery.start_soon(trio.to_thread.run_sync, widen_readahead, mountpoint,
-                               options.block_size)  # fmt: skip
+            nursery.start_soon(ready)
             nursery.start_soon(signals.watch)
             nursery.start_soon(publish_status)
             await pyfuse3.main()

@@ -4,9 +4,10 @@ Metadata comes from the registry only (no storage request for ls, stat or find);
 data comes from the block reader. The data never changes under a version, so the
 kernel may keep pages, entries and attributes for as long as it likes.
 
-Files are never opened here: `open` answers ENOSYS, after which the kernel sends no OPEN
-or RELEASE for the rest of the connection and keeps every file's page cache across
-opens, so a warm re-read never reaches this process. Reads then carry the inode, not a
+Nothing is opened here: `open` and `opendir` answer ENOSYS, after which the kernel sends
+no OPEN, RELEASE, OPENDIR or RELEASEDIR for the rest of the connection, keeps every
+file's page cache across opens and caches listings, so a warm re-read or a second
+listing never reaches this process. Reads and listings then carry the inode, not a
 handle (pyfuse3 with patches/pyfuse3), and what a file's reads need is kept per inode
 from its first read on. Read-only is enforced by the `ro` mount and the mode bits.
 """
@@ -39,10 +40,10 @@ FILES_KEPT = 4096  # files whose read state is kept (least recently read ones go
 
 
 def require_read_with_inode() -> None:
-    """Reads without opens need the inode on each read: pyfuse3 with our patch."""
-    if not hasattr(pyfuse3.Operations, "read_with_inode"):
+    """Reads without opens need the inode on each request: pyfuse3 with our patch."""
+    if not all(hasattr(pyfuse3.Operations, a) for a in ("read_with_inode", "readdir_with_inode")):
         raise AmlfsError(
-            "the installed pyfuse3 lacks patches/pyfuse3/read-with-inode.patch "
+            "the installed pyfuse3 lacks patches/pyfuse3/inode-to-read-and-readdir.patch "
             "(run scripts/bootstrap.sh to build it)"
         )
 
@@ -96,7 +97,8 @@ class ReadFile:
 
 
 class ReadOnlyOperations(CountedOperations):
-    read_with_inode = True  # open answers ENOSYS: every read has handle 0
+    # open and opendir answer ENOSYS: every read and readdir has handle 0 and the inode.
+    read_with_inode = readdir_with_inode = True
 
     def __init__(self, tree: VersionTree, reader: BlockReader, source_url: Callable[[str], str]):
         super().__init__()
@@ -156,22 +158,23 @@ class ReadOnlyOperations(CountedOperations):
 
     @mapped
     async def opendir(self, inode: int, ctx: Any) -> int:
-        if not self._entry(inode).is_dir:
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
-        return inode
+        # As open: the first OPENDIR is the last; the kernel then caches listings.
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     @mapped
-    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+    async def readdir(self, fh: int, start_id: int, token: Any, inode: int) -> None:
         """Entries in name order; the offset handed back is the last entry's inode, and a
         listing resumes after it: stable however the kernel splits the listing."""
-        folder = self._entry(fh)
+        folder = self._entry(inode)
+        if not folder.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
         after = self.tree.entry(start_id) if start_id else None
         while True:
             batch = self.tree.children(folder, after, LISTING_BATCH)
             for entry in batch:
-                inode = self.tree.inode_of(entry)
+                child = self.tree.inode_of(entry)
                 if not pyfuse3.readdir_reply(token, os.fsencode(entry.name),
-                                             self.attributes(entry), inode):  # fmt: skip
+                                             self.attributes(entry), child):  # fmt: skip
                     return
             if len(batch) < LISTING_BATCH:
                 return
@@ -255,10 +258,6 @@ class ReadOnlyOperations(CountedOperations):
         """A file that fits in one block is fetched whole ahead of a walk reaching it."""
         if not entry.is_dir and 0 < entry.size <= self.reader.block_size:
             self.reader.prefetch(self.blob(entry), range(1))
-
-    @mapped
-    async def releasedir(self, fh: int) -> None:
-        return None
 
     async def forget(self, inode_list: Any) -> None:
         return None  # inodes are registry ids: nothing to free
