@@ -10,7 +10,6 @@ every error it raises.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import io
@@ -112,18 +111,21 @@ class Listing:
 
 class Store:
     """A datastore opened for use: an fsspec filesystem rooted at the datastore's URL and,
-    on Azure, the reader of pinned blobs. On Azure the filesystem (adlfs and the SDK) is
-    made on first use: reading pinned blobs needs neither."""
+    on Azure, the reader of pinned blobs."""
 
-    def __init__(self, ds: Datastore, env: Mapping[str, str] = os.environ):
+    def __init__(self, ds: Datastore, env: Mapping[str, str] = os.environ, *,
+                 reads_only: bool = False):  # fmt: skip
+        """READS_ONLY: the store is used for read_pinned and download_pinned alone (a mount
+        daemon, a download): on Azure the fsspec filesystem, which those do not need, is
+        then made on first use, if ever."""
         self.datastore = ds
         self._options, self._secrets = _storage_options(ds, env)
         if self.azure:
             self.root = _azure_root(ds.url)
             with self._errors("open"):
                 self._blobs = _blob_reads(ds, self.root, self._options)
-        else:
-            self.fs  # noqa: B018 (opened now: a bad URL fails here, not at its first use)
+        if not (self.azure and reads_only):
+            self.fs  # noqa: B018 (made now: a store that cannot be opened fails here)
 
     @cached_property
     def fs(self) -> fsspec.AbstractFileSystem:
@@ -450,6 +452,8 @@ async def _azure_delete(fs: fsspec.AbstractFileSystem, full: str, if_match: str 
 
 async def _azure_copy(fs: fsspec.AbstractFileSystem, full_source: str, full_target: str,
                       source_etag: str, if_match: str | None) -> None:  # fmt: skip
+    import asyncio
+
     from azure.core import MatchConditions
     from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 

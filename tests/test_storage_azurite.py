@@ -138,12 +138,12 @@ def reader(container: Container, kind: str, azurite: Azurite) -> Store:
     """A Store of CONTAINER that reads with the credential KIND (made for reading only)."""
     if kind == "connection-string-env":
         ds = make_datastore("r", container.url, connection_string_env=SECRET_ENV)
-        return Store(ds, env={SECRET_ENV: azurite.connection_string})
+        return Store(ds, env={SECRET_ENV: azurite.connection_string}, reads_only=True)
     if kind == "account-key-env":
         ds = make_datastore("r", container.url, account_key_env=SECRET_ENV, account_name=ACCOUNT)
-        return Store(ds, env={SECRET_ENV: ACCOUNT_KEY})
+        return Store(ds, env={SECRET_ENV: ACCOUNT_KEY}, reads_only=True)
     ds = make_datastore("r", container.url, sas_token_env=SECRET_ENV, account_name=ACCOUNT)
-    return Store(ds, env={SECRET_ENV: container_sas(container)})
+    return Store(ds, env={SECRET_ENV: container_sas(container)}, reads_only=True)
 
 
 KINDS = ["connection-string-env", "account-key-env", "sas-token-env"]
@@ -200,7 +200,7 @@ def test_reading_from_an_unreachable_store_fails_within_seconds_and_quietly(
     by_string = make_datastore("down", "az://nothing", connection_string_env="DOWN")
     by_sas = make_datastore("down", "az://nothing", sas_token_env="DOWN", account_name=ACCOUNT)
     for ds, value in ((by_string, secret), (by_sas, sas)):
-        store = Store(ds, env={"DOWN": value})
+        store = Store(ds, env={"DOWN": value}, reads_only=True)
         started = time.monotonic()
         with pytest.raises(StorageError) as raised:
             store.read_pinned("a.bin", 0, 10, '"0x1"')
@@ -223,7 +223,7 @@ import sys
 from amlfs.registry.models import Datastore
 from amlfs.storage import Store
 ds = Datastore("r", {container.url!r}, "connection-string-env", {SECRET_ENV!r})  # as registered
-assert Store(ds).read_pinned({BLOB!r}, 0, 2000, {pinned.etag!r}) == {FILES[BLOB]!r}
+assert Store(ds, reads_only=True).read_pinned({BLOB!r}, 0, 2000, {pinned.etag!r}) == {FILES[BLOB]!r}
 print(sorted(m for m in sys.modules if m.split(".")[0] in ("adlfs", "azure", "fsspec")))
 """
     env = {**os.environ, SECRET_ENV: azurite.connection_string}
@@ -242,7 +242,7 @@ def test_an_azure_datastore_is_rooted_and_named_as_adlfs_names_it(url: str) -> N
     """Cached blocks are keyed by these names: they must not move."""
     ds = make_datastore("n", url, connection_string_env=SECRET_ENV)
     conn = f"AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};BlobEndpoint=http://127.0.0.1:1/x"
-    store = Store(ds, env={SECRET_ENV: conn})
+    store = Store(ds, env={SECRET_ENV: conn}, reads_only=True)
     adlfs_root = store.fs._strip_protocol(url).rstrip("/")  # the filesystem opened only now
     assert store.root == adlfs_root
     assert store.identity == f"{url.split(':')[0]}://{store.fs.account_name or ''}@{adlfs_root}"
