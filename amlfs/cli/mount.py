@@ -143,8 +143,8 @@ def mount(ctx: click.Context, ref: str, mountpoint: Path, cache_dir: Path | None
 
 def serve_here(ctx: click.Context, home: Path, version: Version, path: Path,
                settings: mounts.MountOptions) -> None:  # fmt: skip
-    # Opening the store (importing the Azure SDK, building its client) is the slowest part
-    # of starting; it runs while the FUSE side is imported and mounted.
+    # Opening the store (importing its client, building it) runs while the FUSE side is
+    # imported and mounted.
     datastore = app(ctx).registry().get_datastore(version.datastore)
     opening = ThreadPoolExecutor(1, thread_name_prefix="open-store").submit(open_store, datastore)
     from amlfs.fuse.mount import serve
