@@ -19,6 +19,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -242,6 +243,103 @@ def start_daemon(home: Path, args: list[str], log_name: str | None, *,
         os.close(write_end)
         if log is not None:
             log.close()
+    return _await_ready(read_end, proc)
+
+
+def can_fork() -> bool:
+    """Whether this process may fork a daemon: only with one thread (a fork copies the
+    calling thread alone; locks other threads held would stay locked in the child)."""
+    return threading.active_count() == 1
+
+
+def fork_daemon(home: Path, log_name: str, *, env: Mapping[str, str]) -> int | None:
+    """Fork this command into its mount daemon: in the daemon None (it goes on to serve, as
+    with `--foreground`); in the command, the daemon's pid once it serves, or its failure
+    to start, raised, as start_daemon does. No second interpreter starts and nothing is
+    imported twice, which makes a mount start at once.
+
+    As start_daemon's, the daemon runs in a session of its own with ENV (its own
+    datastore's secret and no other) as its whole environment, logs to
+    HOME/logs/LOG_NAME.log and reports on a pipe. Only from the command line's own
+    process, with one thread (can_fork), and with no registry connection open: SQLite
+    connections do not survive a fork, the daemon opens its own.
+    """
+    assert can_fork(), "a fork copies only the calling thread"
+    read_end, write_end = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    log = os.open(log_dir(home) / f"{log_name}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                  0o600)  # fmt: skip
+    pid = os.fork()
+    if pid == 0:
+        _become_daemon(log, env, write_end)
+        return None
+    os.close(log)
+    os.close(write_end)
+    return _await_ready(read_end, _Forked(pid))
+
+
+def _become_daemon(log: int, env: Mapping[str, str], ready: int) -> None:
+    """In a forked daemon: its own session, no terminal, its log as stdout and stderr, no
+    other file of the command's but the pipe READY to report on (as a started daemon's),
+    ENV as its whole environment."""
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.closerange(3, ready)
+    os.closerange(ready + 1, os.sysconf("SC_OPEN_MAX"))
+    _take_environment({k: v for k, v in env.items() if k != "NOTIFY_SOCKET"})
+    os.environ[READY_ENV] = str(ready)
+
+
+def _take_environment(env: Mapping[str, str]) -> None:
+    """ENV becomes this process's whole environment, also as /proc/PID/environ shows it:
+    that is the block the process was started with, which a forked daemon shares with the
+    command it was forked from (every credential variable of the registry in it), and is
+    overwritten here. The C library's environment was copied away from it by then."""
+    os.environ.clear()
+    os.environ.update(env)
+    fields = Path("/proc/self/stat").read_text().rpartition(")")[2].split()
+    start, end = int(fields[47]), int(fields[48])  # proc(5): env_start and env_end
+    block = b"".join(os.fsencode(f"{k}={v}") + b"\0" for k, v in env.items())[: end - start]
+    ctypes.memmove(start, block + bytes(end - start - len(block)), end - start)
+
+
+class _Forked:
+    """A forked daemon, seen through what _await_ready asks of a subprocess.Popen."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = time.monotonic() + (STOP_TIMEOUT_S if timeout is None else timeout)
+        while self.poll() is None:
+            if time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or STOP_TIMEOUT_S)
+            time.sleep(0.02)
+        return self.returncode
+
+    def terminate(self) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+
+
+def _await_ready(read_end: int, proc: subprocess.Popen | _Forked) -> int:
+    """The daemon PROC's pid once it reports ready; its failure to start raised."""
     try:
         message = _read_report(read_end, proc)
     except BaseException:
@@ -268,7 +366,7 @@ def _terminate_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _read_report(fd: int, proc: subprocess.Popen) -> str:
+def _read_report(fd: int, proc: subprocess.Popen | _Forked) -> str:
     deadline = time.monotonic() + START_TIMEOUT_S
     data = b""
     while time.monotonic() < deadline:

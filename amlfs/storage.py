@@ -1,12 +1,15 @@
-"""Datastores to fsspec filesystems: credentials, listing and pinning, retries.
+"""Datastores to storage clients: credentials, listing and pinning, reads, retries.
 
-The only module that talks to fsspec and adlfs. Secrets are read from the environment
-when a datastore is opened, used in memory, and scrubbed from every error it raises.
+The only module that talks to fsspec and adlfs (listing, registration, writes); pinned
+blobs on Azure are read through amlfs.objects (obstore), which costs a fraction of the
+SDK per request. fsspec and the Azure SDK are imported only when first used, so that a
+mount daemon, which only reads, never pays their half second of imports. Secrets are
+read from the environment when a datastore is opened, used in memory, and scrubbed from
+every error it raises.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import io
@@ -17,19 +20,21 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urlsplit
-
-import fsspec
-from fsspec.asyn import sync
-from fsspec.core import url_to_fs
 
 from amlfs.errors import NotAsStored, SourceChanged, StorageError, UserError
 from amlfs.home import caller_umask
 from amlfs.localfs import copy_prefix, fsync_folder
 from amlfs.registry import paths
 from amlfs.registry.models import Datastore, PinnedFile
+
+if TYPE_CHECKING:
+    import fsspec
+
+    from amlfs.objects import BlobReads
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +67,8 @@ def check_url(url: str) -> str:
     protocol = protocol_of(url)
     if "://" not in url:
         raise UserError(f"datastore URL {url!r} needs a protocol, e.g. az://container/prefix")
+    import fsspec
+
     try:
         fsspec.get_filesystem_class(protocol)
     except (ValueError, ImportError) as exc:
@@ -103,16 +110,34 @@ class Listing:
 
 
 class Store:
-    """A datastore opened for use: an fsspec filesystem rooted at the datastore's URL."""
+    """A datastore opened for use: an fsspec filesystem rooted at the datastore's URL and,
+    on Azure, the reader of pinned blobs."""
 
-    def __init__(self, ds: Datastore, env: Mapping[str, str] = os.environ):
+    def __init__(self, ds: Datastore, env: Mapping[str, str] = os.environ, *,
+                 reads_only: bool = False):  # fmt: skip
+        """READS_ONLY: the store is used for read_pinned and download_pinned alone (a mount
+        daemon, a download): on Azure the fsspec filesystem, which those do not need, is
+        then made on first use, if ever."""
         self.datastore = ds
-        options, self._secrets = _storage_options(ds, env)
+        self._options, self._secrets = _storage_options(ds, env)
+        if self.azure:
+            self.root = _azure_root(ds.url)
+            with self._errors("open"):
+                self._blobs = _blob_reads(ds, self.root, self._options)
+        if not (self.azure and reads_only):
+            self.fs  # noqa: B018 (made now: a store that cannot be opened fails here)
+
+    @cached_property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        from fsspec.core import url_to_fs
+
         with self._errors("open"):
-            self.fs, self.root = url_to_fs(ds.url, skip_instance_cache=True, **options)
-        self.root = self.root.rstrip("/")
-        if protocol_of(ds.url) in AZURE_PROTOCOLS:
-            _tune_azure(self.fs)
+            fs, root = url_to_fs(self.datastore.url, skip_instance_cache=True, **self._options)
+        if self.azure:
+            _tune_azure(fs)
+        else:
+            self.root = root.rstrip("/")
+        return fs
 
     def full_path(self, relative: str) -> str:
         return paths.join(self.root, relative) if relative else self.root
@@ -148,7 +173,12 @@ class Store:
     def identity(self) -> str:
         """Names the store across datastores and machines: the account (when there is
         one) and the URL, so that the same blob is the same cache entry everywhere."""
-        account = getattr(self.fs, "account_name", None) or ""
+        if self.azure:
+            # What adlfs takes for the account, so that cache entries stay where they are.
+            account = self.datastore.account_name or os.environ.get("AZURE_STORAGE_ACCOUNT_NAME")
+        else:
+            account = getattr(self.fs, "account_name", None)
+        account = account or ""
         return f"{protocol_of(self.datastore.url)}://{account}@{self.root}"
 
     def source_name(self, relative: str) -> str:
@@ -165,7 +195,7 @@ class Store:
         full = self.full_path(relative)
         with self._errors(f"read {relative}"):
             if self.azure:
-                return sync(self.fs.loop, _azure_read, self.fs, full, start, end - start, etag)
+                return self._blobs.read(_blob_name(full), start, end, etag)
             data = self.fs.cat_file(full, start, end)
             info = self._info(full)
             if info is None or _etag(info) != etag:
@@ -182,7 +212,7 @@ class Store:
         full = self.full_path(relative)
         with self._errors(f"download {relative}"):
             if self.azure:
-                sync(self.fs.loop, _azure_download, self.fs, full, etag, local)
+                self._blobs.download(_blob_name(full), etag, local)
                 return
             self.fs.get_file(full, str(local))
             info = self._info(full)
@@ -207,8 +237,8 @@ class Store:
         with self._errors(f"upload {relative}"), _opened(local) as source:
             length = os.fstat(source.fileno()).st_size if size is None else size
             if self.azure:
-                etag, modified = sync(self.fs.loop, _azure_upload, self.fs, full, source,
-                                      length, md5, if_match)  # fmt: skip
+                etag, modified = _run(self.fs, _azure_upload, full, source, length, md5,
+                                      if_match)  # fmt: skip
                 return PinnedFile(relative, length, etag, md5, _last_modified({"mtime": modified}))
             if self.local:
                 _local_put(source, length, full, lambda: self._check(full, if_match))
@@ -229,8 +259,7 @@ class Store:
         full_source, full_target = self.full_path(source), self.full_path(target)
         with self._errors(f"copy {source} to {target}"):
             if self.azure:
-                sync(self.fs.loop, _azure_copy, self.fs, full_source, full_target,
-                     source_etag, if_match)  # fmt: skip
+                _run(self.fs, _azure_copy, full_source, full_target, source_etag, if_match)
             else:
                 with self.fs.open(full_source, "rb") as data:
                     if self._etag_of(full_source) != source_etag:
@@ -260,7 +289,7 @@ class Store:
         full = self.full_path(relative)
         with self._errors(f"delete {relative}"):
             if self.azure:
-                return sync(self.fs.loop, _azure_delete, self.fs, full, if_match)
+                return _run(self.fs, _azure_delete, full, if_match)
             if if_match is not None and self._etag_of(full) != if_match:
                 return False
             try:
@@ -314,7 +343,7 @@ class Store:
             .by_page()
         )
         infos = []
-        while (page := sync(self.fs.loop, _next_page, self.fs, pages)) is not None:
+        while (page := _run(self.fs, _next_page, pages)) is not None:
             infos += page
             progress(len(page))
         return infos
@@ -370,43 +399,11 @@ class Store:
         return text
 
 
-async def _azure_read(
-    fs: fsspec.AbstractFileSystem, full: str, start: int, length: int, etag: str
-) -> bytes:
-    from azure.core import MatchConditions
-    from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+def _run(fs: fsspec.AbstractFileSystem, coroutine: Callable, *args: object) -> object:
+    """COROUTINE(FS, *ARGS) run to its end on the filesystem's event loop (fsspec's)."""
+    from fsspec.asyn import sync
 
-    container, blob, _ = fs.split_path(full)
-    async with fs.service_client.get_blob_client(container, blob) as client:
-        try:
-            stream = await client.download_blob(
-                offset=start, length=length, etag=etag,
-                match_condition=MatchConditions.IfNotModified,
-            )  # fmt: skip
-        except ResourceModifiedError:
-            raise SourceChanged(f"{full} changed since it was pinned") from None
-        except ResourceNotFoundError:
-            raise SourceChanged(f"{full} is gone from the datastore") from None
-        return await stream.readall()
-
-
-async def _azure_download(fs: fsspec.AbstractFileSystem, full: str, etag: str, local: Path) -> None:
-    from azure.core import MatchConditions
-    from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
-
-    container, blob, _ = fs.split_path(full)
-    async with fs.service_client.get_blob_client(container, blob) as client:
-        try:
-            stream = await client.download_blob(
-                etag=etag, match_condition=MatchConditions.IfNotModified,
-                max_concurrency=BLOB_CONCURRENCY,
-            )  # fmt: skip
-            with open(local, "wb") as out:
-                await stream.readinto(out)
-        except ResourceModifiedError:
-            raise SourceChanged(f"{full} changed since it was pinned") from None
-        except ResourceNotFoundError:
-            raise SourceChanged(f"{full} is gone from the datastore") from None
+    return sync(fs.loop, coroutine, fs, *args)
 
 
 async def _azure_upload(
@@ -455,6 +452,8 @@ async def _azure_delete(fs: fsspec.AbstractFileSystem, full: str, if_match: str 
 
 async def _azure_copy(fs: fsspec.AbstractFileSystem, full_source: str, full_target: str,
                       source_etag: str, if_match: str | None) -> None:  # fmt: skip
+    import asyncio
+
     from azure.core import MatchConditions
     from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
@@ -588,6 +587,28 @@ def _storage_options(ds: Datastore, env: Mapping[str, str]) -> tuple[dict, list[
         return options, [s for s in secrets if s]
     options["anon"] = ds.credential == "anonymous"
     return options, []
+
+
+def _azure_root(url: str) -> str:
+    """container/prefix of an Azure URL (az://container/prefix, or with @ACCOUNT.…): what
+    adlfs makes of it, without importing it."""
+    parts = urlsplit(url)
+    container = parts.netloc.partition("@")[0]
+    return f"{container}{parts.path}".strip("/")
+
+
+def _blob_name(full: str) -> str:
+    """The blob's name in its container, of a path below the root (container/name)."""
+    return full.partition("/")[2]
+
+
+def _blob_reads(ds: Datastore, root: str, options: Mapping[str, object]) -> BlobReads:
+    """The reader of DS's pinned blobs, with the credential OPTIONS hold (its secret)."""
+    from amlfs.objects import BlobReads, Credential
+
+    secret = options.get(_ENV_OPTION.get(ds.credential, ""))
+    credential = Credential(ds.credential, ds.account_name, secret)  # type: ignore[arg-type]
+    return BlobReads(root.partition("/")[0], credential)
 
 
 def _tune_azure(fs: fsspec.AbstractFileSystem) -> None:

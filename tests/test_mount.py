@@ -9,11 +9,15 @@ import errno
 import hashlib
 import json
 import os
+import re
+import select
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -343,3 +347,37 @@ def test_a_mount_that_cannot_start_fails_the_command_with_the_reason(
     assert f"${dataset.env_var}" in result.err and result.err.count("\n") == 1, result.err
     assert str(root) not in mounted_paths()
     assert not processes_mentioning(root)
+
+
+def test_the_daemon_keeps_no_file_of_the_command_that_started_it(
+    cli: Cli, dataset: Container, mounts: Mounts
+) -> None:
+    """A caller that waits for the end of a pipe it gave `amlfs mount` (a shell's command
+    substitution, a CI step) sees it once the command exits, not when the mount ends."""
+    root = mounts.mountpoint()
+    read_end, write_end = os.pipe()
+    try:
+        # The pipe is its output and one more file it is given.
+        proc = subprocess.run(
+            [sys.executable, "-m", "amlfs", "--home", str(cli.home), "mount", "ds:1", str(root),
+             *OPTIONS], stdout=write_end, stderr=subprocess.PIPE, pass_fds=(write_end,),
+            timeout=120, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    said, ended, deadline = b"", False, time.monotonic() + 10
+    try:
+        while not ended and time.monotonic() < deadline:
+            if select.select([read_end], [], [], 0.5)[0]:
+                chunk = os.read(read_end, 4096)
+                ended = not chunk  # the end: no process holds the pipe any more
+                said += chunk
+        assert proc.returncode == 0, proc.stderr
+        mounts.pids[root] = int(re.search(rb"\(pid (\d+)\)", said).group(1))
+        assert ended, "the pipe stays open after the command exited"
+        pipe = os.readlink(f"/proc/self/fd/{read_end}")
+        held = [os.readlink(fd) for fd in Path(f"/proc/{mounts.pids[root]}/fd").iterdir()]
+    finally:
+        os.close(read_end)
+    assert pipe not in held
+    assert (root / "labels.csv").read_bytes() == FILES["labels.csv"]

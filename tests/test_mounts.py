@@ -75,3 +75,23 @@ def test_a_lock_is_held_until_its_holder_dies_not_by_its_children_nor_by_a_check
     assert mine is not None and locks.held(path)  # held by this process: seen as held
     mine.release()
     assert not path.exists() and not locks.held(path)
+
+
+@pytest.mark.parametrize(
+    "text", ["4MiB", "512KiB", "10GB", "1.5GiB", "4 mib", " 3 TB ", "4m", "1k", ".5k", "1024"]
+)
+def test_sizes_read_as_pydantics_byte_size_reads_them(text: str) -> None:
+    from pydantic import ByteSize, TypeAdapter
+
+    from amlfs.cli.mount import parse_size
+
+    assert parse_size(text, "--cache-size") == int(TypeAdapter(ByteSize).validate_python(text))
+
+
+@pytest.mark.parametrize("text", ["lots", "", "MiB", "4 MiB more", "4 furlongs"])
+def test_what_is_not_a_size_is_a_user_error(text: str) -> None:
+    from amlfs.cli.mount import parse_size
+    from amlfs.errors import UserError
+
+    with pytest.raises(UserError, match="--cache-size: not a size"):
+        parse_size(text, "--cache-size")

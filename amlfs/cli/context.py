@@ -19,6 +19,9 @@ F = TypeVar("F", bound=Callable)
 @dataclass
 class AppContext:
     home: Path | None = None
+    # The process is the `amlfs` command's own, not a caller's that runs main() (a test,
+    # a script): a command may then fork it into a daemon.
+    own_process: bool = False
     _registry: Registry | None = field(default=None, repr=False)
 
     def registry(self) -> Registry:
@@ -26,8 +29,14 @@ class AppContext:
         if self._registry is None:
             path = amlfs_home.registry_path(self.home or amlfs_home.default_home())
             self._registry = Registry(path)
-            click.get_current_context().call_on_close(self._registry.close)
+            click.get_current_context().call_on_close(self.close_registry)
         return self._registry
+
+    def close_registry(self) -> None:
+        """Close the registry's connection (a later registry() opens a new one)."""
+        if self._registry is not None:
+            self._registry.close()
+            self._registry = None
 
 
 def app(ctx: click.Context) -> AppContext:

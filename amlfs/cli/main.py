@@ -11,7 +11,7 @@ import traceback
 import click
 
 from amlfs import __version__
-from amlfs.cli.context import common_options
+from amlfs.cli.context import AppContext, common_options
 from amlfs.errors import EXIT_RUNTIME, EXIT_USAGE, AmlfsError
 from amlfs.home import private_files
 
@@ -57,8 +57,9 @@ def cli() -> None:
     """Pinned, versioned datasets from object storage under a local path."""
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; every failure is one `amlfs: error: …` line and an exit code."""
+def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
+    """Run the CLI; every failure is one `amlfs: error: …` line and an exit code.
+    OWN_PROCESS: this process is the command's alone (see AppContext)."""
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     logging.basicConfig(level=logging.WARNING, format="amlfs: %(levelname)s: %(name)s: %(message)s")
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         # private_files); its daemons are amlfs processes too and start here as well.
         with private_files():
             # Without standalone mode click returns ctx.exit()'s code, or the command's value.
-            code = cli.main(args=argv, prog_name="amlfs", standalone_mode=False)
+            code = cli.main(args=argv, prog_name="amlfs", standalone_mode=False,
+                            obj=AppContext(own_process=own_process))  # fmt: skip
     except click.Abort:
         click.echo("amlfs: interrupted", err=True)
         return 130
@@ -104,4 +106,4 @@ def _fail(message: str, code: int, debug: bool) -> int:
 
 
 def entry_point() -> None:
-    sys.exit(main())
+    sys.exit(main(own_process=True))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,13 +32,21 @@ DEFAULTS = {
 }
 
 
-def parse_size(text: str, option: str) -> int:
-    from pydantic import ByteSize, TypeAdapter, ValidationError
+# Sizes as pydantic's ByteSize reads them (4MiB, 512KiB, 10GB, 1.5GiB, 4m, 1024), without
+# its import on the way to a mount.
+SIZE = re.compile(r"\s*(\d*\.?\d+)\s*([a-z]*)\s*", re.IGNORECASE)
+SIZE_UNITS = {"": 1, "b": 1}
+for _power, _prefix in enumerate("kmgtpe", start=1):
+    SIZE_UNITS |= {_prefix: 1000**_power, f"{_prefix}b": 1000**_power,
+                   f"{_prefix}ib": 1024**_power}  # fmt: skip
 
-    try:
-        return int(TypeAdapter(ByteSize).validate_python(text))
-    except ValidationError:
-        raise UserError(f"{option}: not a size: {text!r} (try 4MiB, 512KiB, 10GB)") from None
+
+def parse_size(text: str, option: str) -> int:
+    match = SIZE.fullmatch(text)
+    unit = SIZE_UNITS.get(match.group(2).lower()) if match else None
+    if unit is None:
+        raise UserError(f"{option}: not a size: {text!r} (try 4MiB, 512KiB, 10GB)")
+    return int(float(match.group(1)) * unit)
 
 
 def home_of(ctx: click.Context) -> Path:
@@ -112,23 +121,30 @@ def mount(ctx: click.Context, ref: str, mountpoint: Path, cache_dir: Path | None
         if settings.block_size < 4096 or settings.block_size > 256 * 2**20:
             raise UserError("--block-size must be between 4KiB and 256MiB")
     if not foreground:
-        args = ["mount", version.ref, str(path), "--cache-dir", str(settings.cache_dir)]
-        for name in ("cache_size", "block_size", "memory_cache", "fetch_limit", "io_timeout"):
-            args += [f"--{name.replace('_', '-')}", str(options[name])]
-        args += ["--allow-other"] if settings.allow_other else []
-        args += ["--debug"] if "--debug" in sys.argv else []
         env = daemon_environment(registry.list_datastores(), version.datastore)
-        pid = mounts.start_daemon(home, args, log_name=f"mount-{path.name}-{version.ref}",
-                                  env=env)  # fmt: skip
-        click.echo(f"mounted {version.ref} at {path} (pid {pid})")
-        return
+        log_name = f"mount-{path.name}-{version.ref}"
+        if app(ctx).own_process and mounts.can_fork():
+            # The daemon is this process, forked once the mount is known to be sound:
+            # no second interpreter, nothing imported twice. It opens its own registry.
+            app(ctx).close_registry()
+            pid = mounts.fork_daemon(home, log_name, env=env)
+        else:
+            args = ["mount", version.ref, str(path), "--cache-dir", str(settings.cache_dir)]
+            for name in ("cache_size", "block_size", "memory_cache", "fetch_limit", "io_timeout"):
+                args += [f"--{name.replace('_', '-')}", str(options[name])]
+            args += ["--allow-other"] if settings.allow_other else []
+            args += ["--debug"] if "--debug" in sys.argv else []
+            pid = mounts.start_daemon(home, args, log_name=log_name, env=env)
+        if pid is not None:
+            click.echo(f"mounted {version.ref} at {path} (pid {pid})")
+            return
     serve_here(ctx, home, version, path, settings)
 
 
 def serve_here(ctx: click.Context, home: Path, version: Version, path: Path,
                settings: mounts.MountOptions) -> None:  # fmt: skip
-    # Opening the store (importing the Azure SDK, building its client) is the slowest part
-    # of starting; it runs while the FUSE side is imported and mounted.
+    # Opening the store (importing its client, building it) runs while the FUSE side is
+    # imported and mounted.
     datastore = app(ctx).registry().get_datastore(version.datastore)
     opening = ThreadPoolExecutor(1, thread_name_prefix="open-store").submit(open_store, datastore)
     from amlfs.fuse.mount import serve
@@ -150,7 +166,7 @@ def daemon_logging() -> None:
 def open_store(datastore: Datastore) -> Store:
     from amlfs.storage import Store
 
-    return Store(datastore)
+    return Store(datastore, reads_only=True)
 
 
 @click.command("unmount")

@@ -1,8 +1,9 @@
 """Serving one read-only mount in the foreground: open what it needs, mount, report
 readiness, serve until unmounted or signalled, then clean up.
 
-The fsspec filesystem is created here, in the daemon process itself (fsspec
-filesystems do not survive a fork), and pyfuse3 runs on trio.
+The datastore is opened here, in the daemon process itself (after the fork, when the
+command forked it: neither fsspec filesystems nor obstore's runtime survive a fork), and
+pyfuse3 runs on trio.
 """
 
 from __future__ import annotations

@@ -180,7 +180,7 @@ def download_version(
     the records of partial files, and the block cache, whose blocks are reused when they
     hold a whole file."""
     files = list(registry.iter_files(version))
-    store = Store(registry.get_datastore(version.datastore))
+    store = Store(registry.get_datastore(version.datastore), reads_only=True)
     blocks = cache_dir(home)
     cache = BlockCache(blocks) if (blocks / "cache.db").exists() else None
     records = ensure_home(home) / "run" / "downloads"
