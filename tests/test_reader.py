@@ -396,6 +396,7 @@ async def test_stats_count_hits_misses_and_bytes(tmp_path: Path) -> None:
         "prefetches": 0,
         "pending_writes": 0,
         "writes_skipped": 0,
+        "mended": 0,
         "errors": 0,
     }
 
