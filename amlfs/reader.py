@@ -231,19 +231,23 @@ class BlockReader:
             self.hot.put(self._key(blob, index), data)
             flight.done.set()
 
-        def lookup() -> dict[int, Cached | None]:
-            return {i: self.cache.read(self._key(blob, i), self._length(blob, i)) for i in flights}
+        found: dict[int, Cached | None] = dict.fromkeys(flights)
 
-        if looked_up:
-            found: dict[int, Cached | None] = dict.fromkeys(flights)
-        else:
-            found = await trio.to_thread.run_sync(lookup, limiter=self._disk_limiter)
-        missing = [index for index, cached in found.items() if cached is None]
-        damaged = {index: cached for index, cached in found.items() if cached and cached.damaged}
-        for index, cached in found.items():
+        async def look(index: int) -> None:
+            found[index] = cached = await trio.to_thread.run_sync(
+                self.cache.read, self._key(blob, index), self._length(blob, index),
+                limiter=self._disk_limiter,
+            )  # fmt: skip
             if cached is not None and not cached.damaged:
                 self.stats.disk_hits += 1
                 land(index, cached.data)
+
+        if not looked_up:  # each block lands as soon as it is read, not after its run
+            async with trio.open_nursery() as looks:
+                for index in flights:
+                    looks.start_soon(look, index)
+        missing = [index for index, cached in found.items() if cached is None]
+        damaged = {index: cached for index, cached in found.items() if cached and cached.damaged}
         for index, cached in damaged.items():
             block = await self._mend(blob, index, cached)
             land(index, block)

@@ -50,7 +50,6 @@ HITS, MISSES = "amlfs:lookups:hits", "amlfs:lookups:misses"  # totals kept in th
 # create, name and remove for each.
 INLINE_BELOW = 256 * 1024
 SUB_BLOCK = 64 * 1024  # the unit a read checks: one CRC32C each
-COUNT_FLUSH_EVERY = 64  # lookups counted in memory before the totals are updated
 REMEMBERED = 1024  # block files whose place and checksums are kept in memory
 # A remembered block is looked up in the index again after this long, which also tells
 # the store it is still in use (least recently used goes first).
@@ -170,6 +169,7 @@ class BlockCache:
         # waiting for each other.
         self._index_lock = threading.Lock()
         self._counts = {HITS: 0, MISSES: 0}  # not yet added to the store's totals
+        self._counts_lock = threading.Lock()
         self._located: OrderedDict[str, _Located] = OrderedDict()  # recently read files
         self._located_lock = threading.Lock()
         settings = {"eviction_policy": "least-recently-used", "disk_min_file_size": INLINE_BELOW}
@@ -403,18 +403,17 @@ class BlockCache:
         return len(self._store) - sum(key in self._store for key in (HITS, MISSES, FORMAT_KEY))
 
     def _count(self, which: str) -> None:
-        with self._index_lock:
+        with self._counts_lock:
             self._counts[which] += 1
-            due = sum(self._counts.values()) >= COUNT_FLUSH_EVERY
-        if due:
-            self.flush_counts()
 
     def flush_counts(self) -> None:
-        """Add this process's lookups to the totals every process shares (in the store)."""
+        """Add this process's lookups to the totals every process shares (in the store).
+        A mount does so every second; stats() and close() do too."""
         if self._store is None:
             return
-        with self._index_lock:
+        with self._counts_lock:
             counts, self._counts = self._counts, {HITS: 0, MISSES: 0}
+        with self._index_lock:
             for name, delta in counts.items():
                 if delta:
                     with contextlib.suppress(Exception):  # counting must never fail a read
