@@ -325,13 +325,31 @@ def test_a_block_read_again_is_not_looked_up_in_the_index(
 ) -> None:
     cache.put(key(0), block(0, BIG))
     lookups = []
-    looked_up = cache._store.get
-    monkeypatch.setattr(
-        cache._store, "get", lambda *a, **k: lookups.append(a) or looked_up(*a, **k)
-    )
+    peek = cache._store.peek
+    monkeypatch.setattr(cache._store, "peek", lambda name: lookups.append(name) or peek(name))
     for offset in range(0, BIG - 4096, 50_000):
         assert cache.read(key(0), BIG, offset, offset + 4096).data == block(0, BIG)[offset:][:4096]
     assert len(lookups) == 1
+
+
+def test_reads_do_not_write_and_mark_their_blocks_used_in_one_go(
+    cache: BlockCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for index in range(3):
+        cache.put(key(index), block(index))
+    marked: list[set[str]] = []
+    mark_used = cache._store.mark_used
+    monkeypatch.setattr(cache._store, "mark_used", lambda keys: marked.append(set(keys)) or (
+        mark_used(keys)))  # fmt: skip
+    with monkeypatch.context() as writes:
+        writes.setattr(cache._store, "set", None)  # any write would fail the test
+        writes.setattr(cache._store, "get", None)
+        for _ in range(5):
+            for index in range(3):
+                assert cache.get(key(index), BLOCK) == block(index)
+    assert marked == []
+    cache.flush_counts()  # as a mount does every second
+    assert marked == [{key(index).disk_key() for index in range(3)}]
 
 
 def test_a_remembered_block_removed_meanwhile_is_a_miss(cache: BlockCache) -> None:

@@ -17,7 +17,9 @@ Where a block's file is and what its checksums are is remembered for the blocks 
 lately, so that reading one block again and again does not query the index each time.
 diskcache never rewrites a file: a block stored again, or evicted, gets a new random
 name or none, and the old file is removed. A remembered file that is gone is looked up
-again; one removed while being read still holds the bytes it was written with.
+again; one removed while being read still holds the bytes it was written with. Lookups
+do not write: the blocks read are marked used in one transaction, before the next write
+(which is when the store evicts) and every second a mount reports its figures.
 
 Any failure of the store itself (disk full, a damaged database, a file removed
 underneath) is a miss or a skipped write, never an error for the reader. Methods block
@@ -36,9 +38,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-import diskcache
 import google_crc32c
-from diskcache.core import MODE_BINARY, UNKNOWN
+
+from amlfs.cache.store import BlockFile, BlockStore
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +53,6 @@ HITS, MISSES = "amlfs:lookups:hits", "amlfs:lookups:misses"  # totals kept in th
 INLINE_BELOW = 256 * 1024
 SUB_BLOCK = 64 * 1024  # the unit a read checks: one CRC32C each
 REMEMBERED = 1024  # block files whose place and checksums are kept in memory
-# A remembered block is looked up in the index again after this long, which also tells
-# the store it is still in use (least recently used goes first).
-REMEMBER_FOR_S = 30.0
 OPEN_TRIES = 10  # another process may remove an empty folder of block files meanwhile
 
 
@@ -120,42 +119,12 @@ def unpack_tag(tag: object, length: int) -> tuple[int, ...] | None:
 
 
 @dataclass(frozen=True)
-class _BlockFile:
-    """A block's file in the store: NAME relative to the folder, its full PATH, SIZE."""
-
-    name: str
-    path: str
-    size: int = 0
-
-
-@dataclass(frozen=True)
 class _Located:
     """Where a block's bytes are (a file, or inline bytes) and its sub-block CRCs."""
 
     crcs: tuple[int, ...]
     path: str | None = None
     inline: bytes | None = None
-    at: float = 0.0  # when it was looked up in the index
-
-
-class _BlockDisk(diskcache.Disk):
-    """diskcache's serialisation with two changes for block files: a file written
-    beforehand (in one write, outside the index lock) becomes an entry's file, and a
-    lookup returns the file's path instead of opening it."""
-
-    def __init__(self, directory: str, **settings: object):
-        super().__init__(directory, **settings)
-        self.folder = directory
-
-    def store(self, value: object, read: bool, key: object = UNKNOWN) -> tuple:
-        if isinstance(value, _BlockFile):
-            return value.size, MODE_BINARY, value.name, None
-        return super().store(value, read, key=key)
-
-    def fetch(self, mode: int, filename: str, value: object, read: bool) -> object:
-        if mode == MODE_BINARY and read:
-            return _BlockFile(filename, os.path.join(self.folder, filename))
-        return super().fetch(mode, filename, value, read)
 
 
 class BlockCache:
@@ -169,7 +138,8 @@ class BlockCache:
         # waiting for each other.
         self._index_lock = threading.Lock()
         self._counts = {HITS: 0, MISSES: 0}  # not yet added to the store's totals
-        self._counts_lock = threading.Lock()
+        self._used: set[str] = set()  # blocks read, not yet marked used in the store
+        self._counts_lock = threading.Lock()  # for both
         self._located: OrderedDict[str, _Located] = OrderedDict()  # recently read files
         self._located_lock = threading.Lock()
         settings = {"eviction_policy": "least-recently-used", "disk_min_file_size": INLINE_BELOW}
@@ -177,9 +147,7 @@ class BlockCache:
             settings["size_limit"] = size_limit  # kept by the store: the latest limit wins
         try:
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._store: diskcache.Cache | None = diskcache.Cache(
-                str(directory), timeout=10, disk=_BlockDisk, **settings
-            )
+            self._store: BlockStore | None = BlockStore(str(directory), timeout=10, **settings)
             self._adopt_format()
         except Exception as error:
             if required:
@@ -225,8 +193,8 @@ class BlockCache:
         lo, hi = first * SUB_BLOCK, min(length, (last + 1) * SUB_BLOCK)
         chunk = located = None
         try:
-            for fresh in (False, True):  # a remembered file may be gone: look it up again
-                located = self._locate(key, length, fresh)
+            for remembered in (True, False):  # a remembered file may be gone: look again
+                located = self._locate(key, length, remembered)
                 if located is None:
                     break
                 chunk = self._bytes(located, length, lo, hi)
@@ -235,14 +203,14 @@ class BlockCache:
                 self._forget(key)
         except OSError as error:  # a failing disk is a miss
             self._warn("block cache read failed (%s); fetching from storage instead", error)
-            self._count(MISSES)
+            self._count(MISSES, key)
             return None
         if chunk is None:
             if located is not None:  # stored, but unreadable or of another length
                 log.warning("dropping an unreadable cached block of %s (block %d)",
                             key.source, key.index)  # fmt: skip
                 self.discard(key)
-            self._count(MISSES)
+            self._count(MISSES, key)
             return None
         damaged = []
         for index in range(first, last + 1):
@@ -253,42 +221,41 @@ class BlockCache:
                     damaged[-1] = (damaged[-1][0], at + len(piece))
                 else:
                     damaged.append((at, at + len(piece)))
-        self._count(MISSES if damaged else HITS)
+        self._count(MISSES if damaged else HITS, key)
         if start == lo and end == hi:
             return Cached(chunk, tuple(damaged))
         return Cached(chunk[start - lo : end - lo], tuple(damaged))
 
-    def _locate(self, key: BlockKey, length: int, fresh: bool) -> _Located | None:
-        """Where the block is and its CRCs: remembered, unless FRESH or remembered too
-        long ago; else from the index. None if not stored, or not as a block of LENGTH
-        bytes of this format (such an entry is dropped)."""
+    def _locate(self, key: BlockKey, length: int, remembered: bool) -> _Located | None:
+        """Where the block is and its CRCs: REMEMBERED if allowed, else from the index.
+        None if not stored, or not as a block of LENGTH bytes of this format (such an
+        entry is dropped)."""
         name = key.disk_key()
-        now = time.monotonic()
-        if not fresh:
+        if remembered:
             with self._located_lock:
                 located = self._located.get(name)
-                if located is not None and now - located.at < REMEMBER_FOR_S:
+                if located is not None:
                     self._located.move_to_end(name)
                     return located
         if self._store is None:
             return None
         try:
-            with self._index_lock:
-                stored, tag = self._store.get(name, read=True, tag=True)
+            found = self._store.peek(name)  # a plain read: no lock needed
         except Exception as error:  # a damaged store is a miss
             self._warn("block cache read failed (%s); fetching from storage instead", error)
             return None
-        if stored is None:
+        if found is None:
             return None
+        stored, tag = found
         crcs = unpack_tag(tag, length)
-        if crcs is None or not isinstance(stored, (bytes, _BlockFile)):
+        if crcs is None or not isinstance(stored, (bytes, BlockFile)):
             log.warning("dropping a cached block of %s (block %d) without valid checksums",
                         key.source, key.index)  # fmt: skip
             self.discard(key)
             return None
         if isinstance(stored, bytes):
-            return _Located(crcs, inline=stored, at=now)
-        located = _Located(crcs, path=stored.path, at=now)
+            return _Located(crcs, inline=stored)
+        located = _Located(crcs, path=stored.path)
         with self._located_lock:
             self._located[name] = located
             self._located.move_to_end(name)
@@ -339,6 +306,7 @@ class BlockCache:
                 written = self._write_file(data)
             self._forget(key)
             with self._index_lock:
+                self._mark_used()  # before the store evicts, in this same call
                 self._store.set(key.disk_key(), written or data, tag=tag)
             return True
         except Exception as error:  # full disk, read-only disk, damaged database
@@ -347,7 +315,7 @@ class BlockCache:
             self._warn("block cache write failed (%s); serving without caching", error)
             return False
 
-    def _write_file(self, data: bytes) -> _BlockFile:
+    def _write_file(self, data: bytes) -> BlockFile:
         """A new block file holding DATA, written in one call, named as diskcache names
         its files (random, never reused)."""
         name, path = self._store.disk.filename()
@@ -369,7 +337,7 @@ class BlockCache:
                 os.remove(path)
             raise
         os.close(fd)
-        return _BlockFile(name, path, len(data))
+        return BlockFile(name, path, len(data))
 
     def discard(self, key: BlockKey) -> None:
         self._forget(key)
@@ -402,22 +370,35 @@ class BlockCache:
         """Entries of the store, less the totals and the format kept beside the blocks."""
         return len(self._store) - sum(key in self._store for key in (HITS, MISSES, FORMAT_KEY))
 
-    def _count(self, which: str) -> None:
+    def _count(self, which: str, key: BlockKey) -> None:
         with self._counts_lock:
             self._counts[which] += 1
+            if which == HITS:
+                self._used.add(key.disk_key())
 
     def flush_counts(self) -> None:
-        """Add this process's lookups to the totals every process shares (in the store).
-        A mount does so every second; stats() and close() do too."""
+        """Add this process's lookups to the totals every process shares, and mark the
+        blocks read as used, in the store. A mount does so every second; stats() and
+        close() do too."""
         if self._store is None:
             return
         with self._counts_lock:
             counts, self._counts = self._counts, {HITS: 0, MISSES: 0}
         with self._index_lock:
+            self._mark_used()
             for name, delta in counts.items():
                 if delta:
                     with contextlib.suppress(Exception):  # counting must never fail a read
                         self._store.incr(name, delta)
+
+    def _mark_used(self) -> None:
+        """Mark the blocks read since last time as used (least recently used goes first).
+        Called holding the index lock."""
+        with self._counts_lock:
+            used, self._used = self._used, set()
+        if used:
+            with contextlib.suppress(Exception):  # a failing disk: eviction order is a guess
+                self._store.mark_used(used)
 
     def _warn(self, message: str, error: Exception) -> None:
         now = time.monotonic()
