@@ -305,8 +305,10 @@ class BlockCache:
             if len(data) >= INLINE_BELOW:
                 written = self._write_file(data)
             self._forget(key)
-            with self._index_lock:
-                self._mark_used()  # before the store evicts, in this same call
+            # One transaction: the blocks read marked used, then the block stored (and the
+            # least recently used evicted, if the store is over its limit).
+            with self._index_lock, self._store.transact():
+                self._mark_used()
                 self._store.set(key.disk_key(), written or data, tag=tag)
             return True
         except Exception as error:  # full disk, read-only disk, damaged database
@@ -384,21 +386,19 @@ class BlockCache:
             return
         with self._counts_lock:
             counts, self._counts = self._counts, {HITS: 0, MISSES: 0}
-        with self._index_lock:
-            self._mark_used()
+        with self._index_lock, contextlib.suppress(Exception), self._store.transact():
+            self._mark_used()  # counting must never fail a read: errors are ignored
             for name, delta in counts.items():
                 if delta:
-                    with contextlib.suppress(Exception):  # counting must never fail a read
-                        self._store.incr(name, delta)
+                    self._store.incr(name, delta)
 
     def _mark_used(self) -> None:
         """Mark the blocks read since last time as used (least recently used goes first).
-        Called holding the index lock."""
+        Called holding the index lock, in a transaction."""
         with self._counts_lock:
             used, self._used = self._used, set()
         if used:
-            with contextlib.suppress(Exception):  # a failing disk: eviction order is a guess
-                self._store.mark_used(used)
+            self._store.mark_used(used)
 
     def _warn(self, message: str, error: Exception) -> None:
         now = time.monotonic()
