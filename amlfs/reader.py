@@ -35,9 +35,10 @@ log = logging.getLogger(__name__)
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 4.0
 MAX_PREFETCHES = 16  # background read-ahead runs at once; more requests are dropped
-# Read-ahead fetches nothing from storage while this many bytes of fetched blocks wait to
-# be written to the disk cache; a fetch that a reader waits for only waits at twice that.
-PENDING_WRITES_BYTES = 32 * 1024 * 1024
+# Read-ahead fetches nothing from storage while this many bytes of blocks are being
+# fetched or wait to be written to the disk cache; a fetch that a reader waits for only
+# waits at twice that. This bounds the memory they take.
+WRITE_BEHIND_BYTES = 64 * 1024 * 1024
 WRITERS = 2  # blocks written to the disk cache at once (the index is taken in turns)
 RUN_BLOCKS = 4  # neighbouring blocks read ahead are fetched in one request, up to this many
 
@@ -110,6 +111,7 @@ class BlockReader:
         self._flights: dict[BlockKey, Flight] = {}
         self._reported_changes: set[str] = set()
         self._ranges = BlockRanges()
+        self._fetching_bytes = 0  # of blocks being fetched from storage
         self._pending_bytes = 0  # of blocks waiting to be written to the disk cache
         self._writes_moved = trio.Event()  # set (and replaced) when a write ends
 
@@ -253,19 +255,29 @@ class BlockReader:
             land(index, block)
             self._keep_later(self._key(blob, index), block)
         self.stats.misses += len(missing)
-        if missing:
-            await self._room_to_write([flights[index] for index in missing])
-        for run in runs(missing, len(missing)):
-            start = run[0] * self.block_size
-            length = sum(self._length(blob, i) for i in run)
-            data = await self._fetch(blob, start, length)
-            view = memoryview(data)
-            for index in run:
-                offset = index * self.block_size - start
-                block = bytes(view[offset : offset + self._length(blob, index)]) if (
-                    len(run) > 1) else data  # fmt: skip
-                land(index, block)
-                self._keep_later(self._key(blob, index), block)
+        if not missing:
+            return
+        await self._room_to_write([flights[index] for index in missing])
+        owed = sum(self._length(blob, index) for index in missing)
+        self._fetching_bytes += owed  # no await since the check: counted before any fetch
+        try:
+            for run in runs(missing, len(missing)):
+                start = run[0] * self.block_size
+                length = sum(self._length(blob, i) for i in run)
+                data = await self._fetch(blob, start, length)
+                view = memoryview(data)
+                for index in run:
+                    offset = index * self.block_size - start
+                    block = bytes(view[offset : offset + self._length(blob, index)]) if (
+                        len(run) > 1) else data  # fmt: skip
+                    land(index, block)
+                    owed -= len(block)  # from fetching to waiting to be written, no await
+                    self._fetching_bytes -= len(block)
+                    self._keep_later(self._key(blob, index), block)
+        finally:
+            if owed:  # blocks that never came: no longer owed
+                self._fetching_bytes -= owed
+                self._nudge()
 
     async def _fetch(self, blob: PinnedBlob, start: int, length: int) -> bytes:
         """Fetch from storage, retrying storage failures with backoff until the time
@@ -321,17 +333,18 @@ class BlockReader:
         return bytes(block)
 
     async def _room_to_write(self, flights: list[Flight]) -> None:
-        """Wait while the disk cache is behind: read-ahead while PENDING_WRITES_BYTES
-        wait to be written, a fetch a reader waits for only at twice that. Bounded: each
-        write ends (or fails) in its thread, and the reader's own time bound applies."""
+        """Wait while the disk cache is behind: read-ahead while WRITE_BEHIND_BYTES are
+        being fetched or wait to be written, a fetch a reader waits for only at twice
+        that. Bounded: each fetch and each write ends (or fails) in its time."""
         while True:
             wanted = any(flight.wanted for flight in flights)
-            if self._pending_bytes < PENDING_WRITES_BYTES * (2 if wanted else 1):
+            behind = self._fetching_bytes + self._pending_bytes
+            if behind < WRITE_BEHIND_BYTES * (2 if wanted else 1):
                 return
             await self._writes_moved.wait()
 
     def _nudge(self) -> None:
-        """Wake the fetches waiting for writes, to look again."""
+        """Wake the fetches waiting for room, to look again."""
         self._writes_moved.set()
         self._writes_moved = trio.Event()
 

@@ -303,7 +303,7 @@ def slow_writes(reader: BlockReader) -> threading.Event:
 async def test_read_ahead_waits_for_writes_behind_and_no_block_is_left_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(amlfs.reader, "PENDING_WRITES_BYTES", 3 * BLOCK)
+    monkeypatch.setattr(amlfs.reader, "WRITE_BEHIND_BYTES", 3 * BLOCK)
     data = content(3 * RUN_BLOCKS * BLOCK)
     store = FakeStore({"f.bin": data})
     blob = pinned("f.bin", len(data))
@@ -321,10 +321,31 @@ async def test_read_ahead_waits_for_writes_behind_and_no_block_is_left_out(
         assert (len(store.calls), reader.stats.writes_skipped) == (3, 0)
 
 
+async def test_read_ahead_under_way_counts_toward_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks being fetched take memory as much as blocks waiting to be written."""
+    monkeypatch.setattr(amlfs.reader, "WRITE_BEHIND_BYTES", 3 * BLOCK)
+    data = content(2 * RUN_BLOCKS * BLOCK)
+    store = FakeStore({"f.bin": data})
+    gate = threading.Event()
+    store.fail = lambda _attempt: gate.wait(WAIT_S)  # storage holds the first fetch
+    blob = pinned("f.bin", len(data))
+    async with open_reader(store, tmp_path) as reader:
+        reader.prefetch(blob, range(RUN_BLOCKS))
+        await eventually(lambda: len(store.calls) == 1, "first run under way")
+        reader.prefetch(blob, range(RUN_BLOCKS, 2 * RUN_BLOCKS))
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(store.calls) == 1  # nothing waits to be written, yet the next run waits
+        gate.set()
+        await eventually(lambda: reader.stats.prefetches == 0, "prefetches done")
+        assert len(store.calls) == 2
+
+
 async def test_a_read_does_not_wait_behind_writes_as_read_ahead_does(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(amlfs.reader, "PENDING_WRITES_BYTES", 3 * BLOCK)
+    monkeypatch.setattr(amlfs.reader, "WRITE_BEHIND_BYTES", 3 * BLOCK)
     data = content(2 * RUN_BLOCKS * BLOCK)
     store = FakeStore({"f.bin": data})
     blob = pinned("f.bin", len(data))
