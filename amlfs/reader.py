@@ -83,7 +83,7 @@ class Flight:
     done: trio.Event = field(default_factory=trio.Event)
     data: bytes | None = None
     error: Exception | None = None
-    wanted: bool = False  # a reader waits for it: it does not wait behind writes as read-ahead
+    wanted: bool = False  # a reader waits for it: it waits for room as a read, not read-ahead
 
 
 class BlockReader:
@@ -113,7 +113,7 @@ class BlockReader:
         self._ranges = BlockRanges()
         self._fetching_bytes = 0  # of blocks being fetched from storage
         self._pending_bytes = 0  # of blocks waiting to be written to the disk cache
-        self._writes_moved = trio.Event()  # set (and replaced) when a write ends
+        self._writes_moved = trio.Event()  # set (and replaced) when room may have been made
 
     async def read(self, blob: PinnedBlob, offset: int, size: int) -> bytes | memoryview:
         """Bytes [offset, offset+size) of BLOB, short at its end (a view into a cached
