@@ -5,6 +5,17 @@ the mount's nursery (single flight: concurrent readers of a missing block share 
 a reader that gives up after its time bound never cancels a fetch that others wait for,
 and a finished fetch lands in the cache either way. Blocking work (storage through
 fsspec, the diskcache store) runs in worker threads under capacity limiters.
+
+A read of part of a block that is neither in memory nor under way is served by range
+from the disk cache, which reads and checks only the sub-blocks it covers; a block read
+straight through, or asked for whole, is loaded whole into memory instead. Sub-blocks
+of a cached block that fail their checksum are fetched again from storage, and the
+mended block replaces the damaged one.
+
+Every block fetched from storage is written to the disk cache behind the reader. While
+writes are behind, read-ahead waits for them rather than fetching more (back-pressure),
+so memory stays bounded and nothing read is left out of the cache; only a disk that
+refuses a write (full, failing) skips it, and the cache logs why.
 """
 
 from __future__ import annotations
@@ -14,7 +25,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-from amlfs.cache import BlockCache, BlockKey, HotBlocks
+from amlfs.cache import BlockCache, BlockKey, Cached, HotBlocks
+from amlfs.cache.readahead import BlockRanges
 from amlfs.errors import SourceChanged, StorageError
 from amlfs.storage import Store
 
@@ -23,7 +35,11 @@ log = logging.getLogger(__name__)
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 4.0
 MAX_PREFETCHES = 16  # background read-ahead runs at once; more requests are dropped
-MAX_PENDING_WRITES = 8  # blocks waiting to be written to the disk cache, at most
+# Read-ahead fetches nothing from storage while this many bytes of blocks are being
+# fetched or wait to be written to the disk cache; a fetch that a reader waits for only
+# waits at twice that. This bounds the memory they take.
+WRITE_BEHIND_BYTES = 64 * 1024 * 1024
+WRITERS = 2  # blocks written to the disk cache at once (the index is taken in turns)
 RUN_BLOCKS = 4  # neighbouring blocks read ahead are fetched in one request, up to this many
 
 
@@ -54,7 +70,8 @@ class ReadStats:
     fetches_in_flight: int = 0
     prefetches: int = 0
     pending_writes: int = 0
-    writes_skipped: int = 0
+    writes_skipped: int = 0  # blocks the disk cache refused (full or failing disk)
+    mended: int = 0  # cached blocks whose damaged sub-blocks were fetched again
     errors: int = 0
 
     def public(self) -> dict:
@@ -66,6 +83,7 @@ class Flight:
     done: trio.Event = field(default_factory=trio.Event)
     data: bytes | None = None
     error: Exception | None = None
+    wanted: bool = False  # a reader waits for it: it waits for room as a read, not read-ahead
 
 
 class BlockReader:
@@ -89,9 +107,13 @@ class BlockReader:
         self.stats = ReadStats()
         self._fetch_limiter = trio.CapacityLimiter(fetch_limit)
         self._disk_limiter = trio.CapacityLimiter(4)  # block files read at once
-        self._write_limiter = trio.CapacityLimiter(1)  # blocks written behind, one at a time
+        self._write_limiter = trio.CapacityLimiter(WRITERS)
         self._flights: dict[BlockKey, Flight] = {}
         self._reported_changes: set[str] = set()
+        self._ranges = BlockRanges()
+        self._fetching_bytes = 0  # of blocks being fetched from storage
+        self._pending_bytes = 0  # of blocks waiting to be written to the disk cache
+        self._writes_moved = trio.Event()  # set (and replaced) when room may have been made
 
     async def read(self, blob: PinnedBlob, offset: int, size: int) -> bytes | memoryview:
         """Bytes [offset, offset+size) of BLOB, short at its end (a view into a cached
@@ -101,16 +123,37 @@ class BlockReader:
             return b""
         parts = []
         for index in range(offset // self.block_size, (end - 1) // self.block_size + 1):
-            block = await self.block(blob, index)
             start = index * self.block_size
-            view = memoryview(block)
-            parts.append(view[max(offset, start) - start : min(end, start + len(block)) - start])
+            parts.append(await self._part(blob, index, max(offset, start) - start,
+                                          min(end, start + self.block_size) - start))  # fmt: skip
         self.stats.reads += 1
         self.stats.bytes_served += end - offset
         # pyfuse3 replies from any buffer: a slice of a block goes out without a copy.
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    async def block(self, blob: PinnedBlob, index: int) -> bytes:
+    async def _part(self, blob: PinnedBlob, index: int, start: int, end: int
+                    ) -> bytes | memoryview:  # fmt: skip
+        """Bytes [START, END) of block INDEX: from memory; else by range from the disk
+        cache, unless the block is under way or worth loading whole; else the block."""
+        key = self._key(blob, index)
+        data = self.hot.get(key)
+        if data is not None:
+            self.stats.memory_hits += 1
+            return memoryview(data)[start:end]
+        looked_up = False
+        length = self._length(blob, index)
+        if key not in self._flights and not self._ranges.whole(key, start, end, length):
+            cached = await trio.to_thread.run_sync(
+                self.cache.read, key, length, start, end, limiter=self._disk_limiter
+            )
+            if cached is not None and not cached.damaged:
+                self.stats.disk_hits += 1
+                return cached.data
+            looked_up = cached is None  # not stored: the fetch need not look again
+        return memoryview(await self.block(blob, index, looked_up=looked_up))[start:end]
+
+    async def block(self, blob: PinnedBlob, index: int, *, looked_up: bool = False) -> bytes:
+        """The whole block INDEX. LOOKED_UP: the disk cache was just found not to have it."""
         key = self._key(blob, index)
         data = self.hot.get(key)
         if data is not None:
@@ -118,8 +161,11 @@ class BlockReader:
             return data
         flight = self._flights.get(key)
         if flight is None:
-            self._launch(blob, [index])
+            self._launch(blob, [index], looked_up=looked_up)
             flight = self._flights[key]
+        elif not flight.wanted:  # read-ahead that a reader now waits for: no longer waits
+            flight.wanted = True  # behind writes as read-ahead does
+            self._nudge()
         with trio.move_on_after(self.io_timeout):
             await flight.done.wait()
         if not flight.done.is_set():
@@ -149,19 +195,21 @@ class BlockReader:
     def _length(self, blob: PinnedBlob, index: int) -> int:
         return min(self.block_size, blob.size - index * self.block_size)
 
-    def _launch(self, blob: PinnedBlob, run: list[int], prefetch: bool = False) -> None:
+    def _launch(self, blob: PinnedBlob, run: list[int], prefetch: bool = False,
+                looked_up: bool = False) -> None:  # fmt: skip
         """One background task loads the consecutive blocks RUN. Their flights are
         registered now, before any await, so that no second fetch of them can start."""
-        flights = {index: Flight() for index in run}
+        flights = {index: Flight(wanted=not prefetch) for index in run}
         for index, flight in flights.items():
             self._flights[self._key(blob, index)] = flight
         if prefetch:
             self.stats.prefetches += 1
-        self.nursery.start_soon(self._fly, blob, flights, prefetch)
+        self.nursery.start_soon(self._fly, blob, flights, prefetch, looked_up)
 
-    async def _fly(self, blob: PinnedBlob, flights: dict[int, Flight], prefetch: bool) -> None:
+    async def _fly(self, blob: PinnedBlob, flights: dict[int, Flight], prefetch: bool,
+                   looked_up: bool) -> None:  # fmt: skip
         try:
-            await self._load(blob, flights)
+            await self._load(blob, flights, looked_up)
         except (ReadFailed, SourceChanged) as error:
             for flight in flights.values():
                 if not flight.done.is_set():  # blocks that landed before the failure stay good
@@ -173,9 +221,11 @@ class BlockReader:
             if prefetch:
                 self.stats.prefetches -= 1
 
-    async def _load(self, blob: PinnedBlob, flights: dict[int, Flight]) -> None:
-        """Blocks from the disk cache where it has them; the rest from storage, each run
-        of missing neighbours in one request. Each flight ends as soon as its block is in."""
+    async def _load(self, blob: PinnedBlob, flights: dict[int, Flight], looked_up: bool) -> None:
+        """Blocks from the disk cache where it has them (mending damaged ones); the rest
+        from storage, each run of missing neighbours in one request, once writes are not
+        behind. Each flight ends as soon as its block is in. LOOKED_UP: the disk cache was
+        just found not to have them."""
 
         def land(index: int, data: bytes) -> None:
             flight = flights[index]
@@ -183,29 +233,51 @@ class BlockReader:
             self.hot.put(self._key(blob, index), data)
             flight.done.set()
 
-        def lookup() -> dict[int, bytes | None]:
-            return {i: self.cache.get(self._key(blob, i), self._length(blob, i)) for i in flights}
+        found: dict[int, Cached | None] = dict.fromkeys(flights)
 
-        found = await trio.to_thread.run_sync(lookup, limiter=self._disk_limiter)
-        missing = []
-        for index, data in found.items():
-            if data is None:
-                missing.append(index)
-            else:
+        async def look(index: int) -> None:
+            found[index] = cached = await trio.to_thread.run_sync(
+                self.cache.read, self._key(blob, index), self._length(blob, index),
+                limiter=self._disk_limiter,
+            )  # fmt: skip
+            if cached is not None and not cached.damaged:
                 self.stats.disk_hits += 1
-                land(index, data)
+                land(index, cached.data)
+
+        if not looked_up:  # each block lands as soon as it is read, not after its run
+            async with trio.open_nursery() as looks:
+                for index in flights:
+                    looks.start_soon(look, index)
+        missing = [index for index, cached in found.items() if cached is None]
+        damaged = {index: cached for index, cached in found.items() if cached and cached.damaged}
+        for index, cached in damaged.items():
+            block = await self._mend(blob, index, cached)
+            land(index, block)
+            self._keep_later(self._key(blob, index), block)
         self.stats.misses += len(missing)
-        for run in runs(missing, len(missing)):
-            start = run[0] * self.block_size
-            length = sum(self._length(blob, i) for i in run)
-            data = await self._fetch(blob, start, length)
-            view = memoryview(data)
-            for index in run:
-                offset = index * self.block_size - start
-                block = bytes(view[offset : offset + self._length(blob, index)]) if (
-                    len(run) > 1) else data  # fmt: skip
-                land(index, block)
-                self._keep_later(self._key(blob, index), block)
+        if not missing:
+            return
+        await self._room_to_write([flights[index] for index in missing])
+        owed = sum(self._length(blob, index) for index in missing)
+        self._fetching_bytes += owed  # no await since the check: counted before any fetch
+        try:
+            for run in runs(missing, len(missing)):
+                start = run[0] * self.block_size
+                length = sum(self._length(blob, i) for i in run)
+                data = await self._fetch(blob, start, length)
+                view = memoryview(data)
+                for index in run:
+                    offset = index * self.block_size - start
+                    block = bytes(view[offset : offset + self._length(blob, index)]) if (
+                        len(run) > 1) else data  # fmt: skip
+                    land(index, block)
+                    owed -= len(block)  # from fetching to waiting to be written, no await
+                    self._fetching_bytes -= len(block)
+                    self._keep_later(self._key(blob, index), block)
+        finally:
+            if owed:  # blocks that never came: no longer owed
+                self._fetching_bytes -= owed
+                self._nudge()
 
     async def _fetch(self, blob: PinnedBlob, start: int, length: int) -> bytes:
         """Fetch from storage, retrying storage failures with backoff until the time
@@ -248,20 +320,52 @@ class BlockReader:
             self.stats.bytes_fetched += length
             return data
 
+    async def _mend(self, blob: PinnedBlob, index: int, cached: Cached) -> bytes:
+        """Block INDEX from its cached bytes, with the sub-blocks that failed their
+        checksum fetched again from storage."""
+        block = bytearray(cached.data)
+        start = index * self.block_size
+        for lo, hi in cached.damaged:
+            log.warning("%s: cached block %d is damaged (bytes %d-%d of it); fetching them "
+                        "again", blob.label, index, lo, hi)  # fmt: skip
+            block[lo:hi] = await self._fetch(blob, start + lo, hi - lo)
+        self.stats.mended += 1
+        return bytes(block)
+
+    async def _room_to_write(self, flights: list[Flight]) -> None:
+        """Wait while the disk cache is behind: read-ahead while WRITE_BEHIND_BYTES are
+        being fetched or wait to be written, a fetch a reader waits for only at twice
+        that. Bounded: each fetch and each write ends (or fails) in its time."""
+        while True:
+            wanted = any(flight.wanted for flight in flights)
+            behind = self._fetching_bytes + self._pending_bytes
+            if behind < WRITE_BEHIND_BYTES * (2 if wanted else 1):
+                return
+            await self._writes_moved.wait()
+
+    def _nudge(self) -> None:
+        """Wake the fetches waiting for room, to look again."""
+        self._writes_moved.set()
+        self._writes_moved = trio.Event()
+
     def _keep_later(self, key: BlockKey, data: bytes) -> None:
-        """Write the block to the disk cache behind the reader. If the disk falls behind,
-        blocks beyond MAX_PENDING_WRITES are not kept: memory stays bounded."""
-        if self.stats.pending_writes >= MAX_PENDING_WRITES:
-            self.stats.writes_skipped += 1
-            return
+        """Write the block to the disk cache behind the reader. Never dropped: read-ahead
+        waits instead while writes are behind (_room_to_write)."""
         self.stats.pending_writes += 1
+        self._pending_bytes += len(data)
         self.nursery.start_soon(self._keep, key, data)
 
     async def _keep(self, key: BlockKey, data: bytes) -> None:
         try:
-            await trio.to_thread.run_sync(self.cache.put, key, data, limiter=self._write_limiter)
+            kept = await trio.to_thread.run_sync(
+                self.cache.put, key, data, limiter=self._write_limiter
+            )
+            if not kept:  # the disk refused it; the cache logs why
+                self.stats.writes_skipped += 1
         finally:
             self.stats.pending_writes -= 1
+            self._pending_bytes -= len(data)
+            self._nudge()
 
 
 def runs(indices: list[int], longest: int) -> list[list[int]]:

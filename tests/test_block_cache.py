@@ -1,20 +1,24 @@
 """The block caches: the persistent BlockCache on local disk and the in-memory HotBlocks.
 
 Pure logic over a temporary folder: blocks come back intact or not at all, a blob that
-changed (another etag) never sees an old block, a damaged block is dropped, a broken
-cache folder never fails a read, and both caches stay within their bounds, evicting the
-least recently used block first.
+changed (another etag) never sees an old block, a read of a range checks only the
+sub-blocks it covers and reports damaged ones, a folder of an older format is never read
+as this one, a broken cache folder never fails a read, and both caches stay within
+their bounds, evicting the least recently used block first.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import diskcache
 import pytest
 
+import amlfs.cache.blocks
 from amlfs.cache import BlockCache, BlockKey, HotBlocks
+from amlfs.cache.blocks import INLINE_BELOW, SUB_BLOCK
 
 SOURCE = "az://account@container/data/train.bin"
 BLOCK = 64 * 1024  # stored by diskcache as a file of its own (more than 32 KiB)
@@ -252,6 +256,178 @@ def test_a_damaged_block_counts_as_a_miss_in_stats(cache: BlockCache) -> None:
     assert cache.get(key(0), BLOCK) is None
     after = cache.stats()
     assert (after.hits - before.hits, after.misses - before.misses) == (0, 1)
+
+
+# --- reads by range, sub-block checksums ------------------------------------------------
+
+BIG = 4 * SUB_BLOCK + 1000  # a block file of its own: four whole sub-blocks and a short one
+assert BIG >= INLINE_BELOW
+
+
+def flip_in_file(cache: BlockCache, block_key: BlockKey, offset: int) -> None:
+    """Flip one byte of a block's file in place, as a bad disk would."""
+    with raw_store(cache) as raw, raw.read(block_key.disk_key()) as stored:
+        path = stored.name
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x01]))
+
+
+def test_a_range_of_a_block_comes_back_intact(cache: BlockCache) -> None:
+    cache.put(key(0), block(0, BIG))
+    for start, end in [(0, 1), (100, 4196), (SUB_BLOCK - 1, SUB_BLOCK + 1), (4 * SUB_BLOCK, BIG),
+                       (0, BIG)]:  # fmt: skip
+        cached = cache.read(key(0), BIG, start, end)
+        assert cached.data == block(0, BIG)[start:end] and cached.damaged == ()
+
+
+def test_a_range_read_checks_only_the_sub_blocks_it_covers(cache: BlockCache) -> None:
+    cache.put(key(0), block(0, BIG))
+    flip_in_file(cache, key(0), 2 * SUB_BLOCK + 5)  # in the third sub-block
+
+    before = cache.read(key(0), BIG, 100, 4196)  # in the first: neither read nor checked
+    assert before.data == block(0, BIG)[100:4196] and before.damaged == ()
+    across = cache.read(key(0), BIG, SUB_BLOCK + 10, 3 * SUB_BLOCK + 10)
+    assert across.damaged == ((2 * SUB_BLOCK, 3 * SUB_BLOCK),)  # reported, not served whole
+    whole = cache.read(key(0), BIG)
+    assert whole.damaged == ((2 * SUB_BLOCK, 3 * SUB_BLOCK),)
+    assert whole.data[: 2 * SUB_BLOCK] == block(0, BIG)[: 2 * SUB_BLOCK]  # the rest is good
+    assert cache.get(key(0), BIG) is None  # the whole-block read drops it
+    assert cache.read(key(0), BIG, 100, 4196) is None
+
+
+def test_neighbouring_damaged_sub_blocks_are_reported_as_one_range(cache: BlockCache) -> None:
+    cache.put(key(0), block(0, BIG))
+    for offset in (SUB_BLOCK, 2 * SUB_BLOCK + 1, 4 * SUB_BLOCK + 999):
+        flip_in_file(cache, key(0), offset)
+    assert cache.read(key(0), BIG).damaged == ((SUB_BLOCK, 3 * SUB_BLOCK), (4 * SUB_BLOCK, BIG))
+
+
+def test_a_block_stored_again_replaces_a_damaged_one(cache: BlockCache) -> None:
+    cache.put(key(0), block(0, BIG))
+    flip_in_file(cache, key(0), 7)
+    assert cache.read(key(0), BIG).damaged
+    assert cache.put(key(0), block(0, BIG))
+    assert cache.read(key(0), BIG) == amlfs.cache.blocks.Cached(block(0, BIG))
+
+
+def test_an_inline_block_is_read_by_range_too(cache: BlockCache) -> None:
+    small = block(1, 3 * SUB_BLOCK + 7)
+    assert len(small) < INLINE_BELOW
+    cache.put(key(1), small)
+    assert cache.read(key(1), len(small), SUB_BLOCK, SUB_BLOCK + 10).data == small[SUB_BLOCK:][:10]
+
+
+def test_a_block_read_again_is_not_looked_up_in_the_index(
+    cache: BlockCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache.put(key(0), block(0, BIG))
+    lookups = []
+    peek = cache._store.peek
+    monkeypatch.setattr(cache._store, "peek", lambda name: lookups.append(name) or peek(name))
+    for offset in range(0, BIG - 4096, 50_000):
+        assert cache.read(key(0), BIG, offset, offset + 4096).data == block(0, BIG)[offset:][:4096]
+    assert len(lookups) == 1
+
+
+def test_reads_do_not_write_and_mark_their_blocks_used_in_one_go(
+    cache: BlockCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for index in range(3):
+        cache.put(key(index), block(index))
+    marked: list[set[str]] = []
+    mark_used = cache._store.mark_used
+    monkeypatch.setattr(cache._store, "mark_used", lambda keys: marked.append(set(keys)) or (
+        mark_used(keys)))  # fmt: skip
+    with monkeypatch.context() as writes:
+        writes.setattr(cache._store, "set", None)  # any write would fail the test
+        writes.setattr(cache._store, "get", None)
+        for _ in range(5):
+            for index in range(3):
+                assert cache.get(key(index), BLOCK) == block(index)
+    assert marked == []
+    cache.flush_counts()  # as a mount does every second
+    assert marked == [{key(index).disk_key() for index in range(3)}]
+
+
+def test_a_remembered_block_removed_meanwhile_is_a_miss(cache: BlockCache) -> None:
+    cache.put(key(0), block(0, BIG))
+    assert cache.read(key(0), BIG, 0, 10) is not None  # remembered from now on
+    with raw_store(cache) as raw:  # evicted or cleared by another process
+        raw.delete(key(0).disk_key())
+    assert cache.read(key(0), BIG, 0, 10) is None
+
+
+def test_a_remembered_block_stored_again_is_read_from_its_new_file(cache: BlockCache) -> None:
+    cache.put(key(0), block(0, BIG))
+    assert cache.read(key(0), BIG, 0, 10) is not None
+    other = BlockCache(cache.directory)  # another process stores it again: a new file
+    try:
+        other.put(key(0), block(9, BIG))  # (distinct bytes, to tell which file was read)
+    finally:
+        other.close()
+    assert cache.read(key(0), BIG, 0, BIG).data == block(9, BIG)
+
+
+def test_an_entry_with_a_single_crc32_under_a_blocks_key_is_a_miss(cache: BlockCache) -> None:
+    """The first format's tag (one CRC-32 of the whole block), were it ever found where
+    this format's entries are, is not taken for this format's checksums."""
+    data = block(0, BIG)
+    with raw_store(cache) as raw:
+        raw.set(key(0).disk_key(), data, tag=zlib.crc32(data))
+    assert cache.read(key(0), BIG) is None
+    with raw_store(cache) as raw:
+        assert key(0).disk_key() not in raw
+
+
+# --- a folder of the first format ------------------------------------------------------
+
+
+def write_first_format(folder: Path, blocks: dict[BlockKey, bytes]) -> None:
+    """A cache folder exactly as format 1 wrote it: the same diskcache settings, keys
+    under "v1|", the block's bytes as the value and its zlib CRC-32 as the tag, and the
+    lookup totals beside them."""
+    settings = {"eviction_policy": "least-recently-used", "disk_min_file_size": 256 * 1024}
+    with diskcache.Cache(str(folder), size_limit=64 * 1024 * 1024, **settings) as old:
+        for k, data in blocks.items():
+            name = f"v1|{k.source}|{k.etag}|{k.block_size}|{k.index}"
+            old.set(name, data, tag=zlib.crc32(data))
+        old.incr("amlfs:lookups:hits", 3)
+
+
+def test_a_folder_of_the_first_format_is_emptied_and_never_read(tmp_path: Path) -> None:
+    folder = tmp_path / "blocks"
+    old_blocks = {key(0): block(0, BIG), key(1): block(1, 100)}  # a block file, an inline one
+    write_first_format(folder, old_blocks)
+
+    cache = BlockCache(folder)
+    try:
+        assert cache.stats().blocks == 0
+        assert list(folder.glob("*/*/*.val")) == []  # its block files are gone too
+        assert cache.read(key(0), BIG) is None
+        assert cache.read(key(1), 100) is None
+        assert cache.put(key(0), block(0, BIG))  # and it serves as this format from now on
+        assert cache.get(key(0), BIG) == block(0, BIG)
+    finally:
+        cache.close()
+    reopened = BlockCache(folder)  # not emptied again
+    try:
+        assert reopened.get(key(0), BIG) == block(0, BIG)
+    finally:
+        reopened.close()
+
+
+def test_an_older_daemon_writing_the_first_format_beside_this_one_is_never_read(
+    cache: BlockCache,
+) -> None:
+    """A mount of an older amlfs still running on the same folder adds format-1 entries
+    after it was emptied: they live under other keys and are never served."""
+    write_first_format(cache.directory, {key(0): block(5, BIG)})
+    assert cache.read(key(0), BIG) is None
+    cache.put(key(0), block(0, BIG))
+    assert cache.get(key(0), BIG) == block(0, BIG)
 
 
 # --- HotBlocks --------------------------------------------------------------------------

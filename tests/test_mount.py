@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from amlfs.mounts import mounted_paths
 from tests.conftest import Cli, Container, require
-from tests.support.mounts import Mounts, processes_mentioning
+from tests.support.mounts import Mounts, processes_mentioning, status_of
 from tests.support.sample import BLOCK, FILES, OPTIONS
 
 
@@ -218,28 +218,6 @@ def test_two_mounts_share_one_block_cache(cli: Cli, dataset: Container, mounts: 
     assert stats["bytes_fetched"] == 0 and stats["disk_hits"] >= 4
     cache = json.loads(cli.ok("cache", "stats", "--json").out)
     assert cache["blocks"] >= 4 and cache["hits"] >= 4
-
-
-def status_of(cli: Cli, root: Path, wait_s: float = 3.0) -> dict:
-    """The mount's counters once its status record has caught up: it is written every
-    second, so they are taken once two records a second apart agree (a busy machine may
-    delay a write)."""
-    import time
-
-    def stats() -> dict:
-        listed = json.loads(cli.ok("status", "--json").out)
-        return next(m for m in listed if m["mountpoint"] == str(root))["stats"]
-
-    deadline = time.monotonic() + wait_s
-    while not stats().get("reads") and time.monotonic() < deadline:
-        time.sleep(0.1)
-    latest, settle_by = stats(), time.monotonic() + 15.0
-    while time.monotonic() < settle_by:
-        time.sleep(1.1)
-        previous, latest = latest, stats()
-        if latest == previous:
-            break
-    return latest
 
 
 def test_cache_clear_is_safe_while_mounted(cli: Cli, dataset: Container, mounts: Mounts) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,10 +18,11 @@ import pytest
 
 from tests.conftest import CONNECTION_ENV, Cli, Container, require
 from tests.support.azurite import Azurite
-from tests.support.mounts import Mounts
+from tests.support.mounts import Mounts, status_of
 from tests.support.sample import FILES, OPTIONS
 
 IO_TIMEOUT_S = 3.0
+MiB = 1024 * 1024
 
 
 def daemon_log(cli: Cli) -> str:
@@ -67,26 +69,49 @@ def test_storage_down_is_eio_within_the_bound_and_reads_recover_when_it_returns(
     assert big.read_bytes() == FILES["train/a.bin"]
 
 
-def test_a_damaged_cached_block_is_dropped_and_fetched_again(
+def block_file(cache_dir: Path, index: int) -> Path:
+    """The file the block cache keeps block INDEX of the one cached blob in."""
+    with diskcache.Cache(str(cache_dir)) as store:
+        keys = [k for k in store.iterkeys() if k.startswith("v2|") and k.endswith(f"|{index}")]
+        assert len(keys) == 1, keys
+        with store.read(keys[0]) as stored:
+            return Path(stored.name)
+
+
+def test_a_flipped_byte_in_a_cached_block_is_mended_from_storage_by_its_sub_block(
     cli: Cli, dataset: Container, mounts: Mounts
 ) -> None:
-    root = mounts.mount("ds:1", *OPTIONS)
-    assert (root / "train" / "a.bin").read_bytes() == FILES["train/a.bin"]
+    """The read returns the pinned bytes, the log names the block, and only the damaged
+    64 KiB of the 1 MiB block is fetched again; the mended block replaces the damaged one."""
+    big = random.Random(7).randbytes(3 * MiB + 1000)
+    dataset.put({"big.bin": big})
+    cli.ok("dataset", "register", "ds", "--datastore", "blob", "--path", ".")  # ds:2
+    options = ("--block-size", "1MiB", "--io-timeout", "5")
+    root = mounts.mount("ds:2", *options)
+    assert (root / "big.bin").read_bytes() == big
+    assert status_of(cli, root)["pending_writes"] == 0  # every block is written
     mounts.unmount(root)
     assert mounts.wait_gone(root)
 
-    with diskcache.Cache(str(cli.home / "cache" / "blocks")) as store:
-        keys = list(store.iterkeys())
-        assert keys
-        for key in keys:
-            value, crc = store.get(key, tag=True)
-            damaged = bytearray(value)
-            damaged[-1] ^= 0xFF  # one flipped bit pattern in the data...
-            store.set(key, bytes(damaged), tag=crc)  # ...under its old CRC: only it tells
+    cache_dir = cli.home / "cache" / "blocks"
+    damaged = block_file(cache_dir, 1)
+    with open(damaged, "r+b") as f:  # one byte in the second 64 KiB of block 1
+        f.seek(100_000)
+        byte = f.read(1)
+        f.seek(100_000)
+        f.write(bytes([byte[0] ^ 0x01]))
 
-    again = mounts.mount("ds:1", *OPTIONS)
-    assert (again / "train" / "a.bin").read_bytes() == FILES["train/a.bin"]
-    assert "dropping a damaged cached block" in daemon_log(cli)
+    again = mounts.mount("ds:2", *options)
+    assert (again / "big.bin").read_bytes() == big
+    stats = status_of(cli, again)
+    assert (stats["bytes_fetched"], stats["fetches"], stats["mended"]) == (64 * 1024, 1, 1)
+    assert "ds:2 big.bin: cached block 1 is damaged (bytes 65536-131072 of it)" in daemon_log(cli)
+    mounts.unmount(again)
+    assert mounts.wait_gone(again)
+
+    third = mounts.mount("ds:2", *options)
+    assert (third / "big.bin").read_bytes() == big
+    assert status_of(cli, third)["bytes_fetched"] == 0  # the mended block was kept
 
 
 @pytest.fixture
@@ -109,4 +134,5 @@ def test_a_full_cache_disk_still_serves_every_read(
     for _ in range(2):
         for path, data in FILES.items():
             assert (root / path).read_bytes() == data
-    assert "block cache write failed" in daemon_log(cli)
+    assert "serving without" in daemon_log(cli)  # the cache says it is not used
+    assert status_of(cli, root)["writes_skipped"] > 0

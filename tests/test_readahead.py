@@ -1,5 +1,6 @@
-"""Read-ahead policy, pure decisions: how far ahead of a sequential reader to fetch, and
-when starting files one after another is a walk through a folder in listing order."""
+"""Read-ahead policy, pure decisions: how far ahead of each sequential reader to fetch,
+when starting files one after another is a walk through a folder in listing order, and when
+a block is worth reading whole rather than by range."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from amlfs.cache.readahead import (
     FIRST_WINDOW,
     MAX_STREAMS,
     MAX_WINDOW,
+    BlockRanges,
     FolderWalk,
     SequentialReads,
 )
@@ -176,3 +178,35 @@ def test_the_folders_remembered_are_bounded() -> None:
     for folder in range(25_000):
         walk.on_start(folder, folder)
     assert len(walk.last_started) <= 10_001
+
+
+# --- BlockRanges ------------------------------------------------------------------------
+
+
+def test_a_block_read_straight_through_is_read_whole_from_its_second_read() -> None:
+    ranges = BlockRanges()
+    assert ranges.whole("b", 0, KERNEL_READ, BLOCK) is False  # one read: maybe random
+    assert ranges.whole("b", KERNEL_READ, 2 * KERNEL_READ, BLOCK) is True  # it goes on
+
+
+def test_a_read_covering_the_block_is_read_whole() -> None:
+    assert BlockRanges().whole("b", 0, BLOCK, BLOCK) is True
+
+
+@given(st.lists(st.integers(0, BLOCK // 4096 - 1), min_size=1, max_size=50, unique=True))
+def test_random_reads_that_never_go_on_are_read_by_range(pages: list[int]) -> None:
+    ranges = BlockRanges()
+    ends = set()
+    for page in pages:
+        start = page * 4096
+        whole = ranges.whole("b", start, start + 4096, BLOCK)
+        assert whole == (start in ends)  # only a read starting where one ended goes on
+        ends = set() if whole else {start + 4096}  # the last read's end, until it goes on
+
+
+def test_blocks_are_told_apart_and_only_recent_ones_remembered() -> None:
+    ranges = BlockRanges(remembered=2)
+    for block in ("a", "b", "c"):
+        ranges.whole(block, 0, 4096, BLOCK)
+    assert ranges.whole("a", 4096, 8192, BLOCK) is False  # forgotten: the oldest
+    assert ranges.whole("c", 4096, 8192, BLOCK) is True

@@ -2,8 +2,10 @@
 
 Pure logic with an in-memory store: what is read equals the source, each missing block
 is fetched once however many read it at the same time, a fetched block is served again
-without storage, a changed source is never served nor cached, storage failures are
-retried, and every read ends within its time bound.
+without storage (a part of it by range from the disk cache), a damaged sub-block is
+fetched again alone, every block fetched is written to the disk cache (read-ahead waits
+for the writes instead), a changed source is never served nor cached, storage failures
+are retried, and every read ends within its time bound.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import diskcache
 import pytest
 import trio
 import trio.testing
@@ -23,6 +26,7 @@ from hypothesis import strategies as st
 
 import amlfs.reader
 from amlfs.cache import BlockCache, BlockKey, HotBlocks
+from amlfs.cache.blocks import SUB_BLOCK
 from amlfs.errors import SourceChanged, StorageError
 from amlfs.reader import (
     MAX_PREFETCHES,
@@ -77,6 +81,7 @@ async def open_reader(
     hot_bytes: int = 64 * BLOCK,
     io_timeout: float = WAIT_S,
     fetch_limit: int = 4,
+    block_size: int = BLOCK,
 ) -> AsyncIterator[BlockReader]:
     """A reader over STORE with its block cache in FOLDER; its background work is
     cancelled and its cache closed when the block ends."""
@@ -84,7 +89,7 @@ async def open_reader(
     try:
         async with trio.open_nursery() as nursery:
             yield BlockReader(
-                store, cache, HotBlocks(hot_bytes), nursery, block_size=BLOCK,
+                store, cache, HotBlocks(hot_bytes), nursery, block_size=block_size,
                 fetch_limit=fetch_limit, io_timeout=io_timeout,
             )  # fmt: skip
             nursery.cancel_scope.cancel()
@@ -103,8 +108,8 @@ def failing(error: Exception, attempts: int | None = None) -> Callable[[int], No
 
 
 def on_disk(reader: BlockReader, blob: PinnedBlob, index: int) -> bool:
-    key = BlockKey(blob.source, blob.etag, BLOCK, index)
-    length = min(BLOCK, blob.size - index * BLOCK)
+    key = BlockKey(blob.source, blob.etag, reader.block_size, index)
+    length = min(reader.block_size, blob.size - index * reader.block_size)
     return reader.cache.get(key, length) is not None
 
 
@@ -215,6 +220,155 @@ async def test_a_block_fetched_once_is_served_from_disk_to_the_next_mount(
         assert await second.read(blob, BLOCK, 10) == data[BLOCK : BLOCK + 10]  # then memory
     assert unreachable.calls == []
     assert (second.stats.disk_hits, second.stats.memory_hits, second.stats.misses) == (3, 1, 0)
+
+
+LARGE = 4 * SUB_BLOCK  # a block of four sub-blocks, kept in a file of its own
+
+
+async def cache_blocks(folder: Path, blob: PinnedBlob, data: bytes) -> None:
+    """Read BLOB once through a reader on FOLDER, so that all its blocks are on disk."""
+    async with open_reader(FakeStore({blob.relative: data}), folder, block_size=LARGE) as first:
+        assert await first.read(blob, 0, len(data)) == data
+        blocks = range(-(-len(data) // LARGE))
+        await eventually(lambda: all(on_disk(first, blob, i) for i in blocks), "blocks kept")
+
+
+async def test_a_part_of_a_cached_block_is_read_by_range_and_not_kept_in_memory(
+    tmp_path: Path,
+) -> None:
+    data = content(2 * LARGE)
+    blob = pinned("f.bin", len(data))
+    await cache_blocks(tmp_path, blob, data)
+    unreachable = FakeStore({})
+    unreachable.fail = failing(StorageError("offline"))
+    async with open_reader(unreachable, tmp_path, block_size=LARGE, hot_bytes=4 * LARGE) as reader:
+        for offset in (LARGE + 70_000, 1000, 3 * SUB_BLOCK - 10):
+            assert await reader.read(blob, offset, 4096) == data[offset : offset + 4096]
+        assert (reader.stats.disk_hits, len(reader.hot)) == (3, 0)
+        # Going on from where the last read of the block ended: the block is read whole.
+        offset = 3 * SUB_BLOCK - 10 + 4096
+        assert await reader.read(blob, offset, 4096) == data[offset : offset + 4096]
+        assert len(reader.hot) == 1
+        assert await reader.read(blob, 10, 100) == data[10:110]  # now from memory
+        assert reader.stats.memory_hits == 1
+    assert unreachable.calls == []
+
+
+async def test_a_damaged_sub_block_alone_is_fetched_again_and_the_block_mended(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = content(2 * LARGE)
+    blob = pinned("f.bin", len(data))
+    await cache_blocks(tmp_path, blob, data)
+    with open(block_path(tmp_path, blob, 1), "r+b") as f:
+        f.seek(2 * SUB_BLOCK + 3)  # in the third sub-block of block 1
+        f.write(b"\xff" if data[LARGE + 2 * SUB_BLOCK + 3] != 0xFF else b"\x00")
+
+    store = FakeStore({"f.bin": data})
+    async with open_reader(store, tmp_path, block_size=LARGE) as reader:
+        offset = LARGE + 2 * SUB_BLOCK  # a read by range of the damaged sub-block
+        assert await reader.read(blob, offset, 4096) == data[offset : offset + 4096]
+        assert store.calls == [("f.bin", LARGE + 2 * SUB_BLOCK, LARGE + 3 * SUB_BLOCK)]
+        assert (reader.stats.bytes_fetched, reader.stats.mended) == (SUB_BLOCK, 1)
+        await eventually(lambda: reader.stats.pending_writes == 0, "mended block written")
+        reader.hot.clear()
+        assert await reader.read(blob, 0, len(data)) == data  # the mended block is kept
+        assert len(store.calls) == 1
+    assert "ds:1 f.bin: cached block 1 is damaged (bytes 131072-196608 of it)" in caplog.text
+
+
+def block_path(folder: Path, blob: PinnedBlob, index: int) -> str:
+    """The file the disk cache keeps block INDEX of BLOB in (blocks of LARGE bytes)."""
+    name = BlockKey(blob.source, blob.etag, LARGE, index).disk_key()
+    with diskcache.Cache(str(folder)) as raw, raw.read(name) as stored:
+        return stored.name
+
+
+# --- writing behind the reader ----------------------------------------------------------
+
+
+def slow_writes(reader: BlockReader) -> threading.Event:
+    """Make the disk cache's writes wait until the returned event is set."""
+    gate = threading.Event()
+    put = reader.cache.put
+
+    def held_put(key: BlockKey, data: bytes) -> bool:
+        gate.wait(WAIT_S)
+        return put(key, data)
+
+    reader.cache.put = held_put  # type: ignore[method-assign]
+    return gate
+
+
+async def test_read_ahead_waits_for_writes_behind_and_no_block_is_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(amlfs.reader, "WRITE_BEHIND_BYTES", 3 * BLOCK)
+    data = content(3 * RUN_BLOCKS * BLOCK)
+    store = FakeStore({"f.bin": data})
+    blob = pinned("f.bin", len(data))
+    async with open_reader(store, tmp_path) as reader:
+        gate = slow_writes(reader)
+        reader.prefetch(blob, range(RUN_BLOCKS))
+        await eventually(lambda: reader.stats.pending_writes == RUN_BLOCKS, "first run fetched")
+        reader.prefetch(blob, range(RUN_BLOCKS, 3 * RUN_BLOCKS))
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(store.calls) == 1  # the next runs wait: the disk is behind
+        gate.set()
+        await eventually(lambda: reader.stats.prefetches == 0, "prefetches done")
+        await eventually(lambda: reader.stats.pending_writes == 0, "writes done")
+        assert all(on_disk(reader, blob, i) for i in range(3 * RUN_BLOCKS))
+        assert (len(store.calls), reader.stats.writes_skipped) == (3, 0)
+
+
+async def test_read_ahead_under_way_counts_toward_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks being fetched take memory as much as blocks waiting to be written."""
+    monkeypatch.setattr(amlfs.reader, "WRITE_BEHIND_BYTES", 3 * BLOCK)
+    data = content(2 * RUN_BLOCKS * BLOCK)
+    store = FakeStore({"f.bin": data})
+    gate = threading.Event()
+    store.fail = lambda _attempt: gate.wait(WAIT_S)  # storage holds the first fetch
+    blob = pinned("f.bin", len(data))
+    async with open_reader(store, tmp_path) as reader:
+        reader.prefetch(blob, range(RUN_BLOCKS))
+        await eventually(lambda: len(store.calls) == 1, "first run under way")
+        reader.prefetch(blob, range(RUN_BLOCKS, 2 * RUN_BLOCKS))
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(store.calls) == 1  # nothing waits to be written, yet the next run waits
+        gate.set()
+        await eventually(lambda: reader.stats.prefetches == 0, "prefetches done")
+        assert len(store.calls) == 2
+
+
+async def test_a_read_does_not_wait_behind_writes_as_read_ahead_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(amlfs.reader, "WRITE_BEHIND_BYTES", 3 * BLOCK)
+    data = content(2 * RUN_BLOCKS * BLOCK)
+    store = FakeStore({"f.bin": data})
+    blob = pinned("f.bin", len(data))
+    async with open_reader(store, tmp_path) as reader:
+        gate = slow_writes(reader)
+        reader.prefetch(blob, range(RUN_BLOCKS))
+        await eventually(lambda: reader.stats.pending_writes == RUN_BLOCKS, "first run fetched")
+        reader.prefetch(blob, range(RUN_BLOCKS, 2 * RUN_BLOCKS))  # waits for the writes
+        await trio.testing.wait_all_tasks_blocked()
+        offset = RUN_BLOCKS * BLOCK + 10  # a reader needs a block of the waiting run
+        assert await reader.read(blob, offset, 100) == data[offset : offset + 100]
+        assert len(store.calls) == 2
+        gate.set()
+
+
+async def test_a_write_the_disk_refuses_is_counted_as_skipped(tmp_path: Path) -> None:
+    data = content(3 * BLOCK)
+    store = FakeStore({"f.bin": data})
+    async with open_reader(store, tmp_path) as reader:
+        reader.cache.put = lambda key, data: False  # type: ignore[method-assign]
+        assert await reader.read(pinned("f.bin", len(data)), 0, len(data)) == data
+        await eventually(lambda: reader.stats.pending_writes == 0, "writes done")
+        assert reader.stats.writes_skipped == 3
 
 
 async def test_another_etag_of_a_blob_is_never_served_from_the_cache(tmp_path: Path) -> None:
@@ -396,6 +550,7 @@ async def test_stats_count_hits_misses_and_bytes(tmp_path: Path) -> None:
         "prefetches": 0,
         "pending_writes": 0,
         "writes_skipped": 0,
+        "mended": 0,
         "errors": 0,
     }
 

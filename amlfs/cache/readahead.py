@@ -2,16 +2,21 @@
 
 Pure decisions, no I/O: the reader carries them out. Sequential reading of a file grows
 a window of blocks ahead of the reader; a walk through a folder in listing order (an
-image dataset read file by file) gets the next few files fetched ahead.
+image dataset read file by file) gets the next few files fetched ahead; a block read
+straight through is worth taking whole into memory, where one read here and there of it
+is served by range from the disk cache.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 FIRST_WINDOW = 2  # blocks ahead once a read looks sequential
 MAX_WINDOW = 8  # blocks ahead at most (× block size is the memory a reader may pin)
 FILES_AHEAD = 8  # next files of a folder fetched while it is walked in order
+BLOCKS_REMEMBERED = 256  # blocks whose last read's end is kept, to spot reads straight on
 
 
 MAX_STREAMS = 4  # readers going straight through one file at once, told apart by offset
@@ -79,3 +84,27 @@ class FolderWalk:
             self.last_started.clear()
         self.last_started[folder_id] = entry_id
         return previous is not None and previous < entry_id <= previous + FILES_AHEAD + 1
+
+
+class BlockRanges:
+    """Per mount: where the last read of each recently read block ended, to tell a block
+    read straight through from one read here and there.
+
+    Only a read that starts exactly where the last one ended counts as going on: a
+    random reader that lands near its last read must not cost a whole block each time.
+    """
+
+    def __init__(self, remembered: int = BLOCKS_REMEMBERED) -> None:
+        self.remembered = remembered
+        self._ends: OrderedDict[Hashable, int] = OrderedDict()
+
+    def whole(self, block: Hashable, start: int, end: int, length: int) -> bool:
+        """Record a read of bytes [START, END) of BLOCK, LENGTH bytes long; True when the
+        whole block is worth reading: the read covers it, or goes on from the last one."""
+        goes_on = self._ends.pop(block, None) == start
+        if goes_on or (start == 0 and end >= length):
+            return True
+        self._ends[block] = end
+        if len(self._ends) > self.remembered:
+            self._ends.popitem(last=False)
+        return False

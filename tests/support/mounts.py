@@ -4,6 +4,7 @@ pid) in the fixture's finalizer, also when the test fails."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -78,3 +79,24 @@ class Mounts:
                 subprocess.run(["fusermount3", "-u", "-z", str(path)], check=False)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def status_of(cli, root: Path, wait_s: float = 3.0) -> dict:
+    """The mount's counters once its status record has caught up: it is written every
+    second, so they are taken once two records a second apart agree (a busy machine may
+    delay a write)."""
+
+    def stats() -> dict:
+        listed = json.loads(cli.ok("status", "--json").out)
+        return next(m for m in listed if m["mountpoint"] == str(root))["stats"]
+
+    deadline = time.monotonic() + wait_s
+    while not stats().get("reads") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    latest, settle_by = stats(), time.monotonic() + 15.0
+    while time.monotonic() < settle_by:
+        time.sleep(1.1)
+        previous, latest = latest, stats()
+        if latest == previous:
+            break
+    return latest
