@@ -52,10 +52,15 @@ def seq_fio(jobs: int) -> Callable[[Path, DataSets, Scale], Figure]:
     return run
 
 
-def rand_fio(jobs: int) -> Callable[[Path, DataSets, Scale], Figure]:
-    """Random 4 KiB reads of the first large file, each block at most once (fio's random
-    map), so that the page cache cannot answer a repeat; `jobs` readers split the file
-    and the run stops at the scale's time bound."""
+RAND_SEED = 20_261_202  # every random pass draws the same offsets, in the same order
+
+
+def rand_fio(jobs: int, ios: int | None = None) -> Callable[[Path, DataSets, Scale], Figure]:
+    """Random 4 KiB reads of the first large file, each block at most once within a pass
+    (fio's random map); `jobs` readers split the file. The offsets come from a fixed seed,
+    so every pass reads the same ones in the same order: a pass bounded by IOS (the total
+    another pass read) re-reads exactly what that pass read, which is how an epoch re-reads
+    the samples of the last one. Without IOS the pass stops at the scale's time bound."""
 
     def run(root: Path, data: DataSets, scale: Scale) -> Figure:
         name, size = data.large[0]
@@ -63,8 +68,10 @@ def rand_fio(jobs: int) -> Callable[[Path, DataSets, Scale], Figure]:
         section = (
             f"[rand]\nfilename={root / 'large' / name}\nrw=randread\nbs=4k\n"
             f"numjobs={jobs}\nsize={region}\noffset_increment={region}\n"
-            f"runtime={scale.rand_seconds}\nrandrepeat=0\n"
+            f"runtime={scale.rand_seconds}\nrandrepeat=1\nrandseed={RAND_SEED}\n"
         )
+        if ios is not None:
+            section += f"number_ios={max(1, ios // jobs)}\n"
         result = fio(section)
         return result["iops"], "", result
 
@@ -88,6 +95,7 @@ def fio(sections: str) -> dict:
         "bw_bytes": sum(r["bw_bytes"] for r in reads),
         "iops": sum(r["iops"] for r in reads),
         "io_bytes": sum(r["io_bytes"] for r in reads),
+        "ios": sum(r["total_ios"] for r in reads),
     }
 
 
@@ -200,12 +208,13 @@ def expect_count(found: int, expected: int) -> None:
         raise RuntimeError(f"saw {found} files, expected {expected}")
 
 
+RAND_JOBS = {"rand-qd1": 1, "rand-8": 8}  # readers of each random row
+
 WORKLOADS: dict[str, Callable[[Path, DataSets, Scale], Figure]] = {
     "seq-cat": seq_cat,
     "seq-fio-1": seq_fio(1),
     "seq-fio-4": seq_fio(4),
-    "rand-qd1": rand_fio(1),
-    "rand-8": rand_fio(8),
+    **{key: rand_fio(jobs) for key, jobs in RAND_JOBS.items()},
     "small-serial": small_files(1),
     "small-8": small_files(8),
     "shuffle": small_files(4, shuffled=True),

@@ -257,18 +257,14 @@ class Run:
     def amlfs_warm(self, mounts: AmlfsMounts, ref: str, sessions: list, workload: str,
                    fn: Callable, page_figure: dict) -> Figure:  # fmt: skip
         """A fresh mount on the warm block cache with the page cache dropped; then the same
-        again on that mount, now from the page cache. Random reads touch new offsets on
-        each pass (so that the block-cache row measures the disk tier, not a repeat), so
-        before their page-cache pass the file is read whole through the mount, as the
-        local page-cache column does: that pass then reads only cached pages."""
+        again on that mount, now from the page cache. A random pass re-reads the offsets the
+        block-cache pass read, no more (those are what the page cache holds)."""
         pagecache.drop()
         with mounts.mounted(ref, self.probe) as tree:
             sessions.append(tree)
             figure = self.read(workload, fn, tree.root)
             if workload.startswith("rand"):
-                name, _ = self.data.large[0]
-                bounded(lambda: pagecache.warm([tree.root / "large" / name]),
-                        self.timeout(workload))  # fmt: skip
+                fn = pathreads.rand_fio(pathreads.RAND_JOBS[workload], ios=figure[2]["ios"])
             page_figure["page"] = self.read(workload, fn, tree.root)
         return figure
 
