@@ -197,11 +197,26 @@ class BlockReader:
                 return
             self._launch(blob, run, prefetch=True)
 
+    def status(self) -> dict:
+        """The counters, and what decides read-ahead now, for `amlfs status`."""
+        return self.stats.public() | {
+            "latency_ms": round(self.latency_s * 1000, 1),
+            "read_ahead_depth": round(self.depth, 2),
+            "requests_for_reads": self.slots.counts.demand,
+            "requests_for_read_ahead": self.slots.counts.speculative,
+        }
+
     @property
     def depth(self) -> float:
         """How many times the base read-ahead to go ahead now (see readahead.depth)."""
         pressure = (self._fetching_bytes + self._pending_bytes) / WRITE_BEHIND_BYTES
         return depth(self.latency_s, pressure)
+
+    @property
+    def room_ahead(self) -> int:
+        """Blocks one reader may have fetched ahead: half of what memory holds, so that
+        they are not evicted before they are read."""
+        return max(1, self.hot.limit_bytes // (2 * self.block_size))
 
     def _key(self, blob: PinnedBlob, index: int) -> BlockKey:
         return BlockKey(blob.source, blob.etag, self.block_size, index)

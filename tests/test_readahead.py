@@ -223,6 +223,13 @@ def test_a_deeper_read_ahead_lets_the_window_grow_further() -> None:
     assert max(windows) == 2 * MAX_WINDOW
 
 
+def test_the_window_never_outgrows_the_memory_that_holds_it() -> None:
+    sequential = SequentialReads()
+    for i in range(8):
+        ahead = sequential.on_read(i * BLOCK, BLOCK, BLOCK, 1000 * BLOCK, DEPTH_MOST, 3)
+        assert len(ahead) <= 3
+
+
 # --- BlockRanges ------------------------------------------------------------------------
 
 

@@ -44,9 +44,10 @@ class SequentialReads:
         return self.streams[-1].window if self.streams else 0
 
     def on_read(self, offset: int, size: int, block_size: int, file_size: int,
-                depth: float = 1.0) -> range:  # fmt: skip
+                depth: float = 1.0, room: int = DEEPEST_WINDOW) -> range:  # fmt: skip
         """Record a read; the block indices worth fetching ahead of it (maybe none), at
-        most MAX_WINDOW × DEPTH of them (see `depth`)."""
+        most MAX_WINDOW × DEPTH of them (see `depth`) and at most ROOM (the blocks that
+        memory holds for a reader)."""
         # Kernel read-ahead may reorder neighbouring requests a little: within a block of
         # where a stream's last read ended still counts as going straight on.
         stream = next((s for s in self.streams if abs(offset - s.next_offset) <= block_size), None)
@@ -62,7 +63,7 @@ class SequentialReads:
         if not sequential:
             stream.window = 0
             return range(0)
-        most = max(1, min(DEEPEST_WINDOW, round(MAX_WINDOW * depth)))
+        most = max(1, min(DEEPEST_WINDOW, room, round(MAX_WINDOW * depth)))
         stream.window = min(most, stream.window * 2 if stream.window else FIRST_WINDOW)
         last_block = (file_size - 1) // block_size if file_size else -1
         current = (offset + size - 1) // block_size

@@ -249,7 +249,8 @@ class ReadOnlyOperations(CountedOperations):
         if off == 0 and self.walk.on_start(entry.parent_id, entry.id):
             for item in self.tree.following(entry, files_ahead(depth)):  # a walk: next files too
                 self._fetch_if_small(item)
-        ahead = file.sequential.on_read(off, size, self.reader.block_size, entry.size, depth)
+        ahead = file.sequential.on_read(off, size, self.reader.block_size, entry.size, depth,
+                                        self.reader.room_ahead)  # fmt: skip
         data = await self.reader.read(file.blob, off, size)
         if ahead:
             self.reader.prefetch(file.blob, ahead)
