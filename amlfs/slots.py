@@ -1,11 +1,11 @@
 """Requests to storage in flight, in two budgets: demand before speculation.
 
 A fetch that a process is waiting for (demand) never queues behind read-ahead
-(speculation): each has a budget of its own, and read-ahead takes a slot only while
-demand leaves room, that is while fewer than its budget of demand fetches are in flight
-and none waits. Eight readers thus get eight requests in flight whatever read-ahead is
-queued, and read-ahead uses the link while they do not need it. A read-ahead fetch that
-a reader starts waiting for while it queues moves to the demand budget (`changed`).
+(speculation): each has a budget of its own, so eight readers get eight requests in
+flight whatever read-ahead is queued, and read-ahead keeps its own requests going
+beside them. When more readers wait than their budget holds, read-ahead starts nothing
+new until they have their slots: readers come first. A read-ahead fetch that a reader
+starts waiting for while it queues moves to the demand budget (`changed`).
 """
 
 from __future__ import annotations
@@ -55,12 +55,10 @@ class FetchSlots:
                     await self._moved.wait()
                 finally:
                     counts.demand_waiting -= 1
+                    if not counts.demand_waiting:  # read-ahead held back for reads may go on
+                        self.changed()
                 continue
-            if (
-                counts.speculative < self.limit
-                and counts.demand < self.limit
-                and not counts.demand_waiting
-            ):
+            if counts.speculative < self.limit and not counts.demand_waiting:
                 counts.speculative += 1
                 return False
             await self._moved.wait()
