@@ -22,6 +22,7 @@ async def test_reads_and_read_ahead_each_have_their_budget() -> None:
     async with trio.open_nursery() as nursery:
         for i in range(3):
             nursery.start_soon(hold, slots, [False], taken, f"ahead{i}", release)
+        await trio.testing.wait_all_tasks_blocked()  # read-ahead has its slots, one queues
         for i in range(3):
             nursery.start_soon(hold, slots, [True], taken, f"read{i}", release)
         await trio.testing.wait_all_tasks_blocked()
