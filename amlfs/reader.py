@@ -208,9 +208,10 @@ class BlockReader:
 
     @property
     def depth(self) -> float:
-        """How many times the base read-ahead to go ahead now (see readahead.depth)."""
-        pressure = (self._fetching_bytes + self._pending_bytes) / WRITE_BEHIND_BYTES
-        return depth(self.latency_s, pressure)
+        """How many times the base read-ahead to go ahead now (see readahead.depth). The
+        pressure is the blocks fetched that wait to be written (the disk cache is behind
+        storage), not those being fetched: read-ahead under way is what depth is for."""
+        return depth(self.latency_s, self._pending_bytes / WRITE_BEHIND_BYTES)
 
     @property
     def room_ahead(self) -> int:

@@ -74,8 +74,9 @@ def depth(latency_s: float, pressure: float) -> float:
     """How many times the base read-ahead to go ahead (files ahead of a walk, blocks
     ahead of a sequential reader). Deeper in proportion to the time storage takes to
     answer a request (LATENCY_S), from 1 up to DEPTH_MOST, so that what is under way
-    covers a round trip at the reader's pace; shallower as the bytes between storage and
-    the disk cache fill their bound (PRESSURE, the filled fraction), down to a quarter."""
+    covers a round trip at the reader's pace; shallower as the blocks waiting to be
+    written to the disk cache fill their bound (PRESSURE, the filled fraction), down to
+    a quarter."""
     reach = min(DEPTH_MOST, max(1.0, latency_s / LATENCY_BASE_S))
     room = min(1.0, max(0.25, 1.0 - pressure))
     return reach * room
