@@ -4,7 +4,10 @@ Runs on the mount's trio event loop. Every fetch of a block is one background ta
 the mount's nursery (single flight: concurrent readers of a missing block share it), so
 a reader that gives up after its time bound never cancels a fetch that others wait for,
 and a finished fetch lands in the cache either way. Blocking work (storage through
-fsspec, the diskcache store) runs in worker threads under capacity limiters.
+obstore or fsspec, the diskcache store) runs in worker threads under capacity limiters.
+Requests to storage take slots of two budgets (amlfs.slots): a fetch a reader waits for
+never queues behind read-ahead, and read-ahead reaches further the longer storage takes
+to answer and less far while memory between storage and the disk cache fills.
 
 A read of part of a block that is neither in memory nor under way is served by range
 from the disk cache, which reads and checks only the sub-blocks it covers; a block read
@@ -21,13 +24,15 @@ refuses a write (full, failing) skips it, and the cache logs why.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 
 from amlfs.cache import BlockCache, BlockKey, Cached, HotBlocks
-from amlfs.cache.readahead import BlockRanges
+from amlfs.cache.readahead import BlockRanges, depth
 from amlfs.errors import SourceChanged, StorageError
+from amlfs.slots import FetchSlots
 from amlfs.storage import Store
 
 log = logging.getLogger(__name__)
@@ -41,6 +46,7 @@ MAX_PREFETCHES = 16  # background read-ahead runs at once; more requests are dro
 WRITE_BEHIND_BYTES = 64 * 1024 * 1024
 WRITERS = 2  # blocks written to the disk cache at once (the index is taken in turns)
 RUN_BLOCKS = 4  # neighbouring blocks read ahead are fetched in one request, up to this many
+LATENCY_WEIGHT = 0.2  # of each request's time in the running latency estimate
 
 
 class ReadFailed(Exception):
@@ -105,7 +111,9 @@ class BlockReader:
         self.block_size = block_size
         self.io_timeout = io_timeout
         self.stats = ReadStats()
-        self._fetch_limiter = trio.CapacityLimiter(fetch_limit)
+        self.slots = FetchSlots(fetch_limit)
+        self._fetch_threads = trio.CapacityLimiter(2 * fetch_limit)  # both budgets' requests
+        self.latency_s = 0.0  # running estimate of a request's time, 0 until one is done
         self._disk_limiter = trio.CapacityLimiter(4)  # block files read at once
         self._write_limiter = trio.CapacityLimiter(WRITERS)
         self._flights: dict[BlockKey, Flight] = {}
@@ -164,7 +172,7 @@ class BlockReader:
             self._launch(blob, [index], looked_up=looked_up)
             flight = self._flights[key]
         elif not flight.wanted:  # read-ahead that a reader now waits for: no longer waits
-            flight.wanted = True  # behind writes as read-ahead does
+            flight.wanted = True  # behind writes nor for a slot as read-ahead does
             self._nudge()
         with trio.move_on_after(self.io_timeout):
             await flight.done.wait()
@@ -188,6 +196,28 @@ class BlockReader:
             if self.stats.prefetches >= MAX_PREFETCHES:
                 return
             self._launch(blob, run, prefetch=True)
+
+    def status(self) -> dict:
+        """The counters, and what decides read-ahead now, for `amlfs status`."""
+        return self.stats.public() | {
+            "latency_ms": round(self.latency_s * 1000, 1),
+            "read_ahead_depth": round(self.depth, 2),
+            "requests_for_reads": self.slots.counts.demand,
+            "requests_for_read_ahead": self.slots.counts.speculative,
+        }
+
+    @property
+    def depth(self) -> float:
+        """How many times the base read-ahead to go ahead now (see readahead.depth). The
+        pressure is the blocks fetched that wait to be written (the disk cache is behind
+        storage), not those being fetched: read-ahead under way is what depth is for."""
+        return depth(self.latency_s, self._pending_bytes / WRITE_BEHIND_BYTES)
+
+    @property
+    def room_ahead(self) -> int:
+        """Blocks one reader may have fetched ahead: half of what memory holds, so that
+        they are not evicted before they are read."""
+        return max(1, self.hot.limit_bytes // (2 * self.block_size))
 
     def _key(self, blob: PinnedBlob, index: int) -> BlockKey:
         return BlockKey(blob.source, blob.etag, self.block_size, index)
@@ -251,7 +281,7 @@ class BlockReader:
         missing = [index for index, cached in found.items() if cached is None]
         damaged = {index: cached for index, cached in found.items() if cached and cached.damaged}
         for index, cached in damaged.items():
-            block = await self._mend(blob, index, cached)
+            block = await self._mend(blob, index, cached, flights[index])
             land(index, block)
             self._keep_later(self._key(blob, index), block)
         self.stats.misses += len(missing)
@@ -264,7 +294,8 @@ class BlockReader:
             for run in runs(missing, len(missing)):
                 start = run[0] * self.block_size
                 length = sum(self._length(blob, i) for i in run)
-                data = await self._fetch(blob, start, length)
+                wanted = waited_for([flights[index] for index in run])
+                data = await self._fetch(blob, start, length, wanted)
                 view = memoryview(data)
                 for index in run:
                     offset = index * self.block_size - start
@@ -279,9 +310,11 @@ class BlockReader:
                 self._fetching_bytes -= owed
                 self._nudge()
 
-    async def _fetch(self, blob: PinnedBlob, start: int, length: int) -> bytes:
-        """Fetch from storage, retrying storage failures with backoff until the time
-        bound; a changed source is final and is logged once per file."""
+    async def _fetch(self, blob: PinnedBlob, start: int, length: int,
+                     wanted: Callable[[], bool]) -> bytes:  # fmt: skip
+        """Fetch from storage in a slot of the budget WANTED() names (demand or
+        read-ahead), retrying storage failures with backoff until the time bound; a
+        changed source is final and is logged once per file."""
         deadline = trio.current_time() + self.io_timeout
         attempt = 0
         while True:  # bounded by the deadline
@@ -291,10 +324,13 @@ class BlockReader:
                 # A request that hangs is abandoned at the deadline (its thread ends when
                 # the SDK's own timeout fires), so the flight ends and later readers retry.
                 with trio.fail_after(max(0.0, deadline - trio.current_time())):
-                    data = await trio.to_thread.run_sync(
-                        self.store.read_pinned, blob.relative, start, start + length,
-                        blob.etag, limiter=self._fetch_limiter, abandon_on_cancel=True,
-                    )  # fmt: skip
+                    async with self.slots.slot(wanted):
+                        asked = trio.current_time()
+                        data = await trio.to_thread.run_sync(
+                            self.store.read_pinned, blob.relative, start, start + length,
+                            blob.etag, limiter=self._fetch_threads, abandon_on_cancel=True,
+                        )  # fmt: skip
+                        self._took(trio.current_time() - asked)
             except trio.TooSlowError:
                 log.error("%s: no answer from storage within %g s", blob.label, self.io_timeout)
                 raise ReadFailed(f"{blob.label}: storage did not answer in time") from None
@@ -320,7 +356,13 @@ class BlockReader:
             self.stats.bytes_fetched += length
             return data
 
-    async def _mend(self, blob: PinnedBlob, index: int, cached: Cached) -> bytes:
+    def _took(self, seconds: float) -> None:
+        """One more request's time in the running latency estimate."""
+        weight = LATENCY_WEIGHT if self.latency_s else 1.0
+        self.latency_s += weight * (seconds - self.latency_s)
+
+    async def _mend(self, blob: PinnedBlob, index: int, cached: Cached,
+                    flight: Flight) -> bytes:  # fmt: skip
         """Block INDEX from its cached bytes, with the sub-blocks that failed their
         checksum fetched again from storage."""
         block = bytearray(cached.data)
@@ -328,7 +370,7 @@ class BlockReader:
         for lo, hi in cached.damaged:
             log.warning("%s: cached block %d is damaged (bytes %d-%d of it); fetching them "
                         "again", blob.label, index, lo, hi)  # fmt: skip
-            block[lo:hi] = await self._fetch(blob, start + lo, hi - lo)
+            block[lo:hi] = await self._fetch(blob, start + lo, hi - lo, waited_for([flight]))
         self.stats.mended += 1
         return bytes(block)
 
@@ -347,6 +389,7 @@ class BlockReader:
         """Wake the fetches waiting for room, to look again."""
         self._writes_moved.set()
         self._writes_moved = trio.Event()
+        self.slots.changed()
 
     def _keep_later(self, key: BlockKey, data: bytes) -> None:
         """Write the block to the disk cache behind the reader. Never dropped: read-ahead
@@ -366,6 +409,11 @@ class BlockReader:
             self.stats.pending_writes -= 1
             self._pending_bytes -= len(data)
             self._nudge()
+
+
+def waited_for(flights: list[Flight]) -> Callable[[], bool]:
+    """Whether a reader waits for any of FLIGHTS now (read-ahead may become waited for)."""
+    return lambda: any(flight.wanted for flight in flights)
 
 
 def runs(indices: list[int], longest: int) -> list[list[int]]:

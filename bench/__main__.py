@@ -43,8 +43,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
     parser.add_argument(
         "--only",
-        choices=("reads", "operations"),
-        help="measure one half of the plan (the other half's cells are left out)",
+        choices=("reads", "operations", "cloud"),
+        help="measure one half of the plan (the other half's cells are left out), or only "
+        "the cloud-like backend's reads beside local disk",
     )
     parser.add_argument("--results-name", default="bench", help="prefix of the JSON file")
     parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where the JSON goes")
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     path = write_results(args.results_name, results, args.results_dir)
     write_docs = args.docs if args.docs is not None else args.mode == "full"
-    plot = report.write_plot(results, write_docs) if args.only != "operations" else None
+    plot = report.write_plot(results, write_docs) if args.only in (None, "reads") else None
     print(report.render(results, plot=plot))
     if write_docs:
         report.update_docs(results)

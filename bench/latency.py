@@ -66,11 +66,15 @@ class DelayProxy:
             client_w.close()
             return
         writers = (client_w, server_w)
-        await asyncio.gather(
-            self._pipe(client_r, server_w, writers), self._pipe(server_r, client_w, writers)
-        )
-        for writer in writers:
-            writer.close()
+        try:
+            await asyncio.gather(
+                self._pipe(client_r, server_w, writers), self._pipe(server_r, client_w, writers)
+            )
+        except asyncio.CancelledError:  # the proxy stops: its connections end with it, quietly
+            pass
+        finally:
+            for writer in writers:
+                writer.close()
 
     async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter,
                     writers: tuple[asyncio.StreamWriter, ...]) -> None:  # fmt: skip

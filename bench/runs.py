@@ -100,8 +100,14 @@ class Run:
         return {**machine(), "disk_free_gib": round(shutil.disk_usage(self.work).free / 2**30)}
 
     def measure_everything(self, only: str | None = None) -> None:
-        """Every cell of the plan; ONLY "reads" or "operations" measures that half."""
+        """Every cell of the plan; ONLY "reads" or "operations" measures that half, "cloud"
+        the reads on the cloud-like backend (and local disk, their ceiling)."""
         self.setup_registry()
+        if only == "cloud":
+            self.local_reads()
+            self.fresh_emulator()
+            self.cloud_reads()
+            return
         if only != "operations":
             self.local_reads()
             self.fresh_emulator()

@@ -8,13 +8,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from amlfs.cache.readahead import (
+    DEEPEST_WINDOW,
+    DEPTH_MOST,
     FILES_AHEAD,
     FIRST_WINDOW,
+    LATENCY_BASE_S,
     MAX_STREAMS,
     MAX_WINDOW,
     BlockRanges,
     FolderWalk,
     SequentialReads,
+    depth,
+    files_ahead,
 )
 
 BLOCK = 1024 * 1024
@@ -178,6 +183,51 @@ def test_the_folders_remembered_are_bounded() -> None:
     for folder in range(25_000):
         walk.on_start(folder, folder)
     assert len(walk.last_started) <= 10_001
+
+
+# --- depth -----------------------------------------------------------------------------
+
+
+def test_read_ahead_is_the_base_while_storage_answers_quickly() -> None:
+    assert depth(0.0, 0.0) == depth(LATENCY_BASE_S, 0.0) == 1.0
+    assert files_ahead(1.0) == FILES_AHEAD
+
+
+def test_read_ahead_deepens_with_latency_up_to_a_bound() -> None:
+    assert depth(2 * LATENCY_BASE_S, 0.0) == 2.0
+    assert depth(10.0, 0.0) == DEPTH_MOST
+    assert files_ahead(depth(0.020, 0.0)) == 4 * FILES_AHEAD  # a cloud store's 20 ms
+
+
+def test_read_ahead_shrinks_as_memory_fills() -> None:
+    assert depth(0.020, 0.5) == depth(0.020, 0.0) / 2
+    assert depth(0.0, 1.0) == depth(0.0, 5.0) == 0.25  # never to nothing
+    assert files_ahead(0.25) == 2
+
+
+@given(st.floats(0, 100), st.integers(1, 64))
+def test_the_window_ahead_of_a_reader_stays_bounded_whatever_the_depth(
+    how_deep: float, reads: int
+) -> None:
+    sequential = SequentialReads()
+    for i in range(reads):
+        ahead = sequential.on_read(i * BLOCK, BLOCK, BLOCK, 1000 * BLOCK, how_deep)
+        assert len(ahead) <= DEEPEST_WINDOW
+    assert 1 <= sequential.window <= max(1, min(DEEPEST_WINDOW, round(MAX_WINDOW * how_deep)))
+
+
+def test_a_deeper_read_ahead_lets_the_window_grow_further() -> None:
+    sequential = SequentialReads()
+    windows = [len(sequential.on_read(i * BLOCK, BLOCK, BLOCK, 1000 * BLOCK, 2.0))
+               for i in range(8)]  # fmt: skip
+    assert max(windows) == 2 * MAX_WINDOW
+
+
+def test_the_window_never_outgrows_the_memory_that_holds_it() -> None:
+    sequential = SequentialReads()
+    for i in range(8):
+        ahead = sequential.on_read(i * BLOCK, BLOCK, BLOCK, 1000 * BLOCK, DEPTH_MOST, 3)
+        assert len(ahead) <= 3
 
 
 # --- BlockRanges ------------------------------------------------------------------------

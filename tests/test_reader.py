@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,6 +28,7 @@ from hypothesis import strategies as st
 import amlfs.reader
 from amlfs.cache import BlockCache, BlockKey, HotBlocks
 from amlfs.cache.blocks import SUB_BLOCK
+from amlfs.cache.readahead import DEPTH_MOST
 from amlfs.errors import SourceChanged, StorageError
 from amlfs.reader import (
     MAX_PREFETCHES,
@@ -521,6 +523,68 @@ async def test_a_reader_that_gives_up_does_not_cancel_the_fetch_for_others(
         assert await reader.read(blob, 0, BLOCK) == data
         await eventually(lambda: on_disk(reader, blob, 0), "block kept")
     assert len(store.calls) == 1
+
+
+# --- demand before speculation ---------------------------------------------------------
+
+
+class StalledReadAhead(FakeStore):
+    """Storage that holds every request for files named ahead-* until RELEASE is set."""
+
+    def __init__(self, files: dict[str, bytes]):
+        super().__init__(files)
+        self.release = threading.Event()
+
+    def read_pinned(self, relative: str, start: int, end: int, etag: str) -> bytes:
+        if relative.startswith("ahead-"):
+            self.release.wait(WAIT_S)
+        return super().read_pinned(relative, start, end, etag)
+
+
+@pytest.mark.parametrize("files_ahead", [8, 64])
+async def test_a_read_is_served_while_read_ahead_of_many_files_is_stalled(
+    tmp_path: Path, files_ahead: int
+) -> None:
+    files = {f"ahead-{i}": content(BLOCK, i) for i in range(files_ahead)}
+    store = StalledReadAhead({**files, "wanted.bin": content(BLOCK, 999)})
+    async with open_reader(store, tmp_path, fetch_limit=4) as reader:
+        for name, data in files.items():
+            reader.prefetch(pinned(name, len(data)), range(1))
+        await eventually(lambda: reader.slots.counts.speculative == 4, "read-ahead stalled")
+        # Read-ahead holds all its slots and more queue behind them: the read has its own.
+        with trio.fail_after(WAIT_S):
+            data = await reader.read(pinned("wanted.bin", BLOCK), 0, BLOCK)
+        assert data == store.files["wanted.bin"]
+        assert reader.slots.counts.speculative == 4  # and took none of read-ahead's
+        store.release.set()
+
+
+async def test_read_ahead_a_reader_starts_waiting_for_stops_queueing_as_read_ahead(
+    tmp_path: Path,
+) -> None:
+    files = {f"ahead-{i}": content(BLOCK, i) for i in range(8)}
+    store = StalledReadAhead({**files, "later.bin": content(BLOCK, 7)})
+    later = pinned("later.bin", BLOCK)
+    async with open_reader(store, tmp_path, fetch_limit=2) as reader:
+        for name, data in files.items():
+            reader.prefetch(pinned(name, len(data)), range(1))
+        reader.prefetch(later, range(1))  # queued behind the stalled read-ahead
+        await eventually(lambda: reader.slots.counts.speculative == 2, "read-ahead stalled")
+        with trio.fail_after(WAIT_S):
+            assert await reader.read(later, 0, BLOCK) == store.files["later.bin"]
+        assert store.calls.count(("later.bin", 0, BLOCK)) == 1  # the same fetch, moved up
+        store.release.set()
+
+
+async def test_read_ahead_goes_deeper_when_storage_is_slow_to_answer(tmp_path: Path) -> None:
+    store = FakeStore({"f.bin": content(4 * BLOCK)})
+    store.fail = lambda _attempt: time.sleep(0.030)  # 30 ms a request, like a cloud store
+    blob = pinned("f.bin", 4 * BLOCK)
+    async with open_reader(store, tmp_path) as reader:
+        assert reader.depth == 1.0  # nothing measured yet: the base read-ahead
+        await reader.read(blob, 0, BLOCK)
+        assert reader.latency_s >= 0.030
+        assert reader.depth >= 0.99 * DEPTH_MOST  # six times the base latency: the deepest
 
 
 # --- statistics -------------------------------------------------------------------------

@@ -17,6 +17,9 @@ FIRST_WINDOW = 2  # blocks ahead once a read looks sequential
 MAX_WINDOW = 8  # blocks ahead at most (× block size is the memory a reader may pin)
 FILES_AHEAD = 8  # next files of a folder fetched while it is walked in order
 BLOCKS_REMEMBERED = 256  # blocks whose last read's end is kept, to spot reads straight on
+LATENCY_BASE_S = 0.005  # storage answering within this: the base read-ahead covers it
+DEPTH_MOST = 4.0  # read-ahead reaches at most this many times the base
+DEEPEST_WINDOW = 16  # blocks ahead of one reader whatever the depth (4 MiB blocks: 64 MiB)
 
 
 MAX_STREAMS = 4  # readers going straight through one file at once, told apart by offset
@@ -40,8 +43,11 @@ class SequentialReads:
         """The window of the stream read last."""
         return self.streams[-1].window if self.streams else 0
 
-    def on_read(self, offset: int, size: int, block_size: int, file_size: int) -> range:
-        """Record a read; the block indices worth fetching ahead of it (maybe none)."""
+    def on_read(self, offset: int, size: int, block_size: int, file_size: int,
+                depth: float = 1.0, room: int = DEEPEST_WINDOW) -> range:  # fmt: skip
+        """Record a read; the block indices worth fetching ahead of it (maybe none), at
+        most MAX_WINDOW × DEPTH of them (see `depth`) and at most ROOM (the blocks that
+        memory holds for a reader)."""
         # Kernel read-ahead may reorder neighbouring requests a little: within a block of
         # where a stream's last read ended still counts as going straight on.
         stream = next((s for s in self.streams if abs(offset - s.next_offset) <= block_size), None)
@@ -57,10 +63,28 @@ class SequentialReads:
         if not sequential:
             stream.window = 0
             return range(0)
-        stream.window = min(MAX_WINDOW, stream.window * 2 if stream.window else FIRST_WINDOW)
+        most = max(1, min(DEEPEST_WINDOW, room, round(MAX_WINDOW * depth)))
+        stream.window = min(most, stream.window * 2 if stream.window else FIRST_WINDOW)
         last_block = (file_size - 1) // block_size if file_size else -1
         current = (offset + size - 1) // block_size
         return range(current + 1, min(last_block, current + stream.window) + 1)
+
+
+def depth(latency_s: float, pressure: float) -> float:
+    """How many times the base read-ahead to go ahead (files ahead of a walk, blocks
+    ahead of a sequential reader). Deeper in proportion to the time storage takes to
+    answer a request (LATENCY_S), from 1 up to DEPTH_MOST, so that what is under way
+    covers a round trip at the reader's pace; shallower as the blocks waiting to be
+    written to the disk cache fill their bound (PRESSURE, the filled fraction), down to
+    a quarter."""
+    reach = min(DEPTH_MOST, max(1.0, latency_s / LATENCY_BASE_S))
+    room = min(1.0, max(0.25, 1.0 - pressure))
+    return reach * room
+
+
+def files_ahead(depth: float) -> int:
+    """The files of a folder walked in order to fetch ahead of the one started."""
+    return max(1, round(FILES_AHEAD * depth))
 
 
 @dataclass

@@ -125,7 +125,7 @@ async def _serve(record: mounts.MountRecord, tree: VersionTree, opening: Future[
 
             async def publish_status() -> None:
                 while True:
-                    record.stats = reader.stats.public() | {"requests": dict(operations.requests)}
+                    record.stats = reader.status() | {"requests": dict(operations.requests)}
                     mounts.write_record(record)
                     await trio.to_thread.run_sync(cache.flush_counts)
                     await trio.sleep(STATUS_EVERY_S)

@@ -25,7 +25,7 @@ from typing import Any
 
 import pyfuse3
 
-from amlfs.cache.readahead import FILES_AHEAD, FolderWalk, SequentialReads
+from amlfs.cache.readahead import FolderWalk, SequentialReads, files_ahead
 from amlfs.errors import AmlfsError, SourceChanged, StorageError
 from amlfs.reader import BlockReader, PinnedBlob, ReadFailed
 from amlfs.registry.models import Entry
@@ -245,10 +245,12 @@ class ReadOnlyOperations(CountedOperations):
     async def read(self, fh: int, off: int, size: int, inode: int) -> bytes:
         file = self._file(inode)
         entry = file.entry
+        depth = self.reader.depth  # deeper the slower storage answers, less under pressure
         if off == 0 and self.walk.on_start(entry.parent_id, entry.id):
-            for item in self.tree.following(entry, FILES_AHEAD):  # a walk: the next files too
+            for item in self.tree.following(entry, files_ahead(depth)):  # a walk: next files too
                 self._fetch_if_small(item)
-        ahead = file.sequential.on_read(off, size, self.reader.block_size, entry.size)
+        ahead = file.sequential.on_read(off, size, self.reader.block_size, entry.size, depth,
+                                        self.reader.room_ahead)  # fmt: skip
         data = await self.reader.read(file.blob, off, size)
         if ahead:
             self.reader.prefetch(file.blob, ahead)
