@@ -222,9 +222,10 @@ class Store:
             return data
 
     def probe(self, relative: str) -> None:
-        """One cheap request about RELATIVE (a pinned file's head), with no retries:
-        returns if the store answered, whatever the answer (the file changed or gone, an
-        error of the service); raises StorageUnreachable if the store cannot be reached."""
+        """One cheap request about RELATIVE (a pinned file's head; on Azure one try, given
+        up within seconds): returns if the store answered, whatever the answer (the file
+        changed or gone, an error of the service); raises StorageUnreachable if the store
+        cannot be reached."""
         full = self.full_path(relative)
         try:
             with self._errors(f"reach {relative}"):

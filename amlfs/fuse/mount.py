@@ -99,7 +99,6 @@ async def _serve(record: mounts.MountRecord, tree: VersionTree, opening: Future[
     store = await trio.to_thread.run_sync(opening.result)
     async with trio.open_nursery() as nursery:
         storage = StorageWatch(store.probe)
-        nursery.start_soon(storage.run)
         reader = BlockReader(
             store, cache, HotBlocks(options.hot_bytes), nursery, block_size=options.block_size,
             fetch_limit=options.fetch_limit, io_timeout=options.io_timeout, storage=storage,
@@ -139,6 +138,7 @@ async def _serve(record: mounts.MountRecord, tree: VersionTree, opening: Future[
             nursery.start_soon(ready)
             nursery.start_soon(signals.watch)
             nursery.start_soon(publish_status)
+            nursery.start_soon(storage.run)
             await pyfuse3.main()
             detached_by_kernel = not signals.received
         finally:
