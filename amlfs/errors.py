@@ -46,6 +46,11 @@ class StorageError(AmlfsError):
     """The storage behind a datastore failed or could not be reached."""
 
 
+class StorageUnreachable(StorageError):
+    """No connection to the storage could be made (refused, timed out, the name not
+    resolved): an outage of the store, not an answer about one file."""
+
+
 class NotAsStored(StorageError):
     """A conditional overwrite or delete found something other than what amlfs last stored
     at that name: amlfs never replaces or removes a file it did not write."""

@@ -37,6 +37,9 @@ RETRY = {
     "backoff": {"init_backoff": timedelta(seconds=0.5), "max_backoff": timedelta(seconds=4),
                 "base": 2},
 }  # fmt: skip
+# A probe asks whether the store can be reached at all: one try, answered in seconds.
+PROBE_OPTIONS = {"connect_timeout": timedelta(seconds=2), "timeout": timedelta(seconds=5)}
+PROBE_RETRY = {"max_retries": 0, "retry_timeout": timedelta(seconds=5)}
 DOWNLOAD_CHUNK = 8 * 2**20
 # The emulator's published development account (UseDevelopmentStorage=true).
 DEVELOPMENT_ACCOUNT = "devstoreaccount1"
@@ -121,15 +124,23 @@ class BlobReads:
 
     def __init__(self, container: str, credential: Credential):
         config, extra = client_config(credential)
-        options = {**CLIENT_OPTIONS, "allow_http": config["endpoint"].startswith("http://")}
-        self._store = AzureStore(container, config=config, client_options=options,
+        plain = {"allow_http": config["endpoint"].startswith("http://")}
+        self._store = AzureStore(container, config=config, client_options=CLIENT_OPTIONS | plain,
                                  retry_config=RETRY, **extra)  # fmt: skip
+        self._probes = AzureStore(container, config=config, client_options=PROBE_OPTIONS | plain,
+                                  retry_config=PROBE_RETRY, **extra)  # fmt: skip
 
     def read(self, blob: str, start: int, end: int, etag: str) -> bytes:
         """Bytes [start, end) of BLOB, only if it still has ETAG (else SourceChanged)."""
         with _changes_raised(blob):
             result = self._store.get(blob, options={"range": (start, end), "if_match": etag})
             return result.bytes().to_bytes()
+
+    def probe(self, blob: str) -> None:
+        """One HEAD request for BLOB, not retried. Returns if the service answered that the
+        blob is there or not; raises what the client raised otherwise."""
+        with contextlib.suppress(NotFoundError):
+            self._probes.head(blob)
 
     def download(self, blob: str, etag: str, local: Path) -> None:
         """The whole of BLOB to LOCAL, only if it still has ETAG (else SourceChanged)."""

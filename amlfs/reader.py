@@ -31,7 +31,8 @@ import trio
 
 from amlfs.cache import BlockCache, BlockKey, Cached, HotBlocks
 from amlfs.cache.readahead import BlockRanges, depth
-from amlfs.errors import SourceChanged, StorageError
+from amlfs.errors import SourceChanged, StorageError, StorageUnreachable
+from amlfs.health import StorageWatch
 from amlfs.slots import FetchSlots
 from amlfs.storage import Store
 
@@ -103,8 +104,12 @@ class BlockReader:
         block_size: int,
         fetch_limit: int,
         io_timeout: float,
+        storage: StorageWatch | None = None,
     ):
+        """STORAGE, when given, is told what fetches find and tells whether the store is
+        reachable: while it is not, fetches fail at once (see amlfs.health)."""
         self.store = store
+        self.storage = storage
         self.cache = cache
         self.hot = hot
         self.nursery = nursery
@@ -319,6 +324,9 @@ class BlockReader:
         attempt = 0
         while True:  # bounded by the deadline
             attempt += 1
+            if self.storage is not None and not self.storage.reachable:
+                # A known outage: fail now rather than wait out the bound again.
+                raise ReadFailed(f"{blob.label}: {self.storage.health.describe()}")
             self.stats.fetches_in_flight += 1
             try:
                 # A request that hangs is abandoned at the deadline (its thread ends when
@@ -333,6 +341,8 @@ class BlockReader:
                         self._took(trio.current_time() - asked)
             except trio.TooSlowError:
                 log.error("%s: no answer from storage within %g s", blob.label, self.io_timeout)
+                if self.storage is not None:
+                    self.storage.suspect(blob.relative)
                 raise ReadFailed(f"{blob.label}: storage did not answer in time") from None
             except SourceChanged:
                 if blob.source not in self._reported_changes:
@@ -341,6 +351,17 @@ class BlockReader:
                               "reads of it fail", blob.label, blob.etag)  # fmt: skip
                 raise
             except StorageError as error:
+                if isinstance(error, StorageUnreachable) and self.storage is not None:
+                    # This read found the outage (or was under way when it began): it waits,
+                    # to its bound, for the probe to find the store back; later reads fail
+                    # at once.
+                    self.storage.lost(error, blob.relative)
+                    with trio.move_on_at(deadline):
+                        await self.storage.back()
+                    if not self.storage.reachable:
+                        log.error("%s: giving up: %s", blob.label, error)
+                        raise ReadFailed(f"{blob.label}: {error}") from None
+                    continue
                 pause = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (attempt - 1))
                 if trio.current_time() + pause >= deadline:
                     log.error("%s: giving up after %d attempts: %s", blob.label, attempt, error)
@@ -352,6 +373,8 @@ class BlockReader:
                 self.stats.fetches_in_flight -= 1
             if len(data) != length:
                 raise ReadFailed(f"{blob.label}: got {len(data)} bytes, expected {length}")
+            if self.storage is not None:
+                self.storage.answered()
             self.stats.fetches += 1
             self.stats.bytes_fetched += length
             return data

@@ -11,10 +11,12 @@ every error it raises.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import logging
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urlsplit
 
-from amlfs.errors import NotAsStored, SourceChanged, StorageError, UserError
+from amlfs.errors import NotAsStored, SourceChanged, StorageError, StorageUnreachable, UserError
 from amlfs.home import caller_umask
 from amlfs.localfs import copy_prefix, fsync_folder
 from amlfs.registry import paths
@@ -56,6 +58,23 @@ BLOB_CONCURRENCY = 4
 # one may go on in the background, and is waited for (polled) up to this long.
 COPY_TIMEOUT_S = 1800.0
 COPY_BUFFER = 4 * 2**20
+# Failures of the system calls that open a connection (or reach a network filesystem's
+# server): the store cannot be reached at all. Not a reset or a timeout of a connection
+# that was made: the store was there.
+UNREACHABLE_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EHOSTUNREACH,
+                                errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTDOWN,
+                                errno.ENOTCONN})  # fmt: skip
+# How obstore (object_store over hyper) says that no connection could be made: hyper's
+# connect error (refused, connect timeout, DNS) in the error's debug text, or
+# object_store's own "connect" kind.
+OBSTORE_CONNECT_MARKERS = ("ConnectError(", "kind: Connect,")
+OBSTORE_REASONS = (("ConnectionRefused", "connection refused"), ("dns error", "name not resolved"),
+                   ("TimedOut", "connect timed out"))  # fmt: skip
+# Errors of the Azure SDK and aiohttp (adlfs, fsspec's http) that say the same, by name so
+# that a daemon need not import those packages to classify: a connect that timed out, a
+# name not resolved. (Refused connections carry their errno.)
+CONNECT_FAILURES = frozenset({"ServiceRequestTimeoutError", "ConnectionTimeoutError",
+                              "ClientConnectorDNSError"})  # fmt: skip
 
 
 def protocol_of(url: str) -> str:
@@ -201,6 +220,23 @@ class Store:
             if info is None or _etag(info) != etag:
                 raise SourceChanged(f"{relative} changed since it was pinned")
             return data
+
+    def probe(self, relative: str) -> None:
+        """One cheap request about RELATIVE (a pinned file's head; on Azure one try, given
+        up within seconds): returns if the store answered, whatever the answer (the file
+        changed or gone, an error of the service); raises StorageUnreachable if the store
+        cannot be reached."""
+        full = self.full_path(relative)
+        try:
+            with self._errors(f"reach {relative}"):
+                if self.azure:
+                    self._blobs.probe(_blob_name(full))
+                else:
+                    self.fs.info(full)
+        except StorageUnreachable:
+            raise
+        except (StorageError, SourceChanged):
+            return  # an answer
 
     @property
     def azure(self) -> bool:
@@ -389,6 +425,11 @@ class Store:
         except Exception as exc:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             detail = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+            reason = unreachable(exc)
+            if reason is not None:
+                raise StorageUnreachable(self._scrub(
+                    f"datastore {self.datastore.name!r}: cannot {what}: {reason}: {detail}"
+                )) from None  # fmt: skip
             raise StorageError(
                 self._scrub(f"datastore {self.datastore.name!r}: cannot {what}: {detail}")
             ) from None
@@ -397,6 +438,31 @@ class Store:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+
+def unreachable(error: BaseException) -> str | None:
+    """Why the store could not be reached at all, if ERROR (raised by a storage client)
+    says so: connection refused, connect timed out, name not resolved, no route. None if
+    the store answered, with whatever error. Looks through the errors ERROR wraps."""
+    seen: BaseException | None = error
+    for _depth in range(16):  # chains are short; a cycle is not followed forever
+        if seen is None:
+            return None
+        if isinstance(seen, socket.gaierror):
+            return "name not resolved"
+        if isinstance(seen, OSError) and seen.errno in UNREACHABLE_ERRNOS:
+            return os.strerror(seen.errno).lower()  # also aiohttp's errors, OSErrors too
+        names = {k.__name__ for k in type(seen).__mro__}
+        if names & CONNECT_FAILURES:
+            return "name not resolved" if "ClientConnectorDNSError" in names else (
+                "connect timed out")  # fmt: skip
+        if type(seen).__module__.startswith("obstore"):
+            text = str(seen)
+            if any(marker in text for marker in OBSTORE_CONNECT_MARKERS):
+                return next((reason for clue, reason in OBSTORE_REASONS if clue in text),
+                            "cannot connect")  # fmt: skip
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _run(fs: fsspec.AbstractFileSystem, coroutine: Callable, *args: object) -> object:

@@ -197,7 +197,10 @@ def test_storage_down_during_uploads_keeps_files_pending_until_it_returns(
 
     wait_for(lambda: status().get("failing") == 1, "amlfs status reports the failing upload")
     assert status()["pending_uploads"] == 1
+    assert status()["storage"]["state"] == "unreachable"
+    assert "storage unreachable since" in cli.ok("status").out
     own_emulator.start()
+    wait_for(lambda: status()["storage"] == {"state": "reachable"}, "the upload succeeds")
     mounts.unmount(root)  # waits for the upload, which now succeeds
     assert stored(own_fs, "outputs/job") == {"result.txt": sha(b"written while storage is down")}
 

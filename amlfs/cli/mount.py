@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -214,23 +215,39 @@ def status(ctx: click.Context, as_json: bool) -> None:
     if not listed:
         click.echo("no mounts")
         return
-    rows = []
+    rows, outages = [], []
     for item in listed:
         stats = item["stats"]
+        outage = storage_outage(stats.get("storage"))
+        if outage:
+            outages.append(f"{item['mountpoint']}: {outage}")
+        unreachable = ", storage unreachable" if outage else ""
         if item["kind"] == "output":
             failing = stats.get("failing", 0)
             uploads = f"{stats.get('pending_uploads', 0)} pending" + (
                 f", {failing} failing: {stats.get('last_error')}" if failing else "")  # fmt: skip
             rows.append([f"output {item['what']}", item["mountpoint"], item["pid"],
-                         stats.get("state", item["state"]) if item["state"] == "serving"
-                         else item["state"], "-", "-", "-",
+                         (stats.get("state", item["state"]) if item["state"] == "serving"
+                          else item["state"]) + unreachable, "-", "-", "-",
                          human_bytes(stats.get("bytes_uploaded", 0)) + " up", uploads])  # fmt: skip
             continue
         rows.append([
-            item["what"], item["mountpoint"], item["pid"], item["state"],
+            item["what"], item["mountpoint"], item["pid"], item["state"] + unreachable,
             stats.get("memory_hits", 0) + stats.get("disk_hits", 0), stats.get("misses", 0),
             human_bytes(stats.get("bytes_fetched", 0)), human_bytes(stats.get("bytes_served", 0)),
             f"{stats.get('fetches_in_flight', 0)} fetches",
         ])  # fmt: skip
     table(["WHAT", "MOUNTPOINT", "PID", "STATE", "HITS", "MISSES", "FETCHED", "SERVED",
            "IN FLIGHT / UPLOADS"], rows)  # fmt: skip
+    for line in outages:
+        click.echo(line)
+
+
+def storage_outage(storage: dict | None) -> str | None:
+    """A mount's storage state (amlfs.health) in words, if it cannot reach its storage."""
+    if not storage or storage.get("state") != "unreachable":
+        return None
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(storage.get("since") or 0))
+    probes = storage.get("probes")
+    tried = f", {probes} probe{'s' if probes != 1 else ''} since" if probes else ""
+    return f"storage unreachable since {since}{tried}: {storage.get('error')}"

@@ -20,6 +20,7 @@ import trio
 from amlfs import mounts
 from amlfs.cache import BlockCache, HotBlocks
 from amlfs.fuse.operations import ReadOnlyOperations, require_read_with_inode
+from amlfs.health import StorageWatch
 from amlfs.mounts import MountOptions
 from amlfs.reader import BlockReader
 from amlfs.registry.models import Version
@@ -97,9 +98,10 @@ async def _serve(record: mounts.MountRecord, tree: VersionTree, opening: Future[
     # Taken here, before the nursery, a failure to open it is a plain failure to mount.
     store = await trio.to_thread.run_sync(opening.result)
     async with trio.open_nursery() as nursery:
+        storage = StorageWatch(store.probe)
         reader = BlockReader(
             store, cache, HotBlocks(options.hot_bytes), nursery, block_size=options.block_size,
-            fetch_limit=options.fetch_limit, io_timeout=options.io_timeout,
+            fetch_limit=options.fetch_limit, io_timeout=options.io_timeout, storage=storage,
         )  # fmt: skip
         operations = ReadOnlyOperations(
             tree, reader,
@@ -125,7 +127,10 @@ async def _serve(record: mounts.MountRecord, tree: VersionTree, opening: Future[
 
             async def publish_status() -> None:
                 while True:
-                    record.stats = reader.status() | {"requests": dict(operations.requests)}
+                    record.stats = reader.status() | {
+                        "requests": dict(operations.requests),
+                        "storage": storage.health.public(),
+                    }
                     mounts.write_record(record)
                     await trio.to_thread.run_sync(cache.flush_counts)
                     await trio.sleep(STATUS_EVERY_S)
@@ -133,6 +138,7 @@ async def _serve(record: mounts.MountRecord, tree: VersionTree, opening: Future[
             nursery.start_soon(ready)
             nursery.start_soon(signals.watch)
             nursery.start_soon(publish_status)
+            nursery.start_soon(storage.run)
             await pyfuse3.main()
             detached_by_kernel = not signals.received
         finally:

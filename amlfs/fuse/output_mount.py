@@ -93,7 +93,7 @@ async def _serve(
                 "pending_bytes": sum(n.size for n in pending), "failing": len(failing),
                 "last_error": failing[0].error if failing else None,
                 "uploaded": files.stats.uploaded, "bytes_uploaded": files.stats.bytes_uploaded,
-                "requests": dict(operations.requests),
+                "requests": dict(operations.requests), "storage": files.storage.public(),
             }  # fmt: skip
             mounts.write_record(record)
 

@@ -35,7 +35,8 @@ from typing import Any
 
 import trio
 
-from amlfs.errors import AmlfsError
+from amlfs.errors import AmlfsError, SourceChanged, StorageError, StorageUnreachable
+from amlfs.health import Health
 from amlfs.localfs import copy_prefix, fsync_folder
 from amlfs.registry import paths
 from amlfs.storage import Store
@@ -196,6 +197,7 @@ class OutputFiles:
                                                         FOLDER_MODE)}  # fmt: skip
         self.removed: dict[int, Node] = {}  # unlinked, their stored copy not yet deleted
         self.stats = OutputStats()
+        self.storage = Health()  # as the uploads find it (they keep retrying either way)
         self.names = NameLocks()
         self.stored_at: dict[str, str] = {}  # name -> etag of what this mount stored there
         self.folder_syncs = FolderSyncs(staging, nursery)
@@ -587,6 +589,10 @@ class OutputFiles:
                     await self._settle_once(node)
                 except Exception as error:
                     node.error = str(error) or type(error).__name__
+                    if isinstance(error, StorageUnreachable):
+                        self.storage.lost(node.error, node.name, time.time())
+                    elif isinstance(error, StorageError | SourceChanged):  # it answered
+                        self.storage.answered()
                     # The whole story once per streak of failures; then a line per retry.
                     log.warning("%s: not stored (%s); trying again in %.1f s", node.name,
                                 node.error, delay,
@@ -637,6 +643,7 @@ class OutputFiles:
         """Apply a finished settle to NODE, which may have changed meanwhile (atomic:
         no await)."""
         node.error = None
+        self.storage.answered()
         node.remote_path, node.etag = done.remote_path, done.etag
         if sent.staged is not None:
             self.stats.uploaded += 1
