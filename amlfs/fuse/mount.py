@@ -19,6 +19,7 @@ import trio
 
 from amlfs import mounts
 from amlfs.cache import BlockCache, HotBlocks
+from amlfs.fuse.hint_server import HintServer
 from amlfs.fuse.operations import ReadOnlyOperations, require_read_with_inode
 from amlfs.mounts import MountOptions
 from amlfs.reader import BlockReader
@@ -105,6 +106,8 @@ async def _serve(record: mounts.MountRecord, tree: VersionTree, opening: Future[
             tree, reader,
             source_url=lambda path: store.source_name(tree.relative_path(path)),
         )  # fmt: skip
+        hints = HintServer(tree, reader, operations.blob, near=record.path)
+        operations.hint_socket, operations.on_start = str(hints.path), hints.on_start
         fuse_options = set(pyfuse3.default_options) | {
             "ro", "noatime", f"fsname=amlfs:{tree.version.ref}", "subtype=amlfs",
         }  # fmt: skip
@@ -125,7 +128,11 @@ async def _serve(record: mounts.MountRecord, tree: VersionTree, opening: Future[
 
             async def publish_status() -> None:
                 while True:
-                    record.stats = reader.stats.public() | {"requests": dict(operations.requests)}
+                    record.stats = (
+                        reader.stats.public()
+                        | hints.stats
+                        | {"requests": dict(operations.requests)}
+                    )
                     mounts.write_record(record)
                     await trio.to_thread.run_sync(cache.flush_counts)
                     await trio.sleep(STATUS_EVERY_S)
@@ -133,6 +140,7 @@ async def _serve(record: mounts.MountRecord, tree: VersionTree, opening: Future[
             nursery.start_soon(ready)
             nursery.start_soon(signals.watch)
             nursery.start_soon(publish_status)
+            nursery.start_soon(hints.run)
             await pyfuse3.main()
             detached_by_kernel = not signals.received
         finally:
