@@ -17,7 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MAX_HINTS = 4096  # paths kept per list; later ones are dropped until the reader moves on
-FILES_AHEAD = 8  # hinted files fetched (or being fetched) that the reader has not started
+# Hinted files fetched (or being fetched) that the reader has not started: more than the
+# mount's requests to storage at once (8 by default), so that none of those idles while
+# fetched files wait for the reader; fewer than the reader's 16 read-ahead runs at once,
+# so that sequential read-ahead keeps some.
+FILES_AHEAD = 12
 BYTES_AHEAD = 64 * 1024 * 1024  # bytes of hinted files being fetched at once
 
 
