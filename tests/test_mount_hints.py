@@ -120,9 +120,13 @@ def test_a_hint_outside_the_version_is_ignored_and_logged(
     cli: Cli, dataset: Container, mounts: Mounts
 ) -> None:
     root = mounts.mount("ds:1", *OPTIONS)
-    hint(root, ["missing.bin", "../labels.csv", "train", str(root / "labels.csv")])
-    counted = settled(cli, root, hints_ignored=3, hinted_fetches=1)
-    assert counted["hints_ignored"] == 3 and counted["hinted_fetches"] == 1
+    lines = [b"missing.bin", b"../labels.csv", b"train", b"\xff\xfe", b"x" * 5000, b"labels.csv\r"]
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect(hint_socket(root))
+        client.sendall(b"\n".join(lines) + b"\n")
+    counted = settled(cli, root, hints_ignored=5, hinted_fetches=1)
+    assert counted["hints_ignored"] == 5 and counted["hinted_fetches"] == 1
+    assert counted["hints_received"] == 6
     assert "read hint ignored: 'missing.bin' is not a file of ds:1" in daemon_log(cli)
     assert "read hint ignored: 'train' is not a file of ds:1" in daemon_log(cli)
     assert (root / "labels.csv").read_bytes() == FILES["labels.csv"]

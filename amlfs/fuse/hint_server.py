@@ -157,21 +157,24 @@ class HintServer:
                     skipping = False
                     continue
                 self._take(mine, line)
-            if len(buffer) > MAX_LINE:
+            if len(buffer) > MAX_LINE:  # too long to be a path: ignored, not kept
                 if not skipping:
-                    self._take(mine, b"/" + buffer[:64] + b"...")  # names no file: ignored
+                    self.queue.stats.hints_received += 1
+                    self._ignore(buffer[:64] + b"...")
                 buffer, skipping = b"", True
 
     def _take(self, mine: int, line: bytes) -> None:
-        """One line of list MINE."""
-        if not line.strip():
+        """One line of list MINE (a path may begin or end with spaces: only a CR of a
+        CRLF line end is taken off)."""
+        line = line.removesuffix(b"\r")
+        if not line:
             return
         self.queue.stats.hints_received += 1
         if mine != self._list:  # a newer connection replaced this list
             self.queue.stats.hints_dropped += 1
             return
         try:
-            path = line.decode("utf-8").strip()
+            path = line.decode("utf-8")
         except UnicodeDecodeError:
             path = None
         entry = resolve(self.tree, path) if path else None
