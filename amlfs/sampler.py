@@ -26,7 +26,8 @@ LOOKAHEAD = 256  # samples whose paths are sent ahead of the one yielded
 
 
 def hint_socket(mountpoint: str | os.PathLike) -> str:
-    """The path of the socket that takes MOUNTPOINT's hints."""
+    """The address of the socket that takes MOUNTPOINT's hints: a path, or a name in
+    Linux's abstract namespace written with a leading "@"."""
     try:
         return os.getxattr(mountpoint, HINTS_XATTR).decode()
     except OSError as error:
@@ -43,7 +44,8 @@ class Hints:
         self.mountpoint = Path(mountpoint)
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self._socket.connect(hint_socket(mountpoint))
+            address = hint_socket(mountpoint)
+            self._socket.connect("\0" + address[1:] if address.startswith("@") else address)
         except OSError as error:
             self._socket.close()
             raise UserError(f"{mountpoint}: cannot send read hints: {error.strerror}") from None

@@ -4,13 +4,17 @@ once, and never anything it has left behind or anything outside the version."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import re
+import shutil
 import socket
 import stat
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,15 +56,68 @@ def hinted_order(cli: Cli) -> list[str]:
     return re.findall(r"fetching ahead \(hinted\): ds:1 (.+)", daemon_log(cli))
 
 
-def test_the_root_names_a_private_socket_that_takes_hints(dataset: Container, mounts: Mounts):
+@contextlib.contextmanager
+def home_at(home: Path, dataset: Container, tmp_path: Path) -> Iterator[tuple[Cli, Mounts]]:
+    """A CLI with its state folder at HOME, the sample dataset registered as ds:1, and
+    mounts of its own, unmounted at the end."""
+    own = Cli(home)
+    own.ok("datastore", "add", "blob", dataset.url, "--connection-string-env", dataset.env_var)
+    own.ok("dataset", "register", "ds", "--datastore", "blob", "--path", ".")
+    helper = Mounts(own, tmp_path)
+    try:
+        yield own, helper
+    finally:
+        helper.cleanup()
+
+
+@pytest.fixture
+def short_home(dataset: Container, tmp_path: Path) -> Iterator[tuple[Cli, Mounts]]:
+    """A state folder whose path is short enough for the socket to lie in it (a test's
+    own folder may not be)."""
+    home = Path(tempfile.mkdtemp(prefix="h", dir="/tmp"))
+    try:
+        with home_at(home, dataset, tmp_path) as made:
+            yield made
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def deep_home(dataset: Container, tmp_path: Path) -> Iterator[tuple[Cli, Mounts]]:
+    """A state folder too deep for a socket's path (108 bytes at most)."""
+    with home_at(tmp_path / ("deep-" * 20) / "home", dataset, tmp_path) as made:
+        yield made
+
+
+def unix_address(address: str) -> str:
+    return "\0" + address[1:] if address.startswith("@") else address
+
+
+def test_the_root_names_a_private_socket_beside_the_mounts_record(
+    short_home: tuple[Cli, Mounts],
+) -> None:
+    cli, mounts = short_home
     root = mounts.mount("ds:1", *OPTIONS)
     assert "user.amlfs.hints" in os.listxattr(root)
     path = Path(hint_socket(root))
+    assert path.parent == cli.home / "run" / "mounts" and path.suffix == ".hints"
     assert stat.S_ISSOCK(path.stat().st_mode)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    if os.geteuid() == 0:  # another user cannot even reach it
+        assert connect_as(65534, str(path)) == 13
     mounts.unmount(root)
     assert not path.exists()
+
+
+def test_a_state_folder_too_deep_for_a_socket_path_gets_an_abstract_socket(
+    deep_home: tuple[Cli, Mounts],
+) -> None:
+    cli, mounts = deep_home
+    root = mounts.mount("ds:1", *OPTIONS)
+    assert hint_socket(root).startswith("@amlfs-hints-")
+    hint(root, ["labels.csv"])
+    assert settled(cli, root, hinted_fetches=1)["hinted_fetches"] == 1
 
 
 def test_hinted_files_are_fetched_in_that_order_before_they_are_opened(
@@ -122,7 +179,7 @@ def test_a_hint_outside_the_version_is_ignored_and_logged(
     root = mounts.mount("ds:1", *OPTIONS)
     lines = [b"missing.bin", b"../labels.csv", b"train", b"\xff\xfe", b"x" * 5000, b"labels.csv\r"]
     with socket.socket(socket.AF_UNIX) as client:
-        client.connect(hint_socket(root))
+        client.connect(unix_address(hint_socket(root)))
         client.sendall(b"\n".join(lines) + b"\n")
     counted = settled(cli, root, hints_ignored=5, hinted_fetches=1)
     assert counted["hints_ignored"] == 5 and counted["hinted_fetches"] == 1
@@ -145,9 +202,9 @@ def test_a_changed_blob_that_is_hinted_still_fails_with_eio(
     assert "ds:1 train/b.bin changed since its version was registered" in daemon_log(cli)
 
 
-def connect_as(uid: int, path: str) -> int:
-    """In a child process of user UID: connect to PATH and send a hint. Its exit code: 0
-    sent, 13 refused (EACCES), 1 anything else."""
+def connect_as(uid: int, address: str) -> int:
+    """In a child process of user UID: connect to ADDRESS and send a hint. Its exit code:
+    0 sent, 13 refused (EACCES), 1 anything else."""
     pid = os.fork()
     if pid == 0:  # the child does nothing but this, and leaves with os._exit
         code = 1
@@ -155,7 +212,7 @@ def connect_as(uid: int, path: str) -> int:
             os.setgid(uid)
             os.setuid(uid)
             with socket.socket(socket.AF_UNIX) as client:
-                client.connect(path)
+                client.connect(address)
                 client.sendall(b"labels.csv\n")
             code = 0
         except PermissionError:
@@ -167,8 +224,12 @@ def connect_as(uid: int, path: str) -> int:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
-def test_another_user_cannot_send_hints(cli: Cli, dataset: Container, mounts: Mounts) -> None:
+def test_another_user_cannot_send_hints(deep_home: tuple[Cli, Mounts]) -> None:
+    cli, mounts = deep_home
     root = mounts.mount("ds:1", *OPTIONS)
-    assert connect_as(65534, hint_socket(root)) == 13
+    address = hint_socket(root)
+    assert address.startswith("@")  # an abstract name: anyone may connect, the uid tells
+    connect_as(65534, unix_address(address))
     assert (root / "labels.csv").read_bytes() == FILES["labels.csv"]
     assert settled(cli, root, reads=1)["hints_received"] == 0
+    assert "read hints refused: uid 65534 is not this mount's user" in daemon_log(cli)

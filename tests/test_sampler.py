@@ -6,6 +6,7 @@ mount is in test_mount_hints.py)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import socket
 import threading
@@ -23,11 +24,11 @@ from amlfs.sampler import HintedSampler, hint
 class Listener:
     """A Unix socket that records what each connection sends, in a thread of its own."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, address: str) -> None:
+        self.address = address  # a path, or "@name" for an abstract one
         self.connections: list[bytes] = []
         self._server = socket.socket(socket.AF_UNIX)
-        self._server.bind(str(path))
+        self._server.bind("\0" + address[1:] if address.startswith("@") else address)
         self._server.listen(4)
         self._server.settimeout(10)
         self._thread = threading.Thread(target=self._accept, daemon=True)
@@ -58,16 +59,21 @@ class Listener:
         self._thread.join(timeout=10)
 
 
-@pytest.fixture
-def listener(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Listener]:
-    """A stand-in for a mount's hint socket; the mountpoint "/mnt/data" names it."""
-    server = Listener(Path("/tmp") / f"hints-{tmp_path.name[:40]}.sock")
-    monkeypatch.setattr(sampler, "hint_socket", lambda mountpoint: str(server.path))
+@pytest.fixture(params=["file", "abstract"])
+def listener(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Listener]:
+    """A stand-in for a mount's hint socket, a file or an abstract name; the mountpoint
+    "/mnt/data" names it."""
+    name = f"hints-{os.getpid()}-{tmp_path.name[:40]}"
+    server = Listener(f"/tmp/{name}.sock" if request.param == "file" else f"@{name}")
+    monkeypatch.setattr(sampler, "hint_socket", lambda mountpoint: server.address)
     try:
         yield server
     finally:
         server.close()
-        server.path.unlink(missing_ok=True)
+        if request.param == "file":
+            Path(server.address).unlink(missing_ok=True)
 
 
 def received(listener: Listener, connections: int) -> list[list[str]]:

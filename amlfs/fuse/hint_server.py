@@ -3,8 +3,9 @@ reads next, and a task that fetches those files ahead in that order (docs/hints.
 
 A read-only mount cannot carry hints itself (the kernel refuses writes and setxattr
 on it before they reach us), hence a socket beside the mount's record, which only the
-mount's user (and root) may use: its folder is private, and each peer's uid is checked.
-The mount's root names the socket in its `user.amlfs.hints` attribute.
+mount's user (and root) may use: its folder is private, and each peer's uid is checked
+(the only check when the socket is an abstract name, for a state folder whose path is
+too long for a socket's). The mount's root names it in its `user.amlfs.hints` attribute.
 
 Each connection starts a new list: the paths it sends, one a line, are appended to it
 in order. The policy (bounds, passing) is amlfs.hints; the blocks are fetched by the
@@ -14,13 +15,10 @@ flight and the pinned etag's conditional reads apply as to any read.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
 import socket
 import struct
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,15 +39,19 @@ RETRY_S = 0.05  # read-ahead was full: look again this soon, or when a hinted fe
 BACKLOG = 16
 
 
-def socket_path(near: Path) -> tuple[Path, Path | None]:
+def socket_address(near: Path) -> str:
     """Where the hint socket goes: beside NEAR (the mount's record, in a private folder)
-    if the path fits in a socket address; else in a private temporary folder, also
-    returned, for removal when the mount ends."""
+    if that path fits in a socket address; else a name of Linux's abstract namespace,
+    written with a leading "@" as ss(8) does, which leaves no file behind."""
     path = near.with_suffix(".hints")
     if len(os.fsencode(path)) <= SOCKET_PATH_MAX:
-        return path, None
-    folder = Path(tempfile.mkdtemp(prefix="amlfs-hints-"))  # mode 0700
-    return folder / "hints", folder
+        return str(path)
+    return f"@amlfs-hints-{near.stem}"  # the record's stem: pid and start time
+
+
+def bindable(address: str) -> str:
+    """ADDRESS as socket calls take it: an abstract name starts with a NUL."""
+    return "\0" + address[1:] if address.startswith("@") else address
 
 
 def resolve(tree: VersionTree, path: str) -> Entry | None:
@@ -82,7 +84,7 @@ class HintServer:
         self.tree = tree
         self.reader = reader
         self.blob_of = blob_of
-        self.path, self._folder = socket_path(near)  # the folder is removed by `run`
+        self.address = socket_address(near)
         self.queue = HintQueue()
         self._changed = trio.Event()  # set (and replaced) when the queue may have work
         self._list = 0  # the current list: lines of older connections are dropped
@@ -98,28 +100,29 @@ class HintServer:
             self._change()
 
     async def run(self) -> None:
-        """Listen and fetch ahead until cancelled; the socket (and its temporary folder)
-        is removed on the way out. A socket that cannot be made costs the hints only."""
+        """Listen and fetch ahead until cancelled; a socket file is removed on the way
+        out. A socket that cannot be made costs the hints only."""
         listening = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        path = None if self.address.startswith("@") else Path(self.address)
         try:
             try:
-                self.path.unlink(missing_ok=True)
-                await listening.bind(str(self.path))
-                os.chmod(self.path, 0o600)
+                if path is not None:
+                    path.unlink(missing_ok=True)
+                await listening.bind(bindable(self.address))
+                if path is not None:
+                    os.chmod(path, 0o600)
                 listening.listen(BACKLOG)
             except OSError as error:
-                log.error("read hints unavailable: cannot listen on %s: %s", self.path, error)
+                log.error("read hints unavailable: cannot listen on %s: %s", self.address, error)
                 return
-            log.info("taking read hints on %s", self.path)
+            log.info("taking read hints on %s", self.address)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._fetch_ahead, nursery)
                 await trio.serve_listeners(self._serve, [trio.SocketListener(listening)])
         finally:
             listening.close()
-            with contextlib.suppress(OSError):
-                self.path.unlink()
-            if self._folder is not None:
-                shutil.rmtree(self._folder, ignore_errors=True)
+            if path is not None:
+                path.unlink(missing_ok=True)
 
     # --- taking hints ---------------------------------------------------------------
 

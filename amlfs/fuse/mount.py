@@ -107,7 +107,7 @@ async def _serve(record: mounts.MountRecord, tree: VersionTree, opening: Future[
             source_url=lambda path: store.source_name(tree.relative_path(path)),
         )  # fmt: skip
         hints = HintServer(tree, reader, operations.blob, near=record.path)
-        operations.hint_socket, operations.on_start = str(hints.path), hints.on_start
+        operations.hint_socket, operations.on_start = hints.address, hints.on_start
         fuse_options = set(pyfuse3.default_options) | {
             "ro", "noatime", f"fsname=amlfs:{tree.version.ref}", "subtype=amlfs",
         }  # fmt: skip
