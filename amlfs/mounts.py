@@ -185,6 +185,7 @@ def remove_record(record: MountRecord) -> None:
     if held is None:
         return  # alive after all
     record.path.unlink(missing_ok=True)
+    record.path.with_suffix(".hints").unlink(missing_ok=True)  # its read-hint socket, if any
     held.release()
 
 

@@ -433,6 +433,20 @@ class BlockReader:
             self._pending_bytes -= len(data)
             self._nudge()
 
+    def landing(self, blob: PinnedBlob, indices: range) -> list[trio.Event] | None:
+        """For hinted read-ahead, which keeps a bounded number of files ahead: the events
+        set when the fetches under way of these blocks end (none when all are in memory),
+        or None when one of them is neither in memory nor under way (read-ahead was full)."""
+        events = []
+        for index in indices:
+            key = self._key(blob, index)
+            flight = self._flights.get(key)
+            if flight is not None:
+                events.append(flight.done)
+            elif self.hot.get(key) is None:
+                return None
+        return events
+
 
 def waited_for(flights: list[Flight]) -> Callable[[], bool]:
     """Whether a reader waits for any of FLIGHTS now (read-ahead may become waited for)."""

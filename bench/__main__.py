@@ -1,6 +1,7 @@
 """One command that measures amlfs beside its ceilings and a peer mount, on the same bytes.
 
-    python -m bench [--mode quick|full|smoke] [--docs] [--keep WORKDIR] [size flags]
+    python -m bench [--mode quick|full|smoke] [--docs] [--keep WORKDIR]
+                    [--only reads|operations|cloud] [size flags]
 
 Starts its own emulator on 127.0.0.1, generates the data sets, runs every workload for
 every system, tears everything down (also on Ctrl-C, SIGTERM or failure), prints a
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     path = write_results(args.results_name, results, args.results_dir)
     write_docs = args.docs if args.docs is not None else args.mode == "full"
+    # The plot shows the emulator's reads: none without them.
     plot = report.write_plot(results, write_docs) if args.only in (None, "reads") else None
     print(report.render(results, plot=plot))
     if write_docs:

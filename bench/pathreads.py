@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from amlfs.sampler import HintedSampler
 from bench.data import DataSets
 from bench.plan import MiB, Scale
 
@@ -99,14 +100,18 @@ def fio(sections: str) -> dict:
     }
 
 
-def small_files(threads: int, shuffled: bool = False) -> Callable[[Path, DataSets, Scale], Figure]:
-    """Read whole image files, in listing order or shuffled like a DataLoader epoch."""
+def small_files(threads: int, shuffled: bool = False, hinted: bool = False
+                ) -> Callable[[Path, DataSets, Scale], Figure]:  # fmt: skip
+    """Read whole image files, in listing order or shuffled like a DataLoader epoch;
+    HINTED: the order goes to the mount ahead of the readers, as a sampler wrapped in
+    amlfs.sampler.HintedSampler sends it (docs/hints.md)."""
 
     def run(root: Path, data: DataSets, scale: Scale) -> Figure:
         paths = [root / "images" / name for name, _ in data.images]
         if shuffled:
             random.Random(42).shuffle(paths)
-        return files_per_second(paths, threads, scale.cap_seconds, read_local)
+        items = HintedSampler(paths, lambda path: path, root) if hinted else paths
+        return files_per_second(items, threads, scale.cap_seconds, read_local)
 
     return run
 
@@ -117,7 +122,7 @@ def read_local(path: Path) -> int:
 
 
 def files_per_second(
-    items: list, threads: int, cap_seconds: float, read: Callable[..., int]
+    items: list | HintedSampler, threads: int, cap_seconds: float, read: Callable[..., int]
 ) -> Figure:
     """Files/s of `threads` readers pulling from one queue, with per-file latency."""
     queue = iter(items)
@@ -220,4 +225,9 @@ WORKLOADS: dict[str, Callable[[Path, DataSets, Scale], Figure]] = {
     "shuffle": small_files(4, shuffled=True),
     "find": find,
     "walk-stat": walk_stat,
+}
+# The rows of plan.HINTED_READS, read with hints.
+HINTED: dict[str, Callable[[Path, DataSets, Scale], Figure]] = {
+    "small-serial": small_files(1, hinted=True),
+    "shuffle": small_files(4, shuffled=True, hinted=True),
 }

@@ -41,7 +41,7 @@ from bench.mounts import (
     unmount_if_mounted,
 )
 from bench.pathreads import Figure
-from bench.plan import CLOUD_ONE_WAY_S, CLOUD_READS, READS, MiB, Scale
+from bench.plan import CLOUD_ONE_WAY_S, CLOUD_READS, HINTED_READS, READS, MiB, Scale
 from tests.support.azurite import Azurite
 
 log = logging.getLogger("bench")
@@ -302,6 +302,10 @@ class Run:
                 fn = pathreads.WORKLOADS[workload]
                 self.measure("cloud", workload, "amlfs-cold", self.amlfs_cold, mounts,
                              "bench-cloud:1", cold, workload, fn, False)  # fmt: skip
+                if workload in HINTED_READS:
+                    fn = pathreads.HINTED[workload]
+                    self.measure("cloud", workload, "amlfs-hints", self.amlfs_cold, mounts,
+                                 "bench-cloud:1", [], workload, fn, False)  # fmt: skip
             self.mount_figures("cloud", "amlfs-cold", cold)
 
     # --- operations -----------------------------------------------------------------

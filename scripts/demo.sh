@@ -61,6 +61,23 @@ print("  requests the daemon answered so far:", mount["stats"]["requests"])' "$m
 }
 echo; echo "first epoch over the mount:"; epoch
 echo "second epoch:"; epoch
+# A reader that knows its order (a shuffled sampler) tells the mount, which fetches those
+# files ahead in that order: amlfs.sampler.HintedSampler wraps a PyTorch sampler the same way.
+shell .venv/bin/python -c '
+import random, sys, time
+from pathlib import Path
+from amlfs.sampler import hint
+root = Path(sys.argv[1])
+order = sorted(str(p.relative_to(root)) for p in root.rglob("*.csv"))
+random.Random(3).shuffle(order)
+hint(root, order)
+print("hinted", len(order), "files, first", order[:3])' "$mnt"
+sleep 1.2
+"${amlfs[@]}" status --json | .venv/bin/python -c '
+import json, sys
+stats = next(m for m in json.load(sys.stdin) if m["mountpoint"] == sys.argv[1])["stats"]
+print("  hints taken:", stats["hints_received"], " files fetched ahead for them:",
+      stats["hinted_fetches"], " storage:", stats["storage"]["state"])' "$mnt"
 step status
 step unmount "$mnt"
 

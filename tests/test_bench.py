@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from bench.cells import FAILED, NOT_YET, OK, Cell
-from bench.plan import CLOUD_READS, OPERATIONS, READS, SYSTEMS
+from bench.pathreads import HINTED
+from bench.plan import CLOUD_READS, HINTED_READS, OPERATIONS, READS, SYSTEM_BY_KEY, SYSTEMS
 from bench.report import ratio, render
 from bench.runs import amlfs_supports, missing_tools
 from tests.conftest import require
@@ -69,6 +70,24 @@ def test_local_disk_is_measured_once_and_shown_as_the_ceiling_of_both_backends()
     report = render(results_with([Cell("both", "walk-stat", "local-warm", 0.25)]))
     rows = [line for line in report.splitlines() if line.startswith("| walk + stat")]
     assert sum("0.25 s" in row for row in rows) == 2
+
+
+def test_reads_with_hints_are_measured_on_the_cloud_rows_whose_order_a_sampler_knows() -> None:
+    assert SYSTEM_BY_KEY["amlfs-hints"].backends == ("cloud",)
+    assert [w.key for w in READS if "amlfs-hints" in w.systems] == list(HINTED_READS)
+    assert set(HINTED_READS) <= set(CLOUD_READS) and set(HINTED) == set(HINTED_READS)
+
+
+def test_the_report_sets_reads_with_hints_against_amlfs_cold_and_rclone_full() -> None:
+    report = render(results_with([
+        Cell("cloud", "shuffle", "rclone-full", 100.0),
+        Cell("cloud", "shuffle", "amlfs-cold", 150.0),
+        Cell("cloud", "shuffle", "amlfs-hints", 300.0),
+    ]))  # fmt: skip
+    assert "amlfs hints ÷ amlfs cold" in report and "amlfs hints ÷ rclone full" in report
+    [row] = [line for line in report.splitlines()
+             if line.startswith("| shuffled pass, 4 workers | cloud |")]  # fmt: skip
+    assert "| 2.00× |" in row and "| 3.00× |" in row and "| 1.50× |" in row
 
 
 # --- a whole run ------------------------------------------------------------------------

@@ -404,6 +404,16 @@ async def test_unknown_xattrs_and_xattrs_of_folders_are_enodata(ops: ReadOnlyOpe
     assert await ops.listxattr(folder, None) == []
 
 
+async def test_the_root_names_the_socket_that_takes_read_hints(ops: ReadOnlyOperations) -> None:
+    assert await ops.listxattr(ROOT_INODE, None) == []  # until the mount takes hints
+    await fails_with(errno.ENODATA, ops.getxattr(ROOT_INODE, b"user.amlfs.hints", None))
+    ops.hint_socket = "/run/amlfs/1-2.hints"
+    assert await ops.listxattr(ROOT_INODE, None) == [b"user.amlfs.hints"]
+    assert await ops.getxattr(ROOT_INODE, b"user.amlfs.hints", None) == b"/run/amlfs/1-2.hints"
+    folder = await inode_of(ops, "images")
+    await fails_with(errno.ENODATA, ops.getxattr(folder, b"user.amlfs.hints", None))
+
+
 # --- reading ----------------------------------------------------------------------------
 
 
@@ -442,6 +452,17 @@ async def test_reads_of_one_file_at_two_places_are_independent(ops: ReadOnlyOper
     assert await ops.read(0, BLOCK, 10, inode) == FILES["big.bin"][BLOCK : BLOCK + 10]
     assert await ops.read(0, 7 * BLOCK, 10, inode) == FILES["big.bin"][7 * BLOCK : 7 * BLOCK + 10]
     assert await ops.read(0, BLOCK + 10, 5, inode) == FILES["big.bin"][BLOCK + 10 : BLOCK + 15]
+
+
+async def test_a_file_read_from_its_first_byte_is_reported_started_once(
+    ops: ReadOnlyOperations,
+) -> None:
+    started: list[int] = []
+    ops.on_start = started.append
+    inode = await inode_of(ops, "big.bin")
+    await ops.read(0, 0, BLOCK, inode)
+    await ops.read(0, BLOCK, BLOCK, inode)
+    assert started == [inode]
 
 
 async def test_reading_a_folder_is_eisdir(ops: ReadOnlyOperations) -> None:

@@ -19,6 +19,7 @@ import trio
 
 from amlfs import mounts
 from amlfs.cache import BlockCache, HotBlocks
+from amlfs.fuse.hint_server import HintServer
 from amlfs.fuse.operations import ReadOnlyOperations, require_read_with_inode
 from amlfs.health import StorageWatch
 from amlfs.mounts import MountOptions
@@ -107,6 +108,8 @@ async def _serve(record: mounts.MountRecord, tree: VersionTree, opening: Future[
             tree, reader,
             source_url=lambda path: store.source_name(tree.relative_path(path)),
         )  # fmt: skip
+        hints = HintServer(tree, reader, operations.blob, near=record.path)
+        operations.hint_socket, operations.on_start = hints.address, hints.on_start
         fuse_options = set(pyfuse3.default_options) | {
             "ro", "noatime", f"fsname=amlfs:{tree.version.ref}", "subtype=amlfs",
         }  # fmt: skip
@@ -127,14 +130,19 @@ async def _serve(record: mounts.MountRecord, tree: VersionTree, opening: Future[
 
             async def publish_status() -> None:
                 while True:
-                    record.stats = reader.status() | {
-                        "requests": dict(operations.requests),
-                        "storage": storage.health.public(),
-                    }
+                    record.stats = (
+                        reader.status()
+                        | hints.stats
+                        | {
+                            "requests": dict(operations.requests),
+                            "storage": storage.health.public(),
+                        }
+                    )
                     mounts.write_record(record)
                     await trio.to_thread.run_sync(cache.flush_counts)
                     await trio.sleep(STATUS_EVERY_S)
 
+            await nursery.start(hints.run)  # listening before the mount reports ready
             nursery.start_soon(ready)
             nursery.start_soon(signals.watch)
             nursery.start_soon(publish_status)

@@ -29,7 +29,7 @@ from amlfs.cache.readahead import FolderWalk, SequentialReads, files_ahead
 from amlfs.errors import AmlfsError, SourceChanged, StorageError
 from amlfs.reader import BlockReader, PinnedBlob, ReadFailed
 from amlfs.registry.models import Entry
-from amlfs.tree import VersionTree, iso_to_ns
+from amlfs.tree import ROOT_INODE, VersionTree, iso_to_ns
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ FOREVER_S = 365 * 24 * 3600.0  # immutable data: cached entries and attributes n
 LISTING_BATCH = 256
 XATTRS = (b"user.amlfs.source", b"user.amlfs.etag", b"user.amlfs.md5", b"user.amlfs.version")
 FILES_KEPT = 4096  # files whose read state is kept (least recently read ones go)
+HINTS_XATTR = b"user.amlfs.hints"  # on the root: the socket that takes read hints
 
 
 def require_read_with_inode() -> None:
@@ -108,6 +109,8 @@ class ReadOnlyOperations(CountedOperations):
         self.uid, self.gid = os.getuid(), os.getgid()
         self.walk = FolderWalk()
         self._files: OrderedDict[int, ReadFile] = OrderedDict()
+        self.hint_socket: str | None = None  # where read hints are taken (docs/hints.md)
+        self.on_start: Callable[[int], None] = lambda inode: None  # a file read from byte 0
 
     # --- metadata ---------------------------------------------------------------------
 
@@ -193,10 +196,14 @@ class ReadOnlyOperations(CountedOperations):
 
     @mapped
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        if inode == ROOT_INODE and self.hint_socket:
+            return [HINTS_XATTR]
         return [] if self._entry(inode).is_dir else list(XATTRS)
 
     @mapped
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        if inode == ROOT_INODE and name == HINTS_XATTR and self.hint_socket:
+            return self.hint_socket.encode()
         entry = self._entry(inode)
         if entry.is_dir or name not in XATTRS:
             raise pyfuse3.FUSEError(errno.ENODATA)
@@ -245,6 +252,8 @@ class ReadOnlyOperations(CountedOperations):
     async def read(self, fh: int, off: int, size: int, inode: int) -> bytes:
         file = self._file(inode)
         entry = file.entry
+        if off == 0:
+            self.on_start(inode)
         depth = self.reader.depth  # deeper the slower storage answers, less under pressure
         if off == 0 and self.walk.on_start(entry.parent_id, entry.id):
             for item in self.tree.following(entry, files_ahead(depth)):  # a walk: next files too
