@@ -142,6 +142,9 @@ async def _serve(record: mounts.MountRecord, tree: VersionTree, opening: Future[
                     await trio.to_thread.run_sync(cache.flush_counts)
                     await trio.sleep(STATUS_EVERY_S)
 
+            # Background tasks start only now, after pyfuse3.init: a probe task started
+            # before it was seen to leave the kernel dropping cached listings and pages
+            # (cause not found); keep new tasks here.
             await nursery.start(hints.run)  # listening before the mount reports ready
             nursery.start_soon(ready)
             nursery.start_soon(signals.watch)
