@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import trio
 
 from amlfs.cache import BlockCache, BlockKey, Cached, HotBlocks
-from amlfs.cache.readahead import BlockRanges, depth
+from amlfs.cache.readahead import RUN_BLOCKS, BlockRanges, depth
 from amlfs.errors import SourceChanged, StorageError, StorageUnreachable
 from amlfs.health import StorageWatch
 from amlfs.slots import FetchSlots
@@ -46,7 +46,6 @@ MAX_PREFETCHES = 16  # background read-ahead runs at once; more requests are dro
 # waits at twice that. This bounds the memory they take.
 WRITE_BEHIND_BYTES = 64 * 1024 * 1024
 WRITERS = 2  # blocks written to the disk cache at once (the index is taken in turns)
-RUN_BLOCKS = 4  # neighbouring blocks read ahead are fetched in one request, up to this many
 LATENCY_WEIGHT = 0.2  # of each request's time in the running latency estimate
 
 

@@ -35,7 +35,7 @@ from amlfs.fuse.operations import (
     fuse_error,
     require_read_with_inode,
 )
-from amlfs.reader import BlockReader, ReadFailed
+from amlfs.reader import RUN_BLOCKS, BlockReader, ReadFailed
 from amlfs.registry import Datastore, NewVersion, PinnedFile, Registry
 from amlfs.registry import paths as registry_paths
 from amlfs.registry.models import Entry
@@ -559,6 +559,21 @@ async def test_reading_a_large_file_straight_on_fetches_blocks_ahead(
     )
     assert covered == [0, 1, 2]  # the block read and the first window of two
     assert len(store.requests) == 2  # the window's two blocks in one request
+
+
+async def test_a_file_read_straight_through_is_fetched_in_whole_requests(
+    ops: ReadOnlyOperations, store: FakeStore
+) -> None:
+    inode = await inode_of(ops, "big.bin")  # blocks 0..10
+    for offset in range(0, len(FILES["big.bin"]), BLOCK // 4):  # as the kernel reads
+        await ops.read(0, offset, BLOCK // 4, inode)
+        await eventually(lambda: ops.reader.stats.prefetches == 0, "read-ahead done")
+    blocks = [(start // BLOCK, -(-end // BLOCK)) for _, start, end in sorted(store.requests)]
+    # The block read first, the first window of two, the window of eight once it opens
+    # (in requests of at most RUN_BLOCKS), the rest of the file: every block once, and
+    # never a request per block as the reader moves on.
+    assert RUN_BLOCKS == 4
+    assert blocks == [(0, 1), (1, 3), (3, 7), (7, 9), (9, 11)]
 
 
 def test_a_pyfuse3_without_the_patch_is_refused_with_the_reason(

@@ -15,6 +15,7 @@ from amlfs.cache.readahead import (
     LATENCY_BASE_S,
     MAX_STREAMS,
     MAX_WINDOW,
+    RUN_BLOCKS,
     BlockRanges,
     FolderWalk,
     SequentialReads,
@@ -35,35 +36,57 @@ def windows(reads: SequentialReads, offsets: list[int], size: int, file_size: in
 
 def test_reading_a_file_straight_through_grows_the_window_two_four_eight() -> None:
     reads = SequentialReads()
-    ahead = windows(reads, [i * BLOCK for i in range(6)], BLOCK, 100 * BLOCK)
-    assert ahead == [range(1, 3), range(2, 6), range(3, 11), range(4, 12), range(5, 13),
-                     range(6, 14)]  # fmt: skip
-    assert [len(r) for r in ahead] == [FIRST_WINDOW, 4, MAX_WINDOW, MAX_WINDOW, MAX_WINDOW,
-                                       MAX_WINDOW]  # fmt: skip
+    grown = []
+    for i in range(6):
+        reads.on_read(i * BLOCK, BLOCK, BLOCK, 100 * BLOCK)
+        grown.append(reads.window)
+    assert grown == [FIRST_WINDOW, 4, MAX_WINDOW, MAX_WINDOW, MAX_WINDOW, MAX_WINDOW]
+
+
+def test_read_ahead_goes_out_in_whole_requests_not_a_block_per_read() -> None:
+    reads = SequentialReads()
+    ahead = windows(reads, [i * BLOCK for i in range(7)], BLOCK, 100 * BLOCK)
+    # The first window at once; then nothing until a request's worth of blocks fits.
+    assert ahead == [range(1, 3), range(0), range(3, 11), range(0), range(0), range(0),
+                     range(11, 15)]  # fmt: skip
+    assert len(ahead[-1]) == RUN_BLOCKS
+
+
+def test_every_block_of_a_file_read_straight_through_is_asked_for_once() -> None:
+    reads = SequentialReads()
+    file_size = 40 * BLOCK + 10  # blocks 0..40
+    asked = [block for offset in range(0, file_size, KERNEL_READ)
+             for block in reads.on_read(offset, KERNEL_READ, BLOCK, file_size)]  # fmt: skip
+    assert asked == list(range(1, 41))
 
 
 def test_the_window_starts_after_the_block_the_read_ends_in() -> None:
     reads = SequentialReads()
     assert reads.on_read(0, KERNEL_READ, BLOCK, 100 * BLOCK) == range(1, 3)
-    assert reads.on_read(KERNEL_READ, KERNEL_READ, BLOCK, 100 * BLOCK) == range(1, 5)
+    assert reads.on_read(KERNEL_READ, KERNEL_READ, BLOCK, 100 * BLOCK) == range(0)
     # A read that ends exactly at a block's end looks ahead from the next block.
     assert reads.on_read(2 * KERNEL_READ, BLOCK - 2 * KERNEL_READ, BLOCK, 100 * BLOCK) == (
-        range(1, 9)
+        range(3, 9)
     )
 
 
 def test_kernel_reads_in_small_pieces_grow_the_window_to_its_cap() -> None:
     reads = SequentialReads()
     ahead = windows(reads, [i * KERNEL_READ for i in range(64)], KERNEL_READ, 100 * BLOCK)
-    assert max(len(r) for r in ahead) == MAX_WINDOW
+    assert max(len(r) for r in ahead) <= MAX_WINDOW
     assert reads.window == MAX_WINDOW
+    last_read_block = (64 * KERNEL_READ - 1) // BLOCK
+    # Asked for ahead: the window, less at most one request's worth not yet due.
+    frontier = max(r[-1] for r in ahead if r)
+    assert last_read_block + MAX_WINDOW - RUN_BLOCKS < frontier <= last_read_block + MAX_WINDOW
 
 
 def test_the_window_never_passes_the_last_block_of_the_file() -> None:
     reads = SequentialReads()
     file_size = 5 * BLOCK + 10  # blocks 0..5
     ahead = windows(reads, [i * BLOCK for i in range(6)], BLOCK, file_size)
-    assert ahead == [range(1, 3), range(2, 6), range(3, 6), range(4, 6), range(5, 6), range(0)]
+    # The rest of the file goes out at once, although it is less than a request's worth.
+    assert ahead == [range(1, 3), range(3, 6), range(0), range(0), range(0), range(0)]
 
 
 def test_a_small_file_read_whole_has_nothing_ahead() -> None:
@@ -81,10 +104,12 @@ def test_a_jump_resets_the_window() -> None:
     assert reads.on_read(51 * BLOCK, BLOCK, BLOCK, 100 * BLOCK) == range(52, 54)
 
 
-def test_a_jump_backwards_resets_the_window() -> None:
+def test_a_jump_backwards_resets_the_window_and_asks_again() -> None:
     reads = SequentialReads()
-    windows(reads, [10 * BLOCK, 11 * BLOCK], BLOCK, 100 * BLOCK)
+    windows(reads, [0, BLOCK, 2 * BLOCK], BLOCK, 100 * BLOCK)
     assert reads.on_read(0, BLOCK, BLOCK, 100 * BLOCK) == range(0)
+    # What was asked for before may be gone by now: the new pass asks again.
+    assert reads.on_read(BLOCK, BLOCK, BLOCK, 100 * BLOCK) == range(2, 4)
 
 
 def test_the_first_read_away_from_the_start_is_not_sequential() -> None:
@@ -96,10 +121,11 @@ def test_readers_going_through_one_file_at_different_places_each_get_a_window() 
     reads.on_read(0, BLOCK, BLOCK, 100 * BLOCK)
     reads.on_read(50 * BLOCK, BLOCK, BLOCK, 100 * BLOCK)  # a second reader, half-way
     # Interleaved, neither resets the other: both grow their windows.
-    assert reads.on_read(BLOCK, BLOCK, BLOCK, 100 * BLOCK) == range(2, 6)
+    assert reads.on_read(BLOCK, BLOCK, BLOCK, 100 * BLOCK) == range(0)  # 1, 2 under way
     assert reads.on_read(51 * BLOCK, BLOCK, BLOCK, 100 * BLOCK) == range(52, 54)
     assert reads.on_read(2 * BLOCK, BLOCK, BLOCK, 100 * BLOCK) == range(3, 11)
-    assert reads.on_read(52 * BLOCK, BLOCK, BLOCK, 100 * BLOCK) == range(53, 57)
+    assert reads.on_read(52 * BLOCK, BLOCK, BLOCK, 100 * BLOCK) == range(0)  # 53 under way
+    assert reads.on_read(53 * BLOCK, BLOCK, BLOCK, 100 * BLOCK) == range(54, 62)
 
 
 def test_the_streams_kept_per_file_are_bounded() -> None:
@@ -113,8 +139,8 @@ def test_reads_slightly_out_of_order_still_count_as_sequential() -> None:
     reads = SequentialReads()
     reads.on_read(0, KERNEL_READ, BLOCK, 100 * BLOCK)
     # The kernel's read-ahead asked for the piece after next before the next one.
-    assert reads.on_read(2 * KERNEL_READ, KERNEL_READ, BLOCK, 100 * BLOCK) == range(1, 5)
-    assert reads.on_read(KERNEL_READ, KERNEL_READ, BLOCK, 100 * BLOCK) == range(1, 9)
+    assert reads.on_read(2 * KERNEL_READ, KERNEL_READ, BLOCK, 100 * BLOCK) == range(0)
+    assert reads.on_read(KERNEL_READ, KERNEL_READ, BLOCK, 100 * BLOCK) == range(3, 9)
 
 
 @given(
@@ -133,9 +159,10 @@ def test_blocks_ahead_are_always_within_the_file_and_the_window(
         assert len(ahead) <= MAX_WINDOW
         assert 0 <= reads.window <= MAX_WINDOW
         if ahead:
+            current = (offset + size - 1) // BLOCK
             assert ahead.step == 1
-            assert ahead.start == (offset + size - 1) // BLOCK + 1  # only blocks not yet read
-            assert ahead[-1] <= last_block
+            assert ahead.start > current  # only blocks not yet read
+            assert ahead[-1] <= min(last_block, current + reads.window)
 
 
 # --- FolderWalk -------------------------------------------------------------------------
@@ -218,9 +245,11 @@ def test_the_window_ahead_of_a_reader_stays_bounded_whatever_the_depth(
 
 def test_a_deeper_read_ahead_lets_the_window_grow_further() -> None:
     sequential = SequentialReads()
-    windows = [len(sequential.on_read(i * BLOCK, BLOCK, BLOCK, 1000 * BLOCK, 2.0))
-               for i in range(8)]  # fmt: skip
-    assert max(windows) == 2 * MAX_WINDOW
+    grown = []
+    for i in range(8):
+        sequential.on_read(i * BLOCK, BLOCK, BLOCK, 1000 * BLOCK, 2.0)
+        grown.append(sequential.window)
+    assert max(grown) == 2 * MAX_WINDOW
 
 
 def test_the_window_never_outgrows_the_memory_that_holds_it() -> None:

@@ -20,6 +20,7 @@ BLOCKS_REMEMBERED = 256  # blocks whose last read's end is kept, to spot reads s
 LATENCY_BASE_S = 0.005  # storage answering within this: the base read-ahead covers it
 DEPTH_MOST = 4.0  # read-ahead reaches at most this many times the base
 DEEPEST_WINDOW = 16  # blocks ahead of one reader whatever the depth (4 MiB blocks: 64 MiB)
+RUN_BLOCKS = 4  # neighbouring blocks read ahead are asked for in one request, up to this many
 
 
 MAX_STREAMS = 4  # readers going straight through one file at once, told apart by offset
@@ -29,6 +30,7 @@ MAX_STREAMS = 4  # readers going straight through one file at once, told apart b
 class Stream:
     next_offset: int = 0
     window: int = 0
+    asked_to: int = -1  # the last block asked for ahead of this reader
 
 
 @dataclass
@@ -45,9 +47,9 @@ class SequentialReads:
 
     def on_read(self, offset: int, size: int, block_size: int, file_size: int,
                 depth: float = 1.0, room: int = DEEPEST_WINDOW) -> range:  # fmt: skip
-        """Record a read; the block indices worth fetching ahead of it (maybe none), at
-        most MAX_WINDOW × DEPTH of them (see `depth`) and at most ROOM (the blocks that
-        memory holds for a reader)."""
+        """Record a read; the blocks to ask for ahead of it now (maybe none): those of its
+        window not asked for yet, at most MAX_WINDOW × DEPTH of them (see `depth`) and at
+        most ROOM (the blocks that memory holds for a reader)."""
         # Kernel read-ahead may reorder neighbouring requests a little: within a block of
         # where a stream's last read ended still counts as going straight on.
         stream = next((s for s in self.streams if abs(offset - s.next_offset) <= block_size), None)
@@ -61,13 +63,23 @@ class SequentialReads:
         del self.streams[:-MAX_STREAMS]
         stream.next_offset = offset + size
         if not sequential:
-            stream.window = 0
+            stream.window, stream.asked_to = 0, -1
             return range(0)
         most = max(1, min(DEEPEST_WINDOW, room, round(MAX_WINDOW * depth)))
         stream.window = min(most, stream.window * 2 if stream.window else FIRST_WINDOW)
         last_block = (file_size - 1) // block_size if file_size else -1
         current = (offset + size - 1) // block_size
-        return range(current + 1, min(last_block, current + stream.window) + 1)
+        end = min(last_block, current + stream.window)
+        start = max(current + 1, stream.asked_to + 1)
+        # While the next block is already asked for, wait until a whole request's worth
+        # of blocks fits in the window (or the file ends in it): read-ahead then goes out
+        # as a few large requests, not one block per read, and storage's cost per request
+        # (a round trip on a real link, tens of ms of CPU in the emulator) is paid rarely.
+        if start > end or (start > current + 1 and end - start + 1 < RUN_BLOCKS
+                           and end < last_block):  # fmt: skip
+            return range(0)
+        stream.asked_to = end
+        return range(start, end + 1)
 
 
 def depth(latency_s: float, pressure: float) -> float:
