@@ -18,6 +18,7 @@ import pyfuse3
 import trio
 
 from amlfs import mounts
+from amlfs.allocator import map_large_buffers
 from amlfs.cache import BlockCache, HotBlocks
 from amlfs.fuse.hint_server import HintServer
 from amlfs.fuse.operations import ReadOnlyOperations, require_read_with_inode
@@ -42,6 +43,7 @@ def serve(home: Path, registry: Registry, version: Version, mountpoint: Path,
     ready (and a failure to open it is a failure to mount) once it is open.
     """
     require_read_with_inode()
+    map_large_buffers()  # blocks freed after serving leave the process
     cache = BlockCache(options.cache_dir, options.cache_size)
     tree = VersionTree(registry, version)
     try:
