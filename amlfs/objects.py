@@ -23,6 +23,7 @@ from amlfs.errors import SourceChanged
 
 if TYPE_CHECKING:
     from obstore.store import AzureConfig
+    from typing_extensions import Buffer
 
 # As the SDK's settings in amlfs.storage: an unreachable store fails in seconds (three
 # retries, 0.5 s doubling), a stalled transfer after a minute without a byte.
@@ -130,11 +131,12 @@ class BlobReads:
         self._probes = AzureStore(container, config=config, client_options=PROBE_OPTIONS | plain,
                                   retry_config=PROBE_RETRY, **extra)  # fmt: skip
 
-    def read(self, blob: str, start: int, end: int, etag: str) -> bytes:
-        """Bytes [start, end) of BLOB, only if it still has ETAG (else SourceChanged)."""
+    def read(self, blob: str, start: int, end: int, etag: str) -> Buffer:
+        """Bytes [start, end) of BLOB, only if it still has ETAG (else SourceChanged), in
+        the client's own buffer: the caller copies out what it keeps, once."""
         with _changes_raised(blob):
             result = self._store.get(blob, options={"range": (start, end), "if_match": etag})
-            return result.bytes().to_bytes()
+            return result.bytes()
 
     def probe(self, blob: str) -> None:
         """One HEAD request for BLOB, not retried. Returns if the service answered that the

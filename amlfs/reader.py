@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -35,6 +36,9 @@ from amlfs.errors import SourceChanged, StorageError, StorageUnreachable
 from amlfs.health import StorageWatch
 from amlfs.slots import FetchSlots
 from amlfs.storage import Store
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 log = logging.getLogger(__name__)
 
@@ -300,11 +304,10 @@ class BlockReader:
                 length = sum(self._length(blob, i) for i in run)
                 wanted = waited_for([flights[index] for index in run])
                 data = await self._fetch(blob, start, length, wanted)
-                view = memoryview(data)
+                view = memoryview(data)  # each block copied out of the answer once
                 for index in run:
                     offset = index * self.block_size - start
-                    block = bytes(view[offset : offset + self._length(blob, index)]) if (
-                        len(run) > 1) else data  # fmt: skip
+                    block = bytes(view[offset : offset + self._length(blob, index)])
                     land(index, block)
                     owed -= len(block)  # from fetching to waiting to be written, no await
                     self._fetching_bytes -= len(block)
@@ -315,7 +318,7 @@ class BlockReader:
                 self._nudge()
 
     async def _fetch(self, blob: PinnedBlob, start: int, length: int,
-                     wanted: Callable[[], bool]) -> bytes:  # fmt: skip
+                     wanted: Callable[[], bool]) -> Buffer:  # fmt: skip
         """Fetch from storage in a slot of the budget WANTED() names (demand or
         read-ahead), retrying storage failures with backoff until the time bound; a
         changed source is final and is logged once per file."""

@@ -35,6 +35,7 @@ from amlfs.registry.models import Datastore, PinnedFile
 
 if TYPE_CHECKING:
     import fsspec
+    from typing_extensions import Buffer
 
     from amlfs.objects import BlobReads
 
@@ -204,8 +205,9 @@ class Store:
         """The blob's name in the block cache and in the xattrs of a mount."""
         return f"{self.identity}/{relative}"
 
-    def read_pinned(self, relative: str, start: int, end: int, etag: str) -> bytes:
-        """Bytes [start, end) of a pinned file, only if it still has ETAG.
+    def read_pinned(self, relative: str, start: int, end: int, etag: str) -> Buffer:
+        """Bytes [start, end) of a pinned file, only if it still has ETAG: bytes, or on
+        Azure the client's buffer (read through memoryview, without a copy).
 
         On Azure the read is conditional (If-Match), so a changed blob fails the request
         itself; elsewhere the etag is checked after the read, so bytes that changed while
