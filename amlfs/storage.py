@@ -444,7 +444,7 @@ class Store:
         name = self.fs._strip_protocol(info["name"]).rstrip("/")
         size, etag, md5 = info.get("size"), _etag(info), _md5(info)
         if etag is None:
-            md5, read = self._hash(info["name"])
+            md5, read = self._hash(info["name"], size=size)
             if size is not None and read != int(size):
                 raise StorageError(f"{name}: {read} bytes read, {size} announced (changing?)")
             size, etag = read, pins.content_etag(md5)
@@ -456,19 +456,20 @@ class Store:
             last_modified=_last_modified(info),
         )
 
-    def _hash(self, full: str, out: BinaryIO | None = None) -> tuple[bytes, int]:
+    def _hash(self, full: str, out: BinaryIO | None = None, *,
+              size: int | None = None) -> tuple[bytes, int]:  # fmt: skip
         """The MD5 and size of the file FULL, read once from its start in HASH_CHUNKs (one
-        request on http: no range support needed), each chunk also written to OUT if
-        given."""
-        digest, size = hashlib.md5(), 0
-        streamed = {"block_size": 0} if protocol_of(self.datastore.url) in WEB_PROTOCOLS else {}
-        with self.fs.open(full, "rb", **streamed) as source:
-            while chunk := source.read(HASH_CHUNK):
+        request on http, no range support needed; SIZE, if known, spares a HEAD request),
+        each chunk also written to OUT if given."""
+        digest, read = hashlib.md5(), 0
+        web = protocol_of(self.datastore.url) in WEB_PROTOCOLS
+        with self.fs.open(full, "rb", **({"block_size": 0, "size": size} if web else {})) as f:
+            while chunk := f.read(HASH_CHUNK):
                 digest.update(chunk)
-                size += len(chunk)
+                read += len(chunk)
                 if out is not None:
                     out.write(chunk)
-        return digest.digest(), size
+        return digest.digest(), read
 
     @contextlib.contextmanager
     def _errors(self, what: str) -> Iterator[None]:

@@ -104,6 +104,22 @@ def test_files_of_a_server_without_etags_are_pinned_by_their_md5(cli: Cli, web: 
         md5 = hashlib.md5(data).hexdigest()
         assert (files[path]["size"], files[path]["md5"]) == (len(data), md5)
         assert files[path]["etag"] == f"content-md5 {md5}"
+        assert files[path]["last_modified"].endswith("+00:00")  # the server's Last-Modified
+
+
+def test_a_manifest_of_pins_by_content_imports_back_to_the_same_version_and_no_other(
+    cli: Cli, web: WebServer, tmp_path: Path
+) -> None:
+    register(cli, web)
+    exported = tmp_path / "pub.yaml"
+    cli.ok("dataset", "export", "pub:1", "-o", str(exported))
+    assert cli.ok("dataset", "import", str(exported)).last_line == "pub:1"  # the same pins
+    md5 = hashlib.md5(FILES["data/labels.csv"]).hexdigest()
+    tampered = tmp_path / "tampered.yaml"
+    tampered.write_text(exported.read_text().replace(f"md5: {md5}", f"md5: {'f' * 32}"))
+    refused = cli("dataset", "import", str(tampered))
+    assert refused.code == 2
+    assert f"pins by content, so md5 must be {md5}" in refused.err
 
 
 def test_a_mount_download_and_verify_give_the_pinned_bytes_of_a_server_without_etags(
