@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,10 @@ class _Fetch:
     spill: int | None = None  # fd of the checked copy, while someone reads it
     error: Exception | None = None
     users: int = 0  # readers, and the task writing it to the block cache
+    # The worker thread hands the checked copy over under this lock, unless the fetch
+    # was given up meanwhile (its time bound passed): then the thread closes it itself.
+    handover: threading.Lock = field(default_factory=threading.Lock)
+    given_up: bool = False
 
 
 class WholeFiles:
@@ -96,18 +101,19 @@ class WholeFiles:
     async def _fetch(self, blob: PinnedBlob, fetch: _Fetch, wanted: Callable[[], bool]) -> None:
         key = (blob.source, blob.etag)
         try:
-            fetch.spill = await trio.to_thread.run_sync(self._spill)
             bound = patience(self.io_timeout, blob.size, self.block_size)
-            await self._request(blob, wanted, bound, self._download, blob, fetch.spill)
+            await self._request(blob, wanted, bound, self._download, blob, fetch)
             self.stats.bytes_fetched += blob.size
         except BaseException as error:  # the readers waiting for it learn why, then
+            with fetch.handover:  # a thread still running (abandoned) keeps its copy
+                fetch.given_up = True
             ended = isinstance(error, self._failed | SourceChanged)  # it ends as it would
             fetch.error = error if ended else self._failed(
                 f"{blob.label}: cannot fetch it whole: {error!r}")  # fmt: skip
             self._fetches.pop(key, None)  # a later read tries again
             fetch.done.set()
             self._release(key, fetch)
-            if not (ended or isinstance(error, OSError)):  # OSError: no room for the spill
+            if not (ended or isinstance(error, OSError)):  # OSError: no room to spill it
                 raise
             return
         fetch.done.set()
@@ -139,12 +145,21 @@ class WholeFiles:
             with tempfile.TemporaryFile() as spill:
                 return os.dup(spill.fileno())
 
-    def _download(self, blob: PinnedBlob, spill: int) -> None:
-        """The whole of BLOB into the spill file, checked (runs in a worker thread)."""
-        self.store.download_pinned(blob.relative, blob.etag, Path(spill_path(spill)))
-        size = os.fstat(spill).st_size
-        if size != blob.size:
-            raise SourceChanged(f"{blob.relative}: {size} bytes, pinned {blob.size}")
+    def _download(self, blob: PinnedBlob, fetch: _Fetch) -> None:
+        """The whole of BLOB into a new spill file, checked, handed over to FETCH (runs in
+        a worker thread, which owns the file until it is handed over)."""
+        spill = self._spill()
+        try:
+            self.store.download_pinned(blob.relative, blob.etag, Path(spill_path(spill)))
+            size = os.fstat(spill).st_size
+            if size != blob.size:
+                raise SourceChanged(f"{blob.relative}: {size} bytes, pinned {blob.size}")
+            with fetch.handover:
+                if not fetch.given_up:
+                    fetch.spill, spill = spill, None
+        finally:
+            if spill is not None:
+                os.close(spill)
 
     def _block(self, spill: int, blob: PinnedBlob, index: int) -> bytes:
         start = index * self.block_size

@@ -113,3 +113,19 @@ async def test_a_file_shorter_than_its_pin_is_refused(tmp_path: Path) -> None:
     async with open_reader(store, tmp_path) as reader:
         with pytest.raises(ReadFailed, match="bytes, pinned"):
             await reader.read(blob, 0, 10)
+
+
+async def test_a_whole_fetch_past_its_bound_fails_the_read_and_a_later_read_fetches_again(
+    tmp_path: Path,
+) -> None:
+    data = content(2 * BLOCK)
+    store = FakeWeb({"f.bin": data})
+    store.gate = threading.Event()  # storage holds the first fetch past its bound
+    blob = by_content("f.bin", data)
+    async with open_reader(store, tmp_path, io_timeout=0.2) as reader:
+        with pytest.raises(ReadFailed):
+            await reader.read(blob, 0, 10)
+        await eventually(lambda: reader.stats.fetches_in_flight == 0, "the fetch given up")
+        store.gate.set()
+        assert bytes(await reader.read(blob, BLOCK, 10)) == data[BLOCK : BLOCK + 10]
+    assert store.downloads == ["f.bin", "f.bin"]
