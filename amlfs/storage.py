@@ -434,12 +434,12 @@ class Store:
 
     def _pin(self, info: dict) -> PinnedFile | None:
         """The pinned record of one listed file, its path relative to the datastore. A
-        listing without the file's size or etag (an http folder index) is completed by
-        asking about the file; a file that has no etag nor mtime even then is read whole
-        and pinned by its content (amlfs.registry.pins)."""
+        listing without the file's size (an http folder index) is completed by asking
+        about the file; a file that has no etag nor mtime even then is read whole and
+        pinned by its content (amlfs.registry.pins)."""
         if _is_folder_marker(info):
             return None
-        if info.get("size") is None or _etag(info) is None:
+        if info.get("size") is None:  # a listing of names only: ask about the file
             info = self.fs.info(info["name"])
         name = self.fs._strip_protocol(info["name"]).rstrip("/")
         size, etag, md5 = info.get("size"), _etag(info), _md5(info)
