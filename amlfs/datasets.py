@@ -94,7 +94,8 @@ def verify(
     registry: Registry, version: Version, env: Mapping[str, str] = os.environ
 ) -> VerifyReport:
     """Compare every pinned file of VERSION with its store, listing each source once
-    (a handful of listing calls, not one request per file)."""
+    (a handful of listing calls, not one request per file; but a file pinned by content
+    is read whole again to be hashed, see amlfs.registry.pins)."""
     store = Store(registry.get_datastore(version.datastore), env)
     current: dict[str, PinnedFile] = {}
     for source in version.sources:

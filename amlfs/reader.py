@@ -34,8 +34,10 @@ from amlfs.cache import BlockCache, BlockKey, Cached, HotBlocks
 from amlfs.cache.readahead import RUN_BLOCKS, BlockRanges, depth
 from amlfs.errors import SourceChanged, StorageError, StorageUnreachable
 from amlfs.health import StorageWatch
+from amlfs.registry import pins
 from amlfs.slots import FetchSlots
 from amlfs.storage import Store
+from amlfs.whole_files import WholeFiles, patience
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -130,6 +132,9 @@ class BlockReader:
         self._fetching_bytes = 0  # of blocks being fetched from storage
         self._pending_bytes = 0  # of blocks waiting to be written to the disk cache
         self._writes_moved = trio.Event()  # set (and replaced) when room may have been made
+        self._wholes = WholeFiles(store, cache, nursery, block_size=block_size,
+                                  io_timeout=io_timeout, request=self._request, stats=self.stats,
+                                  failed=ReadFailed, write_limiter=self._write_limiter)  # fmt: skip
 
     async def read(self, blob: PinnedBlob, offset: int, size: int) -> bytes | memoryview:
         """Bytes [offset, offset+size) of BLOB, short at its end (a view into a cached
@@ -182,11 +187,12 @@ class BlockReader:
         elif not flight.wanted:  # read-ahead that a reader now waits for: no longer waits
             flight.wanted = True  # behind writes nor for a slot as read-ahead does
             self._nudge()
-        with trio.move_on_after(self.io_timeout):
+        bound = self._bound(blob)
+        with trio.move_on_after(bound):
             await flight.done.wait()
         if not flight.done.is_set():
             self.stats.errors += 1
-            raise ReadFailed(f"{blob.label}: no data within {self.io_timeout:g} s")
+            raise ReadFailed(f"{blob.label}: no data within {bound:g} s")
         if flight.error is not None:
             self.stats.errors += 1
             raise ReadFailed(str(flight.error))
@@ -229,6 +235,13 @@ class BlockReader:
 
     def _key(self, blob: PinnedBlob, index: int) -> BlockKey:
         return BlockKey(blob.source, blob.etag, self.block_size, index)
+
+    def _bound(self, blob: PinnedBlob) -> float:
+        """How long a read waits for a block of BLOB: a file pinned by content is fetched
+        whole first."""
+        if pins.pinned_md5(blob.etag) is None:
+            return self.io_timeout
+        return patience(self.io_timeout, blob.size, self.block_size)
 
     def _length(self, blob: PinnedBlob, index: int) -> int:
         return min(self.block_size, blob.size - index * self.block_size)
@@ -288,6 +301,13 @@ class BlockReader:
                     looks.start_soon(look, index)
         missing = [index for index, cached in found.items() if cached is None]
         damaged = {index: cached for index, cached in found.items() if cached and cached.damaged}
+        if pins.pinned_md5(blob.etag) is not None:
+            # Pinned by content: no range of it can be checked (see amlfs.whole_files).
+            missing = sorted(missing + list(damaged))
+            self.stats.misses += len(missing)
+            if missing:
+                await self._wholes.load(blob, missing, land, waited_for(list(flights.values())))
+            return
         for index, cached in damaged.items():
             block = await self._mend(blob, index, cached, flights[index])
             land(index, block)
@@ -319,10 +339,21 @@ class BlockReader:
 
     async def _fetch(self, blob: PinnedBlob, start: int, length: int,
                      wanted: Callable[[], bool]) -> Buffer:  # fmt: skip
-        """Fetch from storage in a slot of the budget WANTED() names (demand or
-        read-ahead), retrying storage failures with backoff until the time bound; a
-        changed source is final and is logged once per file."""
-        deadline = trio.current_time() + self.io_timeout
+        """Bytes [start, start + length) of BLOB from storage (see _request)."""
+        data = await self._request(blob, wanted, self.io_timeout, self.store.read_pinned,
+                                   blob.relative, start, start + length, blob.etag)  # fmt: skip
+        if len(data) != length:
+            raise ReadFailed(f"{blob.label}: got {len(data)} bytes, expected {length}")
+        self.stats.bytes_fetched += length
+        return data
+
+    async def _request(self, blob: PinnedBlob, wanted: Callable[[], bool], bound: float,
+                       call: Callable, *args: object) -> object:  # fmt: skip
+        """CALL(*ARGS), a request to storage about BLOB, in a worker thread and a slot of
+        the budget WANTED() names (demand or read-ahead), retrying storage failures with
+        backoff until BOUND seconds have passed; a changed source is final and is logged
+        once per file."""
+        deadline = trio.current_time() + bound
         attempt = 0
         while True:  # bounded by the deadline
             attempt += 1
@@ -337,12 +368,11 @@ class BlockReader:
                     async with self.slots.slot(wanted):
                         asked = trio.current_time()
                         data = await trio.to_thread.run_sync(
-                            self.store.read_pinned, blob.relative, start, start + length,
-                            blob.etag, limiter=self._fetch_threads, abandon_on_cancel=True,
-                        )  # fmt: skip
+                            call, *args, limiter=self._fetch_threads, abandon_on_cancel=True
+                        )
                         self._took(trio.current_time() - asked)
             except trio.TooSlowError:
-                log.error("%s: no answer from storage within %g s", blob.label, self.io_timeout)
+                log.error("%s: no answer from storage within %g s", blob.label, bound)
                 if self.storage is not None:
                     self.storage.suspect(blob.relative)
                 raise ReadFailed(f"{blob.label}: storage did not answer in time") from None
@@ -373,12 +403,9 @@ class BlockReader:
                 continue
             finally:
                 self.stats.fetches_in_flight -= 1
-            if len(data) != length:
-                raise ReadFailed(f"{blob.label}: got {len(data)} bytes, expected {length}")
             if self.storage is not None:
                 self.storage.answered()
             self.stats.fetches += 1
-            self.stats.bytes_fetched += length
             return data
 
     def _took(self, seconds: float) -> None:

@@ -20,8 +20,10 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -30,7 +32,7 @@ from urllib.parse import urlsplit
 from amlfs.errors import NotAsStored, SourceChanged, StorageError, StorageUnreachable, UserError
 from amlfs.home import caller_umask
 from amlfs.localfs import copy_prefix, fsync_folder
-from amlfs.registry import paths
+from amlfs.registry import paths, pins
 from amlfs.registry.models import Datastore, PinnedFile
 
 if TYPE_CHECKING:
@@ -59,6 +61,12 @@ BLOB_CONCURRENCY = 4
 # one may go on in the background, and is waited for (polled) up to this long.
 COPY_TIMEOUT_S = 1800.0
 COPY_BUFFER = 4 * 2**20
+# Files asked about or hashed at once while pinning, where a listing lacks their size or
+# etag (an http server's folder index gives names only; one that sends no ETag has each
+# file read whole). Each holds one HASH_CHUNK in memory.
+PIN_WORKERS = 8
+HASH_CHUNK = 2**20
+WEB_PROTOCOLS = frozenset({"http", "https"})
 # Failures of the system calls that open a connection (or reach a network filesystem's
 # server): the store cannot be reached at all. Not a reset or a timeout of a connection
 # that was made: the store was there.
@@ -186,8 +194,8 @@ class Store:
                     infos, base = self._find(full, progress), source
                 else:
                     infos, base = [info], paths.parent(source)
-        files = [self._pin(info) for info in infos if info.get("type") != "directory"]
-        return Listing(base, [f for f in files if f is not None])
+            files = self._pin_all([info for info in infos if info.get("type") != "directory"])
+        return Listing(base, files)
 
     @property
     def identity(self) -> str:
@@ -212,7 +220,11 @@ class Store:
         On Azure the read is conditional (If-Match), so a changed blob fails the request
         itself; elsewhere the etag is checked after the read, so bytes that changed while
         being read are never returned. Raises SourceChanged or StorageError.
+        A file pinned by content is never read by range (nothing could check the range):
+        see download_pinned.
         """
+        if pins.pinned_md5(etag) is not None:
+            raise ValueError(f"{relative} is pinned by content: it is read whole, and checked")
         full = self.full_path(relative)
         with self._errors(f"read {relative}"):
             if self.azure:
@@ -245,10 +257,19 @@ class Store:
         return protocol_of(self.datastore.url) in AZURE_PROTOCOLS
 
     def download_pinned(self, relative: str, etag: str, local: Path) -> None:
-        """Write the whole pinned file to LOCAL, only if it still has ETAG (as read_pinned).
-        LOCAL may hold a partial file if this raises; the caller owns cleaning it up."""
+        """Write the whole pinned file to LOCAL, only if it still has ETAG (as read_pinned);
+        a file pinned by content (see amlfs.registry.pins), only if what was written has
+        the pinned MD5. LOCAL may hold a partial file if this raises; the caller owns
+        cleaning it up."""
         full = self.full_path(relative)
         with self._errors(f"download {relative}"):
+            md5 = pins.pinned_md5(etag)
+            if md5 is not None:  # before the Azure case: a token is never sent as If-Match
+                with open(local, "wb") as out:
+                    found, _size = self._hash(full, out)
+                if found != md5:
+                    raise SourceChanged(f"{relative} changed since it was pinned (its MD5 differs)")
+                return
             if self.azure:
                 self._blobs.download(_blob_name(full), etag, local)
                 return
@@ -400,18 +421,57 @@ class Store:
         except FileNotFoundError:
             return None
 
+    def _pin_all(self, infos: list[dict]) -> list[PinnedFile]:
+        """The files of a listing pinned, each once, in listing order. Those that need
+        requests of their own (see _pin) are pinned PIN_WORKERS at a time."""
+        unique = list({info["name"]: info for info in infos}.values())  # a glob's `**` repeats
+        slow = [info for info in unique if info.get("size") is None or _etag(info) is None]
+        pinned = {}
+        if slow:
+            with ThreadPoolExecutor(min(PIN_WORKERS, len(slow))) as pool:
+                names = [info["name"] for info in slow]
+                pinned = dict(zip(names, pool.map(self._pin, slow), strict=True))
+        files = [pinned[i["name"]] if i["name"] in pinned else self._pin(i) for i in unique]
+        return [f for f in files if f is not None]
+
     def _pin(self, info: dict) -> PinnedFile | None:
-        """The pinned record of one listed file, its path relative to the datastore."""
+        """The pinned record of one listed file, its path relative to the datastore. A
+        listing without the file's size (an http folder index) is completed by asking
+        about the file; a file that has no etag nor mtime even then is read whole and
+        pinned by its content (amlfs.registry.pins)."""
         if _is_folder_marker(info):
             return None
+        if info.get("size") is None:  # a listing of names only: ask about the file
+            info = self.fs.info(info["name"])
         name = self.fs._strip_protocol(info["name"]).rstrip("/")
+        size, etag, md5 = info.get("size"), _etag(info), _md5(info)
+        if etag is None:
+            md5, read = self._hash(info["name"], size=size)
+            if size is not None and read != int(size):
+                raise StorageError(f"{name}: {read} bytes read, {size} announced (changing?)")
+            size, etag = read, pins.content_etag(md5)
         return PinnedFile(
             path=paths.relative_to(self.root, name),
-            size=int(info["size"]),
-            etag=_etag(info),
-            md5=_md5(info),
+            size=int(size),
+            etag=etag,
+            md5=md5,
             last_modified=_last_modified(info),
         )
+
+    def _hash(self, full: str, out: BinaryIO | None = None, *,
+              size: int | None = None) -> tuple[bytes, int]:  # fmt: skip
+        """The MD5 and size of the file FULL, read once from its start in HASH_CHUNKs (one
+        request on http, no range support needed; SIZE, if known, spares a HEAD request),
+        each chunk also written to OUT if given."""
+        digest, read = hashlib.md5(), 0
+        web = protocol_of(self.datastore.url) in WEB_PROTOCOLS
+        with self.fs.open(full, "rb", **({"block_size": 0, "size": size} if web else {})) as f:
+            while chunk := f.read(HASH_CHUNK):
+                digest.update(chunk)
+                read += len(chunk)
+                if out is not None:
+                    out.write(chunk)
+        return digest.digest(), read
 
     @contextlib.contextmanager
     def _errors(self, what: str) -> Iterator[None]:
@@ -698,15 +758,16 @@ def _is_folder_marker(info: dict) -> bool:
     )
 
 
-def _etag(info: dict) -> str:
+def _etag(info: dict) -> str | None:
     """The store's etag; for stores without one (local folders), a token of mtime and size
-    that changes whenever the file is rewritten."""
+    that changes whenever the file is rewritten; None if the store reports neither (an
+    http server that sends no ETag: its Last-Modified, to the second, is too coarse)."""
     for key in ("etag", "ETag", "generation"):
         if info.get(key):
             return str(info[key])
     mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
     if mtime is None:
-        raise StorageError(f"{info['name']}: the store reports neither an etag nor a mtime")
+        return None
     if isinstance(mtime, datetime):
         mtime = mtime.timestamp()
     return f"mtime-{float(mtime)!r}-size-{int(info['size'])}"
@@ -721,6 +782,9 @@ def _md5(info: dict) -> bytes | None:
 
 def _last_modified(info: dict) -> str | None:
     value = info.get("last_modified") or info.get("LastModified") or info.get("mtime")
+    if value is None and info.get("Last-Modified"):  # fsspec's http: the header as sent
+        with contextlib.suppress(TypeError, ValueError):
+            value = parsedate_to_datetime(info["Last-Modified"])
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat()
     if isinstance(value, int | float):

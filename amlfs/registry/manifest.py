@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from amlfs.errors import ManifestError, UserError
-from amlfs.registry import paths, yamlio
+from amlfs.registry import paths, pins, yamlio
 from amlfs.registry.models import NewVersion, PinnedFile, Version
 
 MANIFEST_SCHEMA = "amlfs/manifest/v1"
@@ -86,6 +86,12 @@ class ManifestFile(_Strict):
     etag: str = Field(min_length=1)
     md5: Md5Hex | None = None
     last_modified: Timestamp | None = None
+
+    @model_validator(mode="after")
+    def _content_pin(self) -> ManifestFile:
+        if problem := pins.problem(self.etag, bytes.fromhex(self.md5) if self.md5 else None):
+            raise ValueError(problem)
+        return self
 
 
 class Manifest(_Strict):

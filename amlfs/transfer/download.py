@@ -500,7 +500,8 @@ def _reason(error: Exception) -> str:
     if isinstance(error, SourceChanged):
         if "is gone" in str(error):
             return "gone from the datastore since the version was registered"
-        return "changed at the source since the version was registered (etag mismatch)"
+        mismatch = "MD5" if "MD5" in str(error) else "etag"  # a pin by content, or the etag
+        return f"changed at the source since the version was registered ({mismatch} mismatch)"
     if isinstance(error, OSError):
         return error.strerror or str(error)
     return str(error)
