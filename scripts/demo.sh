@@ -5,8 +5,9 @@
 # writes results through an output mount registered as a new dataset (a checkpoint
 # renamed over one still uploading; a second mount of it refused), uploads a folder
 # (a link out of it refused), runs a job with
-# `amlfs run` and shows its lineage, then changes a source file to show that amlfs
-# notices (verify reports it, the mount refuses its bytes).
+# `amlfs run` and shows its lineage, registers files from a web server that sends no
+# ETag (pinned by their MD5), then changes a source file to show that amlfs notices
+# (verify reports it, the mount refuses its bytes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
@@ -133,11 +134,32 @@ step runs list
 step lineage weekly-summary:1
 step lineage weather:2
 
+# Files from a plain web server (no ETag, no ranges) are pinned by their MD5, computed
+# when registered; a mount fetches such a file whole and checks it before serving a byte.
+web_port=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+.venv/bin/python -m http.server --bind 127.0.0.1 --directory "$demo/store" "$web_port" \
+  >/dev/null 2>&1 &
+web_pid=$!
+trap '[[ -d "$mnt" ]] && grep -qs " $mnt " /proc/mounts && "${amlfs[@]}" unmount "$mnt";
+      grep -qs " $out " /proc/mounts && "${amlfs[@]}" unmount "$out"; kill "$web_pid"' EXIT
+for _ in $(seq 50); do  # bounded: five seconds for the server to listen
+  .venv/bin/python -c "import socket; socket.create_connection(('127.0.0.1', $web_port), 1)" \
+    2>/dev/null && break
+  sleep 0.1
+done
+step datastore add web "http://127.0.0.1:$web_port"
+step dataset register weather-web --datastore web --path 'Weather/week27/*.csv'
+step dataset show weather-web --files
+
 echo
 echo "Rewriting Weather/week27/mon.csv under the pinned versions..."
 echo "hour,temp_c,humidity" > "$demo/store/Weather/week27/mon.csv"
 if step dataset verify weather:2; then
   echo "demo: verify should have reported the change" >&2
+  exit 1
+fi
+if step dataset verify weather-web; then  # the same change, seen by its MD5
+  echo "demo: verify should have reported the change on the web server" >&2
   exit 1
 fi
 # Cached blocks hold the pinned bytes, so a mount may still serve them; what it never
