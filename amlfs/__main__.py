@@ -1,3 +1,3 @@
-from amlfs.cli.main import entry_point
+from amlfs.cli.launch import entry_point
 
 entry_point()

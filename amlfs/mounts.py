@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import hashlib
 import json
+import logging
 import os
 import re
 import select
@@ -269,18 +270,17 @@ def fork_daemon(home: Path, log_name: str, *, env: Mapping[str, str]) -> int | N
     read_end, write_end = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
-    log = os.open(log_dir(home) / f"{log_name}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT,
-                  0o600)  # fmt: skip
+    log = open_log(home, log_name)
     pid = os.fork()
     if pid == 0:
-        _become_daemon(log, env, write_end)
+        become_daemon(log, env, write_end)
         return None
     os.close(log)
     os.close(write_end)
     return _await_ready(read_end, _Forked(pid))
 
 
-def _become_daemon(log: int, env: Mapping[str, str], ready: int) -> None:
+def become_daemon(log: int, env: Mapping[str, str], ready: int) -> None:
     """In a forked daemon: its own session, no terminal, its log as stdout and stderr, no
     other file of the command's but the pipe READY to report on (as a started daemon's),
     ENV as its whole environment."""
@@ -293,6 +293,28 @@ def _become_daemon(log: int, env: Mapping[str, str], ready: int) -> None:
     os.closerange(ready + 1, os.sysconf("SC_OPEN_MAX"))
     _take_environment({k: v for k, v in env.items() if k != "NOTIFY_SOCKET"})
     os.environ[READY_ENV] = str(ready)
+
+
+def daemon_logging() -> None:
+    """A daemon logs its own INFO lines (DEBUG with --debug), with time and pid."""
+    level = logging.DEBUG if "--debug" in sys.argv else logging.INFO
+    logging.getLogger("amlfs").setLevel(level)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s amlfs[%(process)d] %(levelname)s "
+                                               "%(name)s: %(message)s"))  # fmt: skip
+
+
+def await_daemon(pid: int, report: int) -> int:
+    """The pid of our child PID, a daemon started ahead (amlfs.warm) and handed its
+    mount, once it reports on REPORT that it serves; its failure to start raised, as
+    fork_daemon does."""
+    return _await_ready(report, _Forked(pid))
+
+
+def open_log(home: Path, log_name: str) -> int:
+    """The daemon log HOME/logs/LOG_NAME.log, opened to append."""
+    return os.open(log_dir(home) / f"{log_name}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                   0o600)  # fmt: skip
 
 
 def _take_environment(env: Mapping[str, str]) -> None:

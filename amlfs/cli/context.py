@@ -12,6 +12,7 @@ import click
 from amlfs import home as amlfs_home
 from amlfs.errors import UserError
 from amlfs.registry.store import Registry
+from amlfs.warm import WarmDaemon
 
 F = TypeVar("F", bound=Callable)
 
@@ -22,6 +23,7 @@ class AppContext:
     # The process is the `amlfs` command's own, not a caller's that runs main() (a test,
     # a script): a command may then fork it into a daemon.
     own_process: bool = False
+    warm: WarmDaemon | None = None  # a mount's daemon started ahead (amlfs.warm), if any
     _registry: Registry | None = field(default=None, repr=False)
 
     def registry(self) -> Registry:

@@ -14,6 +14,7 @@ from amlfs import __version__
 from amlfs.cli.context import AppContext, common_options
 from amlfs.errors import EXIT_RUNTIME, EXIT_USAGE, AmlfsError
 from amlfs.home import private_files
+from amlfs.warm import WarmDaemon
 
 log = logging.getLogger("amlfs")
 
@@ -57,21 +58,35 @@ def cli() -> None:
     """Pinned, versioned datasets from object storage under a local path."""
 
 
-def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
+def main(argv: list[str] | None = None, *, own_process: bool = False,
+         warm: WarmDaemon | None = None) -> int:  # fmt: skip
     """Run the CLI; every failure is one `amlfs: error: …` line and an exit code.
-    OWN_PROCESS: this process is the command's alone (see AppContext)."""
+    OWN_PROCESS: this process is the command's alone (see AppContext); WARM: the daemon
+    started ahead for a mount (amlfs.warm), dismissed unless the command hands it over."""
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    configure_logging(debug)
+    try:
+        return _run(argv, AppContext(own_process=own_process, warm=warm), debug)
+    finally:
+        if warm is not None:
+            warm.dismiss()
+
+
+def configure_logging(debug: bool) -> None:
     logging.basicConfig(level=logging.WARNING, format="amlfs: %(levelname)s: %(name)s: %(message)s")
     if debug:
         log.setLevel(logging.DEBUG)
+
+
+def _run(argv: list[str], context: AppContext, debug: bool) -> int:
     try:
         # Everything amlfs creates is private unless made for the user elsewhere (see
         # private_files); its daemons are amlfs processes too and start here as well.
         with private_files():
             # Without standalone mode click returns ctx.exit()'s code, or the command's value.
             code = cli.main(args=argv, prog_name="amlfs", standalone_mode=False,
-                            obj=AppContext(own_process=own_process))  # fmt: skip
+                            obj=context)  # fmt: skip
     except click.Abort:
         click.echo("amlfs: interrupted", err=True)
         return 130
@@ -103,7 +118,3 @@ def _fail(message: str, code: int, debug: bool) -> int:
     first_line = " ".join(message.split())
     click.echo(f"amlfs: error: {first_line}", err=True)
     return code
-
-
-def entry_point() -> None:
-    sys.exit(main(own_process=True))

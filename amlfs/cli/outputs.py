@@ -11,7 +11,7 @@ import click
 
 from amlfs import mounts
 from amlfs.cli.context import app, common_options
-from amlfs.cli.mount import daemon_logging, home_of
+from amlfs.cli.mount import home_of
 from amlfs.cli.output import human_bytes
 from amlfs.credentials import daemon_environment
 from amlfs.errors import AmlfsError
@@ -100,7 +100,7 @@ def output_mount(ctx: click.Context, location: str, mountpoint: Path, dataset: s
         pid = mounts.start_daemon(home, args, log_name=f"output-{path.name}", env=env)
         click.echo(f"mounted output {datastore}:{target or '/'} at {path} (pid {pid})")
         return
-    daemon_logging()
+    mounts.daemon_logging()
     from amlfs.fuse.output_mount import serve_output
     from amlfs.storage import Store
     from amlfs.transfer.journal import Journal

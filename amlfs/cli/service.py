@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
+from amlfs import mounts
 from amlfs.cli.context import common_options
-from amlfs.cli.mount import daemon_logging, home_of
+from amlfs.cli.mount import home_of
 
 
 @click.command("daemon")
@@ -25,5 +26,5 @@ def daemon(ctx: click.Context, config_path: Path) -> None:
     from amlfs.service.daemon import serve
 
     home = home_of(ctx)
-    daemon_logging()
+    mounts.daemon_logging()
     serve(home, config_path.absolute())

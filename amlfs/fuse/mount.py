@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from concurrent.futures import Future
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pyfuse3
@@ -20,9 +21,11 @@ import trio
 from amlfs import mounts
 from amlfs.allocator import map_large_buffers
 from amlfs.cache import BlockCache, HotBlocks
+from amlfs.errors import AmlfsError
 from amlfs.fuse.hint_server import HintServer
 from amlfs.fuse.operations import ReadOnlyOperations, require_read_with_inode
 from amlfs.health import StorageWatch
+from amlfs.home import private_files, registry_path
 from amlfs.mounts import MountOptions
 from amlfs.reader import BlockReader
 from amlfs.registry.models import Version
@@ -33,6 +36,31 @@ from amlfs.tree import VersionTree
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 1.0
+
+
+def serve_handed_over(handed: dict, report: int) -> int:
+    """In a daemon started ahead (amlfs.warm): serve the mount the command HANDED over,
+    as a daemon forked by the command would (amlfs.cli.mount), reporting on REPORT. The
+    exit status. Nothing here imports the command line's modules."""
+    home, version, path = handed["home"], handed["version"], handed["path"]
+    mounts.become_daemon(mounts.open_log(home, handed["log_name"]), handed["env"], report)
+    logging.basicConfig(level=logging.WARNING)
+    mounts.daemon_logging()
+    with private_files():
+        registry = Registry(registry_path(home))
+        try:
+            datastore = registry.get_datastore(version.datastore)
+            opening = ThreadPoolExecutor(1, thread_name_prefix="open-store").submit(
+                Store, datastore, reads_only=True
+            )
+            with mounts.failures_reported(path):
+                serve(home, registry, version, path, handed["settings"], opening)
+        except AmlfsError as error:
+            log.error("%s", error, exc_info="--debug" in sys.argv)
+            return error.exit_code
+        finally:
+            registry.close()
+    return 0
 
 
 def serve(home: Path, registry: Registry, version: Version, mountpoint: Path,
