@@ -8,6 +8,7 @@ the selection are recorded with it, in the same transaction.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Protocol
 
 from amlfs.errors import Conflict, UserError
@@ -29,17 +30,24 @@ class Selection(Protocol):
     def select(self, files: list[PinnedFile]) -> list[PinnedFile]: ...
 
 
-def derive(registry: Registry, parent: Version, selection: Selection, name: str) -> Version:
-    """Register the files SELECTION keeps of PARENT as the next version of NAME."""
+def derive(
+    registry: Registry, parent: Version, selection: Selection, name: str,
+    *, description: str = "", tags: Mapping[str, str] | None = None,
+) -> Version:  # fmt: skip
+    """Register the files SELECTION keeps of PARENT as the next version of NAME
+    (DESCRIPTION by default: what it was made of, and how)."""
     paths.check_name("dataset", name)
     new = _new_version(registry, parent, selection, name)
+    new.description = description or new.description
+    new.tags = dict(tags or {})
     with registry.transaction():
         return _register(registry, parent, selection, new)
 
 
 def derive_once(
-    registry: Registry, parent: Version, selection: Selection, name: str
-) -> tuple[Version, bool]:
+    registry: Registry, parent: Version, selection: Selection, name: str,
+    *, description: str = "", tags: Mapping[str, str] | None = None,
+) -> tuple[Version, bool]:  # fmt: skip
     """As derive, unless NAME's latest version already is this very derivation:
     (the version, whether it was registered now)."""
     paths.check_name("dataset", name)
@@ -47,7 +55,8 @@ def derive_once(
         latest = registry.latest(name)
         if latest is not None and _same(Derivations(registry).of(latest), parent, selection):
             return latest, False
-        return derive(registry, parent, selection, name), True
+        version = derive(registry, parent, selection, name, description=description, tags=tags)
+        return version, True
 
 
 def derive_pair(
