@@ -245,3 +245,17 @@ def test_filter_parameters_are_canonical() -> None:
 def test_bad_counts_and_sizes_are_refused(given: dict) -> None:
     with pytest.raises(UserError):
         FileFilter(**given)
+
+
+def test_the_documented_declaration_with_subsets_loads() -> None:
+    from amlfs.apply import selection
+    from amlfs.registry.manifest import load_declaration
+
+    text = (SEMANTICS.parent / "manifests.md").read_text(encoding="utf-8")
+    section = text.split("## Declaration", 1)[1]
+    document = re.search(r"```yaml\n(.*?)```", section, re.DOTALL).group(1)
+    declared = load_declaration(document, "manifests.md").datasets
+    rules = [selection(d.derived_from) for d in declared if d.derived_from]
+    assert [r.operation for r in rules] == ["sample", "split", "split", "filter"]
+    assert rules[3].parameters()["min_size"] == 1024
+    assert rules[3].parameters()["modified_after"] == "2026-11-01T00:00:00+00:00"
