@@ -6,9 +6,9 @@ value, and the loaders keep accepting the old ones.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import date, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -67,10 +67,10 @@ def _iso(value: object) -> object:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
-def _user_input(check):
+def _user_input(check: Callable[[Any], Any]) -> AfterValidator:
     """A validator from a check that raises UserError (pydantic wants ValueError)."""
 
-    def validate(value):
+    def validate(value: Any) -> Any:
         try:
             return check(value)
         except UserError as exc:
@@ -89,6 +89,14 @@ def _glob(value: str) -> str:
     return value
 
 
+def _size(value: int | str) -> int:
+    return value if isinstance(value, int) else units.parse_size(value, "size")
+
+
+def _time(value: str) -> str:
+    return units.parse_time(value, "time").isoformat()
+
+
 def _version_ref(value: str) -> str:
     paths.parse_version_ref(value)
     return value
@@ -104,10 +112,8 @@ Md5Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 Tags = dict[str, str]
 VersionRef = Annotated[str, _user_input(_version_ref)]
 Glob = Annotated[str, _user_input(_glob)]
-Size = Annotated[int | str, _user_input(lambda v: v if isinstance(v, int) else
-                                         units.parse_size(v, "size"))]  # fmt: skip
-Time = Annotated[str, BeforeValidator(_time_text),
-                 _user_input(lambda t: units.parse_time(t, "time").isoformat())]  # fmt: skip
+Size = Annotated[int | str, _user_input(_size)]  # a string with a unit, or bytes
+Time = Annotated[str, BeforeValidator(_time_text), _user_input(_time)]  # ISO 8601
 
 
 class _Strict(BaseModel):
