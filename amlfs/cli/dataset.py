@@ -9,10 +9,12 @@ import click
 from tqdm import tqdm
 
 from amlfs import datasets
+from amlfs.cli import subsets
 from amlfs.cli.context import app, common_options, json_option, read_text_file
 from amlfs.cli.output import emit_json, human_bytes, table
 from amlfs.errors import EXIT_RUNTIME, UserError
 from amlfs.home import callers_files
+from amlfs.registry.derivations import Derivations
 from amlfs.registry.manifest import export_manifest, load_manifest, manifest_to_new_version
 from amlfs.registry.models import PinnedFile, Version
 
@@ -115,13 +117,17 @@ def show(ctx: click.Context, ref: str, with_files: bool, as_json: bool) -> None:
     registry = app(ctx).registry()
     version = registry.resolve(ref)
     files = registry.iter_files(version) if with_files else iter(())
+    derivation = Derivations(registry).of(version)
     if as_json:
         document = version.public_dict()
+        document["derived_from"] = derivation.public_dict() if derivation else None
         if with_files:
             document["files"] = [_file_json(f) for f in files]
         emit_json(document)
         return
     _print_version(version)
+    if derivation:
+        click.echo(f"derived:      {derivation.describe()}")
     if with_files:
         click.echo("files:")
         table(
@@ -232,3 +238,9 @@ def verify(ctx: click.Context, ref: str, as_json: bool) -> int:
         )
         click.echo(summary, err=not report.ok)
     return 0 if report.ok else EXIT_RUNTIME
+
+
+# Subsets live in their own module; they are `dataset` subcommands all the same.
+dataset.add_command(subsets.sample)
+dataset.add_command(subsets.split)
+dataset.add_command(subsets.filter_)

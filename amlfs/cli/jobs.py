@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -150,11 +151,19 @@ def lineage_command(ctx: click.Context, ref: str, as_json: bool) -> None:
     click.echo(f"  read by {len(readers)} run(s)" + (":" if readers else ""))
     for run in readers:
         click.echo(f"    {_run_line(run)}")
+    for child in data["derived_into"]:
+        click.echo(f"  {child['operation']} into {child['version']}"
+                   f" ({_parameters(child['parameters'])})")  # fmt: skip
 
 
 def _print_origin(node: dict, indent: str) -> None:
     if node.get("expanded") is False:
         click.echo(f"{indent}(lineage shown above)")
+        return
+    if derived := node.get("derived_from"):
+        click.echo(f"{indent}{derived['operation']} of {derived['version']}"
+                   f" ({_parameters(derived['parameters'])})")  # fmt: skip
+        _print_origin(derived, indent + "  ")
         return
     run = node["produced_by"]
     if run is None:
@@ -164,6 +173,12 @@ def _print_origin(node: dict, indent: str) -> None:
     for item in run["inputs"]:
         click.echo(f"{indent}  input {item['name']} = {item['version']} ({item['mode']})")
         _print_origin(item, indent + "    ")
+
+
+def _parameters(parameters: dict) -> str:
+    """`fraction=0.1, seed=0`: a derivation's parameters on one line."""
+    return ", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}"
+                     for k, v in parameters.items())  # fmt: skip
 
 
 def _run_line(run: dict) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,7 @@ from amlfs.home import cache_dir as default_cache_dir
 from amlfs.home import default_home, ensure_home, private_folder
 from amlfs.registry.models import Datastore, Version
 from amlfs.registry.store import Registry
+from amlfs.units import parse_size
 from amlfs.warm import hand_over
 
 if TYPE_CHECKING:
@@ -36,23 +36,6 @@ DEFAULTS = {
     "fetch_limit": 8,
     "io_timeout": 30.0,
 }
-
-
-# Sizes as pydantic's ByteSize reads them (4MiB, 512KiB, 10GB, 1.5GiB, 4m, 1024), without
-# its import on the way to a mount.
-SIZE = re.compile(r"\s*(\d*\.?\d+)\s*([a-z]*)\s*", re.IGNORECASE)
-SIZE_UNITS = {"": 1, "b": 1}
-for _power, _prefix in enumerate("kmgtpe", start=1):
-    SIZE_UNITS |= {_prefix: 1000**_power, f"{_prefix}b": 1000**_power,
-                   f"{_prefix}ib": 1024**_power}  # fmt: skip
-
-
-def parse_size(text: str, option: str) -> int:
-    match = SIZE.fullmatch(text)
-    unit = SIZE_UNITS.get(match.group(2).lower()) if match else None
-    if unit is None:
-        raise UserError(f"{option}: not a size: {text!r} (try 4MiB, 512KiB, 10GB)")
-    return int(float(match.group(1)) * unit)
 
 
 def home_of(ctx: click.Context) -> Path:

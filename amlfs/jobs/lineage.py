@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from amlfs import locks
+from amlfs.registry.derivations import Derivation, Derivations
 from amlfs.registry.models import Version
 from amlfs.registry.runs import Run, RunLog
 
@@ -32,17 +33,25 @@ def state_of(run: Run, home: Path) -> str:
 @dataclass
 class Origin:
     """How a version came to be: the run that produced it (None: registered directly),
-    and, for each input of that run, the origin of the version it read."""
+    and, for each input of that run, the origin of the version it read; or the version it
+    was derived from (a sample, split or filter) and that version's origin."""
 
     version: Version
     run: Run | None = None
     inputs: list[tuple[str, str, Origin]] = field(default_factory=list)  # name, mode, origin
     seen_before: bool = False  # already shown higher up: not expanded again
+    derivation: Derivation | None = None
+    parent: Origin | None = None  # the origin of the derivation's parent
 
     def public_dict(self, home: Path) -> dict:
         data: dict = {"version": self.version.ref}
         if self.seen_before:
             return {**data, "expanded": False}
+        if self.derivation is not None and self.parent is not None:
+            derived = {"operation": self.derivation.operation,
+                       "parameters": self.derivation.parameters}  # fmt: skip
+            return {**data, "produced_by": None,
+                    "derived_from": {**derived, **self.parent.public_dict(home)}}  # fmt: skip
         if self.run is None:
             return {**data, "produced_by": None}
         return {
@@ -58,11 +67,15 @@ class Origin:
 def origin(runs: RunLog, version: Version) -> Origin:
     """VERSION's origin, walked back up to MAX_GENERATIONS; each version expanded once."""
     seen: set[int] = set()
+    derivations = Derivations(runs.registry)
 
     def walk(version: Version, depth: int) -> Origin:
         if version.id in seen or depth >= MAX_GENERATIONS:
             return Origin(version, seen_before=True)
         seen.add(version.id)
+        if derivation := derivations.of(version):
+            return Origin(version, derivation=derivation,
+                          parent=walk(derivation.parent, depth + 1))  # fmt: skip
         producer = runs.producer(version)
         if producer is None:
             return Origin(version)
@@ -77,6 +90,10 @@ def lineage(runs: RunLog, version: Version, home: Path) -> dict:
     return {
         **origin(runs, version).public_dict(home),
         "read_by": [_summary(run, home) for run in runs.readers(version)],
+        "derived_into": [
+            {"version": d.version.ref, "operation": d.operation, "parameters": d.parameters}
+            for d in Derivations(runs.registry).children(version)
+        ],
     }
 
 

@@ -6,9 +6,9 @@ value, and the loaders keep accepting the old ones.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from datetime import datetime
-from typing import Annotated, Literal
+from collections.abc import Callable, Iterable
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -20,12 +20,14 @@ from pydantic import (
     model_validator,
 )
 
+from amlfs import units
 from amlfs.errors import ManifestError, UserError
+from amlfs.globs import compile_glob
 from amlfs.registry import paths, pins, yamlio
 from amlfs.registry.models import NewVersion, PinnedFile, Version
 
 MANIFEST_SCHEMA = "amlfs/manifest/v1"
-DECLARATION_SCHEMA = "amlfs/declaration/v1"
+DECLARATION_SCHEMA = "amlfs/declaration/v2"  # v2: datasets derived `from` another version
 
 
 def _name(kind: str):
@@ -65,6 +67,41 @@ def _iso(value: object) -> object:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
+def _user_input(check: Callable[[Any], Any]) -> AfterValidator:
+    """A validator from a check that raises UserError (pydantic wants ValueError)."""
+
+    def validate(value: Any) -> Any:
+        try:
+            return check(value)
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+
+    return AfterValidator(validate)
+
+
+def _time_text(value: object) -> object:
+    # YAML reads an unquoted 2026-11-20 as a date and 2026-11-20T10:00:00Z as a datetime.
+    return value.isoformat() if isinstance(value, date) else value
+
+
+def _glob(value: str) -> str:
+    compile_glob(value)
+    return value
+
+
+def _size(value: int | str) -> int:
+    return value if isinstance(value, int) else units.parse_size(value, "size")
+
+
+def _time(value: str) -> str:
+    return units.parse_time(value, "time").isoformat()
+
+
+def _version_ref(value: str) -> str:
+    paths.parse_version_ref(value)
+    return value
+
+
 DatasetName = Annotated[str, _name("dataset")]
 DatastoreName = Annotated[str, _name("datastore")]
 RelativePath = Annotated[str, AfterValidator(_relative_path)]
@@ -73,6 +110,10 @@ EnvName = Annotated[str, AfterValidator(_env_name)]
 Timestamp = Annotated[str, BeforeValidator(_iso)]
 Md5Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 Tags = dict[str, str]
+VersionRef = Annotated[str, _user_input(_version_ref)]
+Glob = Annotated[str, _user_input(_glob)]
+Size = Annotated[int | str, _user_input(_size)]  # a string with a unit, or bytes
+Time = Annotated[str, BeforeValidator(_time_text), _user_input(_time)]  # ISO 8601
 
 
 class _Strict(BaseModel):
@@ -141,20 +182,78 @@ class DeclaredDatastore(_Strict):
         return self
 
 
+class DeclaredSample(_Strict):
+    fraction: float = Field(gt=0, lt=1)
+    seed: int = Field(default=0, ge=0, le=2**64 - 1)
+
+
+class DeclaredSplit(DeclaredSample):
+    part: Literal["first", "second"]
+
+
+class DeclaredFilter(_Strict):
+    include: list[Glob] = Field(default_factory=list)
+    exclude: list[Glob] = Field(default_factory=list)
+    min_size: Size | None = None
+    max_size: Size | None = None
+    modified_after: Time | None = None
+    modified_before: Time | None = None
+    skip: int = Field(default=0, ge=0)
+    take: int | None = Field(default=None, ge=1)
+
+
+class DerivedFrom(_Strict):
+    """A subset of another version: exactly one of sample, split (one part) and filter."""
+
+    dataset: VersionRef  # NAME[:VERSION]; without a version, the latest when applied
+    sample: DeclaredSample | None = None
+    split: DeclaredSplit | None = None
+    filter: DeclaredFilter | None = None
+
+    @model_validator(mode="after")
+    def _one_operation(self) -> DerivedFrom:
+        if sum(x is not None for x in (self.sample, self.split, self.filter)) != 1:
+            raise ValueError("give exactly one of sample, split, filter")
+        return self
+
+
 class DeclaredDataset(_Strict):
     name: DatasetName
-    datastore: DatastoreName
-    paths: list[SourcePath] = Field(min_length=1)
+    datastore: DatastoreName | None = None
+    paths: list[SourcePath] | None = Field(default=None, min_length=1)
+    derived_from: DerivedFrom | None = Field(default=None, alias="from")
     description: str = ""
     tags: Tags = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _registered_or_derived(self) -> DeclaredDataset:
+        registered = self.datastore is not None and self.paths is not None
+        if self.derived_from is not None and (self.datastore or self.paths):
+            raise ValueError("give either `from`, or `datastore` and `paths`, not both")
+        if self.derived_from is None and not registered:
+            raise ValueError("give `datastore` and `paths` (or `from`)")
+        return self
 
 
 class Declaration(_Strict):
     """Datastores and datasets as they should be: what `amlfs apply` reads."""
 
-    schema_: Literal["amlfs/declaration/v1"] = Field(alias="schema")
+    schema_: Literal["amlfs/declaration/v1", "amlfs/declaration/v2"] = Field(alias="schema")
     datastores: list[DeclaredDatastore] = Field(default_factory=list)
     datasets: list[DeclaredDataset] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _parents_first(self) -> Declaration:
+        names = [d.name for d in self.datasets]
+        for index, declared in enumerate(self.datasets):
+            if declared.derived_from is None:
+                continue
+            if self.schema_ == "amlfs/declaration/v1":
+                raise ValueError(f"{declared.name}: `from` needs schema: {DECLARATION_SCHEMA}")
+            parent, _ = paths.parse_version_ref(declared.derived_from.dataset)
+            if parent in names[index:]:
+                raise ValueError(f"{declared.name}: declare {parent!r} before what is made from it")
+        return self
 
     @field_validator("datastores", "datasets")
     @classmethod

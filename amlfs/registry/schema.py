@@ -109,7 +109,20 @@ CREATE UNIQUE INDEX run_outputs_by_version ON run_outputs (version_id)
     WHERE version_id IS NOT NULL;
 """
 
-MIGRATIONS: list[str] = [_V1, _V2]
+# Version 2 -> 3: versions made from another version's files (sample, split, filter).
+_V3 = """
+-- A derived version pins a subset of its parent's files, exactly as the parent pinned
+-- them. Written in the transaction that registers the version, never changed after.
+CREATE TABLE derivations (
+    version_id        INTEGER PRIMARY KEY REFERENCES versions(id) ON DELETE RESTRICT,
+    parent_version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE RESTRICT,
+    operation         TEXT NOT NULL CHECK (operation IN ('sample', 'split', 'filter')),
+    parameters        TEXT NOT NULL  -- JSON object: what the operation was given
+);
+CREATE INDEX derivations_by_parent ON derivations (parent_version_id);
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
