@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from amlfs.profile import Profile, SizeStats, Tally, profile
+from amlfs.profile import SizeStats, Tally, breakdown
 from amlfs.registry import trees
 from amlfs.registry.models import PinnedFile, Version
 from amlfs.registry.store import Registry
@@ -110,8 +110,11 @@ def diff(registry: Registry, a: Version, b: Version) -> Diff:
     renamed = _pair_renames(removed, added)
     moved_from = {r.before.path for r in renamed}
     moved_to = {r.after.path for r in renamed}
-    profile_a = profile(registry, a, duplicates=False)
-    profile_b = profile(registry, b, duplicates=False)
+    # B's figures are A's with the differing files swapped: one pass over A, none over B.
+    of_a = breakdown(registry, a)
+    of_b = of_a.replaced(
+        [*removed, *(c.before for c in changed)], [*added, *(c.after for c in changed)]
+    )
     return Diff(
         a=a,
         b=b,
@@ -119,10 +122,10 @@ def diff(registry: Registry, a: Version, b: Version) -> Diff:
         removed=sorted((f for f in removed if f.path not in moved_from), key=_path),
         changed=sorted(changed, key=lambda c: c.after.path),
         renamed=renamed,
-        extensions=_deltas(profile_a, profile_b, "extensions"),
-        folders=_deltas(profile_a, profile_b, "folders"),
-        sizes_a=profile_a.sizes,
-        sizes_b=profile_b.sizes,
+        extensions=_deltas(of_a.extensions, of_b.extensions),
+        folders=_deltas(of_a.folders, of_b.folders),
+        sizes_a=SizeStats.of(of_a.sizes),
+        sizes_b=SizeStats.of(of_b.sizes),
     )
 
 
@@ -143,9 +146,8 @@ def _pair_renames(removed: list[PinnedFile], added: list[PinnedFile]) -> list[Re
     return sorted(pairs, key=lambda r: r.before.path)
 
 
-def _deltas(a: Profile, b: Profile, kind: str) -> dict[str, Delta]:
-    left, right = getattr(a, kind), getattr(b, kind)
-    return {k: Delta(left.get(k, Tally()), right.get(k, Tally())) for k in sorted({*left, *right})}
+def _deltas(a: dict[str, Tally], b: dict[str, Tally]) -> dict[str, Delta]:
+    return {k: Delta(a.get(k, Tally()), b.get(k, Tally())) for k in sorted({*a, *b})}
 
 
 def _path(f: PinnedFile) -> str:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from amlfs.registry import trees
-from amlfs.registry.models import Version
+from amlfs.registry.models import PinnedFile, Version
 from amlfs.registry.store import Registry
 
 QUANTILES = (10, 25, 50, 75, 90, 99)
@@ -113,6 +114,50 @@ class Duplicates:
 
 
 @dataclass(frozen=True)
+class Breakdown:
+    """Files and bytes per extension and per top-level folder, and every file's size."""
+
+    extensions: dict[str, Tally]  # by extension(), sorted
+    folders: dict[str, Tally]  # by top_folder(), sorted
+    sizes: list[int]  # smallest first
+
+    def replaced(self, leaving: list[PinnedFile], joining: list[PinnedFile]) -> Breakdown:
+        """The breakdown once the LEAVING files (all among these) are replaced by the
+        JOINING ones: what a diff derives for B from A, without a second pass over B."""
+        extensions, folders = dict(self.extensions), dict(self.folders)
+        for sign, files in ((-1, leaving), (1, joining)):
+            for f in files:
+                for totals, key in ((extensions, extension(f.path.rpartition("/")[2])),
+                                    (folders, top_folder(f.path))):  # fmt: skip
+                    was = totals.get(key, Tally())
+                    totals[key] = Tally(was.files + sign, was.bytes + sign * f.size)
+        return Breakdown(_sorted(extensions), _sorted(folders), _sizes_replaced(
+            self.sizes, [f.size for f in leaving], [f.size for f in joining]
+        ))  # fmt: skip
+
+
+def _sorted(totals: dict[str, Tally]) -> dict[str, Tally]:
+    return {k: t for k, t in sorted(totals.items()) if t.files}
+
+
+def _sizes_replaced(sizes: list[int], leaving: list[int], joining: list[int]) -> list[int]:
+    """SIZES (sorted) with one of each LEAVING size taken out and the JOINING sizes put in,
+    by slices and one sort of two sorted runs: a million sizes take milliseconds."""
+    cuts = []
+    for size, count in Counter(leaving).items():
+        first = bisect.bisect_left(sizes, size)
+        cuts.append((first, first + count))
+    kept, start = [], 0
+    for first, end in sorted(cuts):
+        kept += sizes[start:first]
+        start = end
+    kept += sizes[start:]
+    kept += sorted(joining)
+    kept.sort()  # Timsort merges the two sorted runs in linear time
+    return kept
+
+
+@dataclass(frozen=True)
 class Profile:
     version: str  # NAME:VERSION
     manifest_sha256: str
@@ -124,7 +169,7 @@ class Profile:
     oldest: str | None  # last-modified range, as the store reported it
     newest: str | None
     md5_files: int  # files with a content MD5
-    duplicates: Duplicates | None  # None when not computed
+    duplicates: Duplicates
 
     def to_json(self) -> dict:
         return {
@@ -137,16 +182,16 @@ class Profile:
             "folders": {k: t.to_json() for k, t in self.folders.items()},
             "last_modified": {"oldest": self.oldest, "newest": self.newest},
             "md5": {"files": self.md5_files, "of": self.files},
-            "duplicates": self.duplicates.to_json() if self.duplicates else None,
+            "duplicates": self.duplicates.to_json(),
         }
 
 
-def profile(registry: Registry, version: Version, *, duplicates: bool = True) -> Profile:
-    """VERSION's profile; without DUPLICATES (a diff needs none), its slowest part is left out."""
+def profile(registry: Registry, version: Version) -> Profile:
+    """VERSION's profile."""
     with trees.file_table(registry, version) as table:
         groups = table.groups(extension)
         sizes = SizeStats.of(table.sizes())
-        found = _duplicates(registry, table.duplicates()) if duplicates else None
+        duplicates = _duplicates(registry, table.duplicates())
     times = [t for g in groups for t in (g.oldest, g.newest) if t is not None]
     return Profile(
         version=version.ref,
@@ -159,7 +204,17 @@ def profile(registry: Registry, version: Version, *, duplicates: bool = True) ->
         oldest=min(times, default=None),
         newest=max(times, default=None),
         md5_files=sum(g.md5_files for g in groups),
-        duplicates=found,
+        duplicates=duplicates,
+    )
+
+
+def breakdown(registry: Registry, version: Version) -> Breakdown:
+    """VERSION's files per extension and per top-level folder, and their sizes."""
+    with trees.file_table(registry, version) as table:
+        groups = table.groups(extension)
+        sizes = table.sizes()
+    return Breakdown(
+        _tally(groups, lambda g: g.extension), _tally(groups, lambda g: g.folder), sizes
     )
 
 

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from amlfs.diff import diff
+from amlfs.profile import SizeStats, breakdown
 from amlfs.registry import Datastore, NewVersion, PinnedFile, Registry
 from tests.conftest import CONNECTION_ENV, Cli, Container
 
@@ -140,13 +141,19 @@ def tree(files: list[PinnedFile]) -> list[PinnedFile]:
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(pins, min_size=1, max_size=12), st.lists(pins, min_size=1, max_size=12))
-def test_the_tree_walk_agrees_with_a_comparison_of_paths(
+def test_the_tree_walk_agrees_with_a_comparison_of_paths_and_b_with_its_own_profile(
     a: list[PinnedFile], b: list[PinnedFile]
 ) -> None:
     a, b = tree(a), tree(b)
     with tempfile.TemporaryDirectory() as folder, Registry(Path(folder) / "r.db") as registry:
         registry.add_datastore(Datastore("synthetic", "file:///synthetic", "none"))
-        d = diff(registry, *versions(registry, a, b))
+        first, second = versions(registry, a, b)
+        d = diff(registry, first, second)
+        of_b = breakdown(registry, second)
+    # B's figures, derived from A's and the differences, are those of B itself.
+    assert {k: x.b for k, x in d.extensions.items() if x.b.files} == of_b.extensions
+    assert {k: x.b for k, x in d.folders.items() if x.b.files} == of_b.folders
+    assert d.sizes_b == SizeStats.of(of_b.sizes)
     added, removed, changed = reference(a, b)
     renamed = {(r.before.path, r.after.path) for r in d.renamed}
     assert {f.path for f in d.added} | {t for _, t in renamed} == added

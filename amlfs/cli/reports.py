@@ -18,16 +18,15 @@ def render_profile(p: Profile) -> list[str]:
         f"md5:          {p.md5_files:,} of {p.files:,} files have one",
         f"manifest:     sha256:{p.manifest_sha256}",
     ]
-    if p.duplicates is not None:
-        d = p.duplicates
-        lines.append(
-            f"duplicates:   {d.groups:,} groups of identical files, {d.files:,} files, "
-            f"{human_bytes(d.redundant_bytes)} redundant"
-        )
-        lines += [
-            f"  md5 {g.md5} ({human_bytes(g.size)} × {g.files}): {', '.join(g.paths)}"
-            for g in d.examples
-        ]
+    d = p.duplicates
+    lines.append(
+        f"duplicates:   {d.groups:,} groups of identical files, {d.files:,} files, "
+        f"{human_bytes(d.redundant_bytes)} redundant"
+    )
+    lines += [
+        f"  md5 {g.md5} ({human_bytes(g.size)} × {g.files}): {', '.join(g.paths)}"
+        for g in d.examples
+    ]
     lines.append("size histogram:")
     lines += [
         f"  [{human_bytes(low)}, {human_bytes(high)})  {n:,}" for low, high, n in p.sizes.histogram
