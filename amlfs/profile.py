@@ -92,7 +92,7 @@ class DuplicateGroup:
     md5: str  # hex
     size: int
     files: int
-    paths: list[str]  # the first PATHS_PER_EXAMPLE in path order
+    paths: list[str]  # the first PATHS_PER_EXAMPLE in listing order
 
 
 @dataclass(frozen=True)
@@ -233,10 +233,11 @@ def _duplicates(registry: Registry, found: list[trees.Duplicate]) -> Duplicates:
     biggest = sorted(found, key=lambda d: (-redundant(d), d.md5))[:DUPLICATE_EXAMPLES]
     examples = []
     for d in biggest:
-        paths = sorted(trees.path_of(registry, i) for i in d.entry_ids)
-        examples.append(
-            DuplicateGroup(d.md5.hex(), d.size, len(d.entry_ids), paths[:PATHS_PER_EXAMPLE])
-        )
+        # Entry ids follow the listing order (registry/schema.py): the paths of the first
+        # few ids are the first few paths, however many files the group has.
+        first = sorted(d.entry_ids)[:PATHS_PER_EXAMPLE]
+        paths = [trees.path_of(registry, i) for i in first]
+        examples.append(DuplicateGroup(d.md5.hex(), d.size, len(d.entry_ids), paths))
     return Duplicates(
         groups=len(found),
         files=sum(len(d.entry_ids) for d in found),

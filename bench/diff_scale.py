@@ -17,10 +17,11 @@ Each figure is the median of --repeat runs.
 from __future__ import annotations
 
 import argparse
+import gc
 import random
-import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -58,6 +59,7 @@ def two_versions(n: int, differ: float) -> tuple[list[PinnedFile], list[PinnedFi
 
 
 def timed(action: Callable[[], object]) -> float:
+    gc.collect()  # no collection of an earlier action's garbage inside this one
     started = time.perf_counter()
     action()
     return time.perf_counter() - started
@@ -92,8 +94,30 @@ def bench(n: int, differ: float, repeat: int, work: Path) -> dict:
         "iter_files_both_s": statistics.median(ceiling),
         "diff_api_s": statistics.median(api),
         "diff_cli_s": statistics.median(cli),
-        "cli_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "cli_peak_rss_mib": peak_rss_mib(home, first.ref, second.ref),
     }
+
+
+# The process reads its own high-water mark: a child's rusage would also count the
+# memory of the bench process it was forked from.
+_REPORT_PEAK = """
+import sys
+from amlfs.cli.main import main
+code = main(sys.argv[1:])
+status = open("/proc/self/status").read()
+print(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")),
+      file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def peak_rss_mib(home: Path, a: str, b: str) -> float:
+    """The peak RSS of one `dataset diff A B --json`."""
+    command = [sys.executable, "-c", _REPORT_PEAK, "--home", str(home), "dataset", "diff", a, b,
+               "--json"]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 1, proc.stderr
+    return int(proc.stderr.split()[-1]) / 1024
 
 
 def _differing(command: list[str]) -> None:
