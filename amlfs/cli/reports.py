@@ -54,8 +54,9 @@ def size_line(s: SizeStats) -> str:
 
 def render_diff(d: Diff) -> list[str]:
     lines = [
-        f"A: {d.a.ref}  {d.a.file_count:,} files ({human_bytes(d.a.total_bytes)})",
-        f"B: {d.b.ref}  {d.b.file_count:,} files ({human_bytes(d.b.total_bytes)})",
+        f"{side}: {v.ref}  {v.file_count:,} files ({human_bytes(v.total_bytes)})  "
+        f"from {v.datastore}:{v.root or '/'}"
+        for side, v in (("A", d.a), ("B", d.b))
     ]
     kinds = [
         ("added", [f"+ {f.path}  ({human_bytes(f.size)})" for f in d.added]),
@@ -87,7 +88,7 @@ def _delta_table(heading: str, deltas: dict[str, Delta]) -> list[str]:
     for key, d in deltas.items():
         rows.append((
             f"  {key or '(none)'}", f"{d.a.files:,}", f"{d.b.files:,}",
-            f"{d.b.files - d.a.files:+,}", human_bytes(d.a.bytes), human_bytes(d.b.bytes),
+            _signed(d.b.files - d.a.files), human_bytes(d.a.bytes), human_bytes(d.b.bytes),
             _signed_bytes(d.b.bytes - d.a.bytes),
         ))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -98,5 +99,9 @@ def _delta_table(heading: str, deltas: dict[str, Delta]) -> list[str]:
     return lines
 
 
+def _signed(n: int) -> str:
+    return f"{n:+,}" if n else "0"
+
+
 def _signed_bytes(n: int) -> str:
-    return ("+" if n > 0 else "-" if n < 0 else "±") + human_bytes(abs(n))
+    return ("+" if n > 0 else "-" if n < 0 else "") + human_bytes(abs(n))
