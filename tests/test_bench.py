@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench import diff_scale
 from bench.cells import FAILED, NOT_YET, OK, Cell
 from bench.pathreads import HINTED
 from bench.plan import CLOUD_READS, HINTED_READS, OPERATIONS, READS, SYSTEM_BY_KEY, SYSTEMS
@@ -180,3 +181,9 @@ def test_missing_tools_are_one_line_and_exit_2(tmp_path: Path) -> None:
                           text=True, env=env, cwd=REPO, timeout=120)  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "bench: error: missing fio" in proc.stderr
+
+
+def test_the_diff_bench_finds_its_four_kinds_of_change_and_reports_them(tmp_path: Path) -> None:
+    results = diff_scale.bench(2_000, 0.04, 1, tmp_path)
+    assert results["per_kind"] == 20  # bench() checks that the diff found 20 of each kind
+    assert "`amlfs dataset diff A B --json`, a process" in diff_scale.report(results)

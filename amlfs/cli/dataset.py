@@ -240,6 +240,28 @@ def verify(ctx: click.Context, ref: str, as_json: bool) -> int:
     return 0 if report.ok else EXIT_RUNTIME
 
 
+@dataset.command("diff")
+@click.argument("a", metavar="A")
+@click.argument("b", metavar="B")
+@json_option
+@common_options
+@click.pass_context
+def diff_command(ctx: click.Context, a: str, b: str, as_json: bool) -> int:
+    """Compare two versions (NAME[:VERSION] each) from the registry alone: the files added,
+    removed, changed and renamed from A to B. Exit 0 when they pin the same files, else 1."""
+    # Imported here: only this command needs them.
+    from amlfs.cli.reports import render_diff
+    from amlfs.diff import diff
+
+    registry = app(ctx).registry()
+    result = diff(registry, registry.resolve(a), registry.resolve(b))
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        click.echo("\n".join(render_diff(result)))
+    return 0 if result.same else EXIT_RUNTIME
+
+
 # Subsets live in their own module; they are `dataset` subcommands all the same.
 dataset.add_command(subsets.sample)
 dataset.add_command(subsets.split)
