@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The main job on an embedded default: a local folder as the datastore, with sample
 # data generated here. Registers two versions, shows and verifies them, exports a
-# manifest, mounts a version read-only and reads it through the mount, downloads it,
+# manifest, registers a train/test split, a sample and a filtered subset of a version,
+# mounts a version read-only and reads it through the mount, downloads it,
 # writes results through an output mount registered as a new dataset (a checkpoint
 # renamed over one still uploading; a second mount of it refused), uploads a folder
 # (a link out of it refused), runs a job with
 # `amlfs run` and shows its lineage, registers files from a web server that sends no
 # ETag (pinned by their MD5), then changes a source file to show that amlfs notices
-# (verify reports it, the mount refuses its bytes).
+# (verify reports it, a diff against a new version names it, the mount refuses its bytes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
@@ -44,6 +45,14 @@ step dataset versions weather
 step dataset show weather:2 --files
 step dataset verify weather:1
 step dataset export weather:1
+
+# Subsets pin the parent's files (nothing is copied) and remember how they were made;
+# each file's side is a hash of (seed, path), so adding files never moves old ones.
+step dataset split weather:2 --fraction 0.8 --seed 7 --register weather-train --register weather-test
+step dataset sample weather:2 --fraction 0.2 --register weather-fifth
+step dataset filter weather:2 --include 'week28' --exclude '**/fri.csv' --register week28-weekdays
+step dataset show weather-test --files
+step lineage weather-fifth
 
 mkdir -p "$mnt"
 step mount weather:2 "$mnt"
@@ -160,6 +169,14 @@ if step dataset verify weather:2; then
 fi
 if step dataset verify weather-web; then  # the same change, seen by its MD5
   echo "demo: verify should have reported the change on the web server" >&2
+  exit 1
+fi
+# What changed between the data a job read and the data there now: register what is
+# there as a new version and diff the two, from the registry alone.
+step dataset register weather --datastore local --path Weather/week27 --path Weather/week28 \
+  --description "after week27/mon.csv was rewritten"
+if step dataset diff weather:2 weather:3; then
+  echo "demo: diff should have found the rewritten file" >&2
   exit 1
 fi
 # Cached blocks hold the pinned bytes, so a mount may still serve them; what it never
