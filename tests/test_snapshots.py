@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
 import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +21,8 @@ import pytest
 from amlfs.snapshots import copy
 from tests.conftest import CONNECTION_ENV, Cli, Container
 from tests.support.mounts import Mounts
-from tests.support.sample import FILES, OPTIONS
+from tests.support.sample import BLOCK, FILES, OPTIONS
+from tests.support.web import WebServer
 
 
 def sha256s(files: dict[str, bytes]) -> dict[str, str]:
@@ -199,3 +205,89 @@ def test_the_copies_dataset_cannot_be_named_or_listed(cli: Cli, dataset: Contain
     assert cli("dataset", "versions", "@snapshot-copies").code == 2
     assert cli("dataset", "show", "@snapshot-copies:1").code == 2
     assert cli("snapshot", "show", "ds:1@nope").code == 2
+
+
+def test_a_run_reads_a_snapshot_and_its_lineage_names_it_also_once_deleted(
+    cli: Cli, dataset: Container, tmp_path: Path
+) -> None:
+    cli.ok("snapshot", "create", "ds:1", "--name", "s1", "--copy-to", "blob:snaps")
+    dataset.put({"labels.csv": b"changed at the source\n"})
+    copytree = "import shutil, sys; shutil.copytree(sys.argv[1], sys.argv[2], dirs_exist_ok=True)"
+    copy = [sys.executable, "-c", copytree]
+    ran = cli.process("run", "--input", "raw=ds:1@s1,mode=download",
+                      "--output", "out=blob:features/{run-id},register=features",
+                      "--", *copy, "{inputs.raw}", "{outputs.out}")  # fmt: skip
+    assert ran.code == 0, ran.err
+    cli.ok("download", "features:1", str(tmp_path / "features"))
+    assert tree_sha256s(tmp_path / "features") == sha256s(FILES)  # the snapshot's bytes
+    lineage = json.loads(cli.ok("lineage", "features:1", "--json").out)
+    assert [i["version"] for i in lineage["produced_by"]["inputs"]] == ["ds:1@s1"]
+    cli.ok("snapshot", "delete", "ds:1@s1")
+    lineage = json.loads(cli.ok("lineage", "features:1", "--json").out)
+    assert [i["version"] for i in lineage["produced_by"]["inputs"]] == ["ds:1@s1"]
+
+
+WAITER = """
+import pathlib, sys, time
+pathlib.Path(sys.argv[1]).write_text("started")
+deadline = time.monotonic() + 60
+while not pathlib.Path(sys.argv[2]).exists() and time.monotonic() < deadline:
+    time.sleep(0.05)
+"""
+
+
+def test_delete_is_refused_while_a_running_run_reads_the_snapshot(
+    cli: Cli, dataset: Container, tmp_path: Path
+) -> None:
+    cli.ok("snapshot", "create", "ds:1", "--name", "s1", "--copy-to", "blob:snaps")
+    started, release = tmp_path / "started", tmp_path / "release"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "amlfs", "--home", str(cli.home), "run",
+         "--input", "data=ds:1@s1,mode=download", "--", sys.executable, "-c", WAITER,
+         str(started), str(release)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started.exists(), proc.communicate(timeout=30)
+        refused = cli("snapshot", "delete", "ds:1@s1")
+        assert refused.code == 2 and "read by run" in refused.err
+    finally:
+        release.write_text("go")
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    cli.ok("snapshot", "delete", "ds:1@s1")
+
+
+WEB_FILES = {
+    "data/labels.csv": b"a,1\nb,2\n",
+    "data/train/big.bin": random.Random(7).randbytes(5 * BLOCK + 321),
+}
+
+
+@pytest.fixture
+def web(tmp_path: Path) -> Iterator[WebServer]:
+    """WEB_FILES on a server that sends no ETag; stopped at teardown."""
+    server = WebServer(tmp_path / "site")
+    server.put(WEB_FILES)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_files_pinned_by_content_are_copied_checked_by_their_md5(
+    cli: Cli, container: Container, web: WebServer, tmp_path: Path
+) -> None:
+    cli.ok("datastore", "add", "web", web.url)
+    cli.ok("datastore", "add", "blob", container.url, "--connection-string-env", CONNECTION_ENV)
+    cli.ok("dataset", "register", "pub", "--datastore", "web", "--path", "data/**")
+    cli.ok("snapshot", "create", "pub:1", "--name", "s", "--copy-to", "blob:snaps")
+    web.put({"data/train/big.bin": b"rewritten at the server"})
+    assert cli("dataset", "verify", "pub:1").code == 1
+    cli.ok("download", "pub:1@s", str(tmp_path / "down"))
+    expected = {path.removeprefix("data/"): data for path, data in WEB_FILES.items()}
+    assert tree_sha256s(tmp_path / "down") == sha256s(expected)

@@ -57,10 +57,12 @@ def create(ctx: click.Context, ref: str, name: str | None, copy_to: str | None,
         request = snapshots.CopyRequest(datastore, path, pending,
                                         workers or snapshots.copy.DEFAULT_WORKERS)  # fmt: skip
     try:
-        with TransferProgress("copy", version.file_count, version.total_bytes) as progress:
-            if request is not None:
+        if request is None:
+            taken = snapshots.create(registry, version, name)
+        else:
+            with TransferProgress("copy", version.file_count, version.total_bytes) as progress:
                 request.progress = progress.advance
-            taken = snapshots.create(registry, version, name, request)
+                taken = snapshots.create(registry, version, name, request)
     except snapshots.Drifted as drift:
         for change in drift.report.changed:
             click.echo(

@@ -47,9 +47,10 @@ def manifest_digest(datastore: str, root: str, files: list[PinnedFile]) -> str:
     return digest.hexdigest()
 
 
-def _checked_digest(new: NewVersion) -> str:
-    """The manifest digest of NEW, once its name and paths are known to form a tree."""
-    if new.dataset != paths.COPIES_DATASET:
+def _checked_digest(new: NewVersion, *, copy: bool = False) -> str:
+    """The manifest digest of NEW, once its name and paths are known to form a tree. A
+    COPY (of a snapshot) goes to paths.COPIES_DATASET, the one name users cannot give."""
+    if not copy:
         paths.check_name("dataset", new.dataset)
     if not new.files:
         raise UserError(f"cannot register {new.dataset}: no files")
@@ -190,7 +191,7 @@ class Registry:
         """Store NEW (a snapshot's copy) as a version of the hidden COPIES_DATASET; the
         caller records the snapshot that owns it in the same transaction."""
         new = replace(new, dataset=paths.COPIES_DATASET)
-        return self._register(new, _checked_digest(new))
+        return self._register(new, _checked_digest(new, copy=True))
 
     def import_version(self, new: NewVersion) -> tuple[Version, bool]:
         """Register NEW unless the dataset's latest version pins exactly the same files:
