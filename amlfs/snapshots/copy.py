@@ -102,7 +102,10 @@ def copy_version(
     store = source if to.datastore == version.datastore else Store(
         registry.get_datastore(to.datastore), env
     )  # fmt: skip
-    copier = _Copier(source, store, version.root, to.folder)
+    # One listing finds what an interrupted copy left (nothing, the first time), rather
+    # than a request per file.
+    left = {f.path: f for f in store.list_source(to.folder).files}
+    copier = _Copier(source, store, version.root, to.folder, left)
     files = list(registry.iter_files(version))
     copied: dict[str, PinnedFile] = {}
     failed: dict[str, str] = {}
@@ -136,8 +139,10 @@ def copy_version(
 class _Copier:
     """Copies one pinned file at a time (from any thread) and checks what it wrote."""
 
-    def __init__(self, source: Store, target: Store, root: str, folder: str):
+    def __init__(self, source: Store, target: Store, root: str, folder: str,
+                 left: Mapping[str, PinnedFile]):  # fmt: skip
         self.source, self.target, self.root, self.folder = source, target, root, folder
+        self.left = left  # what is below the folder already: path (in the store) -> pin
 
     def copy(self, f: PinnedFile) -> PinnedFile:
         """F copied (or found copied already) below the folder, pinned with F's path."""
@@ -150,7 +155,7 @@ class _Copier:
 
     def _reusable(self, f: PinnedFile, name: str) -> PinnedFile | None:
         """What an earlier, interrupted copy left at NAME, if it has F's size and MD5."""
-        found = self.target.stat(name)
+        found = self.left.get(name)
         if found is None or found.size != f.size or found.md5 is None:
             return None  # a copy by this module always carries an MD5 (see _server_side)
         if f.md5 is not None and found.md5 != f.md5:
