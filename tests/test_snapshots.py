@@ -138,6 +138,14 @@ def test_a_copy_serves_the_pinned_bytes_after_the_source_is_overwritten_and_dele
     assert tree_sha256s(tmp_path / "down") == sha256s(FILES)
     shown = json.loads(cli.ok("snapshot", "show", ref, "--json").out)
     assert shown["copy"]["location"].startswith("blob:snaps/ds/1/s1-")
+    assert cli("dataset", "diff", "ds:1", ref).code == 0  # same paths, sizes and MD5s
+    cli.ok("dataset", "filter", ref, "--include", "train/**", "--register", "sub")
+    derived = json.loads(cli.ok("dataset", "show", "sub:1", "--json").out)["derived_from"]
+    assert derived["parent"] == ref
+    cli.ok("download", "sub:1", str(tmp_path / "sub"))
+    assert tree_sha256s(tmp_path / "sub") == {
+        p: h for p, h in sha256s(FILES).items() if p.startswith("train/")
+    }
 
 
 def test_a_streamed_copy_is_checked_and_resumes_keeping_the_blobs_already_copied(
@@ -213,10 +221,10 @@ def test_a_run_reads_a_snapshot_and_its_lineage_names_it_also_once_deleted(
     cli.ok("snapshot", "create", "ds:1", "--name", "s1", "--copy-to", "blob:snaps")
     dataset.put({"labels.csv": b"changed at the source\n"})
     copytree = "import shutil, sys; shutil.copytree(sys.argv[1], sys.argv[2], dirs_exist_ok=True)"
-    copy = [sys.executable, "-c", copytree]
+    copier = [sys.executable, "-c", copytree]
     ran = cli.process("run", "--input", "raw=ds:1@s1,mode=download",
                       "--output", "out=blob:features/{run-id},register=features",
-                      "--", *copy, "{inputs.raw}", "{outputs.out}")  # fmt: skip
+                      "--", *copier, "{inputs.raw}", "{outputs.out}")  # fmt: skip
     assert ran.code == 0, ran.err
     cli.ok("download", "features:1", str(tmp_path / "features"))
     assert tree_sha256s(tmp_path / "features") == sha256s(FILES)  # the snapshot's bytes
