@@ -69,6 +69,8 @@ def test_a_snapshot_without_a_copy_keeps_the_profile_and_reads_like_its_version(
     assert cli("dataset", "verify", ref).code == 0
     assert cli("dataset", "diff", "ds:1", ref).code == 0
     assert cli("snapshot", "create", "ds:1", "--name", ref.split("@")[1]).code == 2
+    as_json = json.loads(cli.ok("snapshot", "create", "ds:1", "--name", "j", "--json").out)
+    assert (as_json["snapshot"], as_json["copy"]) == ("ds:1@j", None)
 
 
 def test_a_drifted_version_is_refused_naming_the_files_and_nothing_is_recorded(

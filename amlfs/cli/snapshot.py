@@ -39,7 +39,7 @@ def create(ctx: click.Context, ref: str, name: str | None, copy_to: str | None,
     Every pinned file is checked against its source first: if any changed or vanished,
     they are listed, nothing is recorded and the exit status is 1. Re-running an
     interrupted --copy-to with the same --name keeps the blobs already copied.
-    Prints NAME:VERSION@SNAP as the last line.
+    Prints NAME:VERSION@SNAP as the last line (with --json, the snapshot as JSON).
     """
     from amlfs import snapshots
     from amlfs.cli.progress import TransferProgress
@@ -73,11 +73,11 @@ def create(ctx: click.Context, ref: str, name: str | None, copy_to: str | None,
             click.echo(f"missing  {path}")
         raise
     if as_json:
-        emit_json(taken.public_dict())
-    else:
-        where = f", copy at {taken.copy_location}" if taken.copy_location else ", no copy"
-        click.echo(f"snapshot of {version.file_count:,} files "
-                   f"({human_bytes(version.total_bytes)}){where}", err=True)  # fmt: skip
+        emit_json(taken.public_dict())  # its "snapshot" is the reference
+        return 0
+    where = f", copy at {taken.copy_location}" if taken.copy_location else ", no copy"
+    click.echo(f"snapshot of {version.file_count:,} files "
+               f"({human_bytes(version.total_bytes)}){where}", err=True)  # fmt: skip
     click.echo(taken.ref)
     return 0
 
