@@ -118,8 +118,7 @@ def show(ctx: click.Context, ref: str, as_json: bool) -> None:
     click.echo(f"snapshot:     {found.ref}")
     click.echo(f"created:      {found.created_at}")
     if found.copy is not None:
-        click.echo(f"copy:         {found.copy_location} "
-                   f"(files below {found.copy.datastore}:{found.copy.root})")  # fmt: skip
+        click.echo(f"copy:         {found.copy_location} ({found.copy.file_count:,} files)")
     else:
         click.echo(f"copy:         none (reads the source, like {found.version.ref})")
     click.echo("\n".join(render_profile(Profile.from_json(found.profile))))

@@ -156,10 +156,13 @@ class _Copier:
     def _reusable(self, f: PinnedFile, name: str) -> PinnedFile | None:
         """What an earlier, interrupted copy left at NAME, if it has F's size and MD5."""
         found = self.left.get(name)
-        if found is None or found.size != f.size or found.md5 is None:
-            return None  # a copy by this module always carries an MD5 (see _server_side)
-        if f.md5 is not None and found.md5 != f.md5:
+        if found is None or found.size != f.size:
             return None
+        if found.md5 is None and f.md5 is not None:
+            # A store that lists no MD5 (a local folder): hash the copy to compare.
+            found = replace(found, md5=self.target.digest(name))
+        if found.md5 is None or (f.md5 is not None and found.md5 != f.md5):
+            return None  # nothing to check it against, or other bytes: copied again
         return found
 
     def _server_side(self, f: PinnedFile, name: str) -> PinnedFile:
