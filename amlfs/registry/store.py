@@ -222,8 +222,8 @@ class Registry:
                 ),
             )  # fmt: skip
             self._insert_tree(cursor.lastrowid, new.files)
-            log.info("registered %s:%d (%d files)", new.dataset, number, len(new.files))
-            return self.stored_version(cursor.lastrowid)
+        log.info("registered %s:%d (%d files)", new.dataset, number, len(new.files))
+        return self.stored_version(cursor.lastrowid)
 
     def _insert_tree(self, version_id: int, files: list[PinnedFile]) -> None:
         """Insert the root, the folders and the files, parents before children and
