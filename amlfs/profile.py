@@ -185,6 +185,31 @@ class Profile:
             "duplicates": self.duplicates.to_json(),
         }
 
+    @classmethod
+    def from_json(cls, data: dict) -> Profile:
+        """The profile to_json() gave (a snapshot stores its profile so)."""
+        sizes, dups = data["sizes"], data["duplicates"]
+        return cls(
+            version=data["version"],
+            manifest_sha256=data["manifest_sha256"],
+            files=data["files"],
+            bytes=data["bytes"],
+            sizes=SizeStats(
+                sizes["min"], sizes["max"],
+                {p: sizes[f"p{p}"] for p in QUANTILES if f"p{p}" in sizes},
+                [(h["from"], h["below"], h["files"]) for h in sizes["histogram"]],
+            ),
+            extensions={k: Tally(**t) for k, t in data["extensions"].items()},
+            folders={k: Tally(**t) for k, t in data["folders"].items()},
+            oldest=data["last_modified"]["oldest"],
+            newest=data["last_modified"]["newest"],
+            md5_files=data["md5"]["files"],
+            duplicates=Duplicates(
+                dups["groups"], dups["files"], dups["redundant_bytes"],
+                [DuplicateGroup(**g) for g in dups["examples"]],
+            ),
+        )  # fmt: skip
+
 
 def profile(registry: Registry, version: Version) -> Profile:
     """VERSION's profile."""

@@ -228,7 +228,7 @@ def test_the_same_files_exit_0(cli: Cli, two_versions: Container) -> None:
         ("ds:1", "ds:9", "has no version 9"),
         ("nope", "ds:1", "no dataset named 'nope'"),
         ("ds:x", "ds:1", "invalid version"),
-        ("ds:1@snap", "ds:1", "invalid version"),
+        ("ds:1@snap", "ds:1", "has no snapshot 'snap'"),
     ],
 )
 def test_a_bad_reference_is_one_error_line_and_exit_2(

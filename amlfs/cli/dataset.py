@@ -17,6 +17,7 @@ from amlfs.home import callers_files
 from amlfs.registry.derivations import Derivations
 from amlfs.registry.manifest import export_manifest, load_manifest, manifest_to_new_version
 from amlfs.registry.models import PinnedFile, Version
+from amlfs.registry.snapshots import Snapshots
 
 
 @click.group()
@@ -118,9 +119,11 @@ def show(ctx: click.Context, ref: str, with_files: bool, as_json: bool) -> None:
     version = registry.resolve(ref)
     files = registry.iter_files(version) if with_files else iter(())
     derivation = Derivations(registry).of(version)
+    snapshots = [] if version.snapshot else Snapshots(registry).of(version)
     if as_json:
         document = version.public_dict()
         document["derived_from"] = derivation.public_dict() if derivation else None
+        document["snapshots"] = [s.public_dict() for s in snapshots]
         if with_files:
             document["files"] = [_file_json(f) for f in files]
         emit_json(document)
@@ -128,6 +131,9 @@ def show(ctx: click.Context, ref: str, with_files: bool, as_json: bool) -> None:
     _print_version(version)
     if derivation:
         click.echo(f"derived:      {derivation.describe()}")
+    for s in snapshots:
+        copy = f"copy at {s.copy_location}" if s.copy_location else "no copy"
+        click.echo(f"snapshot:     {s.ref} ({s.created_at}, {copy})")
     if with_files:
         click.echo("files:")
         table(
@@ -139,6 +145,8 @@ def show(ctx: click.Context, ref: str, with_files: bool, as_json: bool) -> None:
 def _print_version(v: Version) -> None:
     click.echo(f"dataset:      {v.dataset}")
     click.echo(f"version:      {v.version}")
+    if v.snapshot:
+        click.echo(f"snapshot:     {v.snapshot} (files as read: {v.datastore}:{v.root or '/'})")
     click.echo(f"datastore:    {v.datastore}")
     click.echo(f"root:         {v.root or '/'}")
     click.echo(f"sources:      {' '.join(v.sources) or '/'}")

@@ -32,6 +32,7 @@ COMMANDS = {
     "output": "amlfs.cli.outputs:output",
     "run": "amlfs.cli.jobs:run_command",
     "runs": "amlfs.cli.jobs:runs",
+    "snapshot": "amlfs.cli.snapshot:snapshot",
     "status": "amlfs.cli.mount:status",
     "unmount": "amlfs.cli.mount:unmount",
     "upload": "amlfs.cli.transfer:upload_command",

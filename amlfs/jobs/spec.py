@@ -51,9 +51,9 @@ class OutputSpec:
 
 
 def parse_input(text: str) -> InputSpec:
-    """`NAME=DATASET[:VERSION][,mode=mount|download]`."""
+    """`NAME=DATASET[:VERSION][,mode=mount|download]` (or DATASET:VERSION@SNAPSHOT)."""
     name, value, options = _split(text, "--input", "NAME=DATASET[:VERSION][,mode=…]", {"mode"})
-    paths.parse_version_ref(value)
+    paths.parse_snapshot_ref(value) if "@" in value else paths.parse_version_ref(value)
     mode = options.get("mode", "mount")
     if mode not in INPUT_MODES:
         raise UserError(f"--input {text}: mode must be mount or download, not {mode!r}")

@@ -57,14 +57,19 @@ class Version:
     total_bytes: int
     manifest_sha256: str
     created_at: str
+    # A snapshot of the version, read as NAME:VERSION@SNAPSHOT: then id, datastore, root
+    # and sources are its copy's when it has one (see registry/snapshots.py).
+    snapshot: str | None = None
 
     @property
     def ref(self) -> str:
-        return f"{self.dataset}:{self.version}"
+        at = f"@{self.snapshot}" if self.snapshot else ""
+        return f"{self.dataset}:{self.version}{at}"
 
     def public_dict(self) -> dict:
-        """Every field but the registry's internal row id."""
-        return {k: v for k, v in asdict(self).items() if k != "id"}
+        """Every field but the registry's internal row id (and `snapshot`, if none)."""
+        hidden = {"id"} if self.snapshot else {"id", "snapshot"}
+        return {k: v for k, v in asdict(self).items() if k not in hidden}
 
 
 @dataclass(frozen=True)

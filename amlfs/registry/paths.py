@@ -33,6 +33,20 @@ def parse_version_ref(ref: str) -> tuple[str, int | None]:
     return name, int(version)
 
 
+# The dataset whose versions pin snapshots' copies: '@' cannot start a dataset name, so
+# no user can name, list or register it; the registry keeps it out of its listings.
+COPIES_DATASET = "@snapshot-copies"
+
+
+def parse_snapshot_ref(ref: str) -> tuple[str, int, str]:
+    """`NAME:VERSION@SNAP` -> (NAME, VERSION, SNAP)."""
+    head, _, snapshot = ref.rpartition("@")
+    name, version = parse_version_ref(head)
+    if version is None:
+        raise UserError(f"invalid snapshot reference {ref!r}: use NAME:VERSION@SNAPSHOT")
+    return name, version, check_name("snapshot", snapshot)
+
+
 def parse_location(text: str) -> tuple[str, str]:
     """`DATASTORE:PATH` as (datastore, path); PATH may be empty (the datastore's root)."""
     name, sep, path = text.partition(":")

@@ -122,7 +122,29 @@ CREATE TABLE derivations (
 CREATE INDEX derivations_by_parent ON derivations (parent_version_id);
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _V3]
+# Version 3 -> 4: snapshots of versions, and the versions that pin their copies.
+_V4 = """
+-- A snapshot names a version at a moment, with the version's profile as it was then.
+-- With a copy of the data, copy_version_id is a version of its own (of a dataset whose
+-- name no user can give, see registry/paths.py) pinning the copied blobs: reading the
+-- snapshot reads that version. Without one, the snapshot reads like its version.
+CREATE TABLE snapshots (
+    id              INTEGER PRIMARY KEY,
+    version_id      INTEGER NOT NULL REFERENCES versions(id) ON DELETE RESTRICT,
+    name            TEXT NOT NULL,
+    created_at      TEXT NOT NULL,
+    profile         TEXT NOT NULL,    -- JSON: amlfs.profile.Profile.to_json() at creation
+    copy_version_id INTEGER UNIQUE REFERENCES versions(id) ON DELETE RESTRICT,
+    copy_location   TEXT,             -- DATASTORE:PATH the copy's files are below
+    deleted_at      TEXT,             -- a deleted snapshot with a copy keeps its row (and
+                                      -- the copy's version row, without entries): runs
+                                      -- that read it still name it in their lineage
+    CHECK ((copy_version_id IS NULL) = (copy_location IS NULL))
+);
+CREATE UNIQUE INDEX snapshots_by_name ON snapshots (version_id, name) WHERE deleted_at IS NULL;
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -8,6 +8,7 @@ import logging
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -46,9 +47,11 @@ def manifest_digest(datastore: str, root: str, files: list[PinnedFile]) -> str:
     return digest.hexdigest()
 
 
-def _checked_digest(new: NewVersion) -> str:
-    """The manifest digest of NEW, once its name and paths are known to form a tree."""
-    paths.check_name("dataset", new.dataset)
+def _checked_digest(new: NewVersion, *, copy: bool = False) -> str:
+    """The manifest digest of NEW, once its name and paths are known to form a tree. A
+    COPY (of a snapshot) goes to paths.COPIES_DATASET, the one name users cannot give."""
+    if not copy:
+        paths.check_name("dataset", new.dataset)
     if not new.files:
         raise UserError(f"cannot register {new.dataset}: no files")
     problem = next(filter(None, map(paths.path_problem, (f.path for f in new.files))), None)
@@ -184,6 +187,12 @@ class Registry:
         """Store NEW as the next version of its dataset, all in one transaction."""
         return self._register(new, _checked_digest(new))
 
+    def register_copy(self, new: NewVersion) -> Version:
+        """Store NEW (a snapshot's copy) as a version of the hidden COPIES_DATASET; the
+        caller records the snapshot that owns it in the same transaction."""
+        new = replace(new, dataset=paths.COPIES_DATASET)
+        return self._register(new, _checked_digest(new, copy=True))
+
     def import_version(self, new: NewVersion) -> tuple[Version, bool]:
         """Register NEW unless the dataset's latest version pins exactly the same files:
         (the version, whether it was created). Importing a manifest twice is harmless."""
@@ -214,7 +223,7 @@ class Registry:
             )  # fmt: skip
             self._insert_tree(cursor.lastrowid, new.files)
         log.info("registered %s:%d (%d files)", new.dataset, number, len(new.files))
-        return self.get_version(new.dataset, number)
+        return self.stored_version(cursor.lastrowid)
 
     def _insert_tree(self, version_id: int, files: list[PinnedFile]) -> None:
         """Insert the root, the folders and the files, parents before children and
@@ -267,12 +276,38 @@ class Registry:
         return _version(row)
 
     def version_by_id(self, version_id: int) -> Version:
+        """The version with this row id; a snapshot's copy as its snapshot (NAME:V@SNAP)."""
+        found = self.stored_version(version_id)
+        if found.dataset != paths.COPIES_DATASET:
+            return found
+        row = self._conn.execute(
+            "SELECT version_id, name FROM snapshots WHERE copy_version_id = ?", (version_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no version with id {version_id}")
+        # Also for a deleted snapshot: the runs that read it still name it.
+        return _as_snapshot(self.stored_version(row[0]), row[1], found)
+
+    def stored_version(self, version_id: int) -> Version:
+        """The version row with this id as stored (a snapshot's copy as a version of the
+        hidden COPIES_DATASET)."""
         row = self._conn.execute(
             f"SELECT {_VERSION_COLUMNS} {_VERSION_FROM} WHERE v.id = ?", (version_id,)
         ).fetchone()
         if row is None:
             raise NotFound(f"no version with id {version_id}")
         return _version(row)
+
+    def _snapshot_of(self, version: Version, name: str) -> Version:
+        """Snapshot NAME of VERSION, read as its copy if it has one, else as VERSION."""
+        row = self._conn.execute(
+            "SELECT copy_version_id FROM snapshots"
+            " WHERE version_id = ? AND name = ? AND deleted_at IS NULL",
+            (version.id, name),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"{version.ref} has no snapshot {name!r}")
+        return _as_snapshot(version, name, self.stored_version(row[0]) if row[0] else version)
 
     def latest(self, dataset: str) -> Version | None:
         """The highest version of DATASET, or None if it has none yet."""
@@ -282,7 +317,10 @@ class Registry:
             return None
 
     def resolve(self, ref: str) -> Version:
-        """A `NAME[:VERSION]` reference to its version."""
+        """A `NAME[:VERSION]` reference to its version, `NAME:VERSION@SNAP` to its snapshot."""
+        if "@" in ref:
+            name, number, snapshot = paths.parse_snapshot_ref(ref)
+            return self._snapshot_of(self.get_version(name, number), snapshot)
         return self.get_version(*paths.parse_version_ref(ref))
 
     def list_versions(self, dataset: str) -> list[Version]:
@@ -297,13 +335,14 @@ class Registry:
         rows = self._conn.execute(
             f"SELECT {_VERSION_COLUMNS} {_VERSION_FROM}"
             " WHERE v.version = (SELECT MAX(version) FROM versions WHERE dataset_id = d.id)"
-            " ORDER BY d.name"
+            " AND d.name != ? ORDER BY d.name",
+            (paths.COPIES_DATASET,),
         )
         return [_version(row) for row in rows]
 
     def _dataset_id(self, name: str, *, create: bool = False) -> int:
         row = self._conn.execute("SELECT id FROM datasets WHERE name = ?", (name,)).fetchone()
-        if row:
+        if row and (create or name != paths.COPIES_DATASET):  # never named from outside
             return row[0]
         if not create:
             raise NotFound(f"no dataset named {name!r}")
@@ -372,6 +411,12 @@ class Registry:
                 folder_paths[entry.id] = path
             else:
                 yield PinnedFile(path, entry.size, entry.etag, entry.md5, entry.last_modified)
+
+
+def _as_snapshot(version: Version, name: str, read: Version) -> Version:
+    """VERSION's snapshot NAME, whose files are those of READ (its copy, or VERSION)."""
+    return replace(version, id=read.id, datastore=read.datastore, root=read.root,
+                   sources=read.sources, snapshot=name)  # fmt: skip
 
 
 def _version(row: tuple) -> Version:
