@@ -8,7 +8,8 @@
 # (a link out of it refused), runs a job with
 # `amlfs run` and shows its lineage, registers files from a web server that sends no
 # ETag (pinned by their MD5), then changes a source file to show that amlfs notices
-# (verify reports it, a diff against a new version names it, the mount refuses its bytes).
+# (verify reports it, a diff against a new version names it, the mount refuses its bytes)
+# while a snapshot with a copy, taken before the change, still reads the pinned bytes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
@@ -160,6 +161,11 @@ step datastore add web "http://127.0.0.1:$web_port"
 step dataset register weather-web --datastore web --path 'Weather/week27/*.csv'
 step dataset show weather-web --files
 
+# A snapshot keeps a version's profile and, with --copy-to, a checked copy of its bytes:
+# it reads the same after the source changes or vanishes.
+step snapshot create weather:2 --name before-rewrite --copy-to local:Snapshots
+step snapshot show weather:2@before-rewrite
+
 echo
 echo "Rewriting Weather/week27/mon.csv under the pinned versions..."
 echo "hour,temp_c,humidity" > "$demo/store/Weather/week27/mon.csv"
@@ -190,6 +196,12 @@ fi
 shell head -2 "$mnt/week27/tue.csv"   # the unchanged files still read
 shell grep -h "changed since" "$AMLFS_HOME"/logs/*.log
 step unmount "$mnt"
+# The snapshot's copy still holds the bytes the version pinned.
+step dataset verify weather:2@before-rewrite
+step mount weather:2@before-rewrite "$mnt"
+shell head -3 "$mnt/week27/mon.csv"
+step unmount "$mnt"
 echo
-echo "demo: done. amlfs noticed the change instead of serving different bytes."
+echo "demo: done. amlfs noticed the change instead of serving different bytes,"
+echo "demo: and the snapshot still serves the bytes the version pinned."
 echo "demo: state folder $AMLFS_HOME (delete $demo to start over)"
