@@ -6,12 +6,14 @@ on it, a bad file starts nothing, and independent steps run side by side."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli, Container
+from tests.conftest import CONNECTION_ENV, Cli, Container, require
 from tests.support.sample import FILES
 from tests.test_run import assert_taken_down, stored
 
@@ -392,3 +394,51 @@ def test_a_bad_pipeline_file_is_refused_in_one_line_with_its_line_and_nothing_ru
     assert cli.ok("pipeline", "runs", "--json").out.strip() == "[]"
     assert cli.ok("runs", "list", "--json").out.strip() == "[]"
     assert not (tmp_path / "ran").exists()
+
+
+def guide_files() -> dict[str, str]:
+    """The files of docs/pipelines.md's example: the code blocks that start `# NAME`."""
+    text = (Path(__file__).parent.parent / "docs" / "pipelines.md").read_text()
+    blocks = re.findall(r"```(?:yaml|python)\n# (\S+?)(?::[^\n]*)?\n(.*?)```", text, re.S)
+    return {name: f"# {name}\n{body}" for name, body in blocks}
+
+
+def test_the_guides_example_runs_as_written_then_reuses_then_reruns_on_new_data(
+    cli: Cli, container: Container, tmp_path: Path
+) -> None:
+    require(shutil.which("python3") is not None, "the guide's example runs python3")
+    container.put({"raw/week27/temps.csv": b"oslo,0.25\noslo,3.5\nrome,20.5\n",
+                   "raw/week28/temps.csv": b"oslo,4.5\nrome,21.5\n"})  # fmt: skip
+    cli.ok("datastore", "add", "store", container.url, "--connection-string-env", CONNECTION_ENV)
+    cli.ok("dataset", "register", "weather", "--datastore", "store", "--path", "raw")
+    folder = tmp_path / "guide"
+    folder.mkdir()
+    files = guide_files()
+    assert sorted(files) == ["pipeline.yaml", "prep.py", "train.py"]
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    file = folder / "pipeline.yaml"
+
+    first = cli("pipeline", "run", str(file))
+    assert first.code == 0, first.err
+    assert "2 ran" in first.out.splitlines()[-1]
+    model = json.loads(cli.ok("runs", "show", _run_of(first.out, "train"), "--json").out)
+    location = model["outputs"][0]["location"].partition(":")[2]
+    stored_model = stored(container.fs, f"{container.name}/{location}")
+    assert json.loads(stored_model["model.json"]) == {"oslo": 4.0, "rome": 21.0}
+
+    second = cli.ok("pipeline", "run", str(file))
+    assert "prep: reused run" in second.out and "train: reused run" in second.out
+    assert "2 reused" in second.out.splitlines()[-1]
+
+    container.put({"raw/week29/temps.csv": b"rome,24.5\n"})
+    cli.ok("dataset", "register", "weather", "--datastore", "store", "--path", "raw")
+    third = cli.ok("pipeline", "run", str(file))
+    assert "prep: running (changed: input raw)" in third.out
+    assert "train: running (changed: input data)" in third.out
+    assert "model=weather-model:2" in third.out
+
+
+def _run_of(out: str, step: str) -> str:
+    line = next(line for line in out.splitlines() if line.startswith(f"{step}: ran "))
+    return line.split(": run ")[1].split()[0]
