@@ -251,6 +251,34 @@ def test_a_dry_run_prints_the_plan_and_changes_nothing(
     assert after == before
 
 
+UNREUSABLE = """
+name: clock
+steps:
+  stable:
+    command: [{python}, step.py, stable, "{{outputs.out}}"]
+    outputs:
+      out: blob:stable/{{run-id}},register=stable
+  clock:
+    command: [{python}, step.py, clock, "{{outputs.out}}"]
+    reuse: false
+    outputs:
+      out: blob:clock/{{run-id}},register=clock
+"""
+
+
+def test_a_step_marked_reuse_false_always_runs(
+    cli: Cli, dataset: Container, tmp_path: Path
+) -> None:
+    folder = tmp_path / "pipe"
+    file = write(folder, UNREUSABLE)
+    run_json(cli, file)
+    report = run_json(cli, file)
+    assert outcome(report) == {"stable": "reused", "clock": "succeeded"}
+    assert steps_of(report)["clock"]["reason"] == "reuse: false"
+    assert steps_of(report)["clock"]["outputs"] == {"out": "clock:2"}
+    assert ran(folder) == ["stable", "clock", "clock"]
+
+
 FAILING = """
 name: failing
 steps:
