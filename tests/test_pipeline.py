@@ -319,6 +319,31 @@ def test_a_failing_step_passes_its_status_and_stops_its_dependants_with_nothing_
     assert_taken_down(cli.home)
 
 
+EMPTY = """
+name: empty
+steps:
+  a:
+    command: [{python}, -c, pass]
+    outputs:
+      out: blob:a/{{run-id}}
+  b:
+    command: [{python}, step.py, b, "{{outputs.out}}", "{{inputs.data}}"]
+    inputs: {{data: steps.a.outputs.out}}
+    outputs:
+      out: blob:b/{{run-id}}
+"""
+
+
+def test_an_output_a_later_step_reads_that_registered_nothing_fails_its_step(
+    cli: Cli, dataset: Container, tmp_path: Path
+) -> None:
+    folder = tmp_path / "pipe"
+    report = run_json(cli, write(folder, EMPTY), code=1)
+    assert outcome(report) == {"a": "failed", "b": "not-started"}
+    assert steps_of(report)["a"]["reason"] == "output out registered nothing"
+    assert ran(folder) == []
+
+
 PARALLEL = """
 name: parallel
 steps:

@@ -104,15 +104,14 @@ class PipelineRunner:
         return Decision(False, "the earlier run's outputs are not all registered", parts)
 
     def _registered(self, step: Step, run_id: str) -> dict[str, Version] | None:
-        """The versions RUN_ID registered, if it registered every output STEP registers."""
+        """The versions RUN_ID registered, if it registered every output of STEP that a
+        later step reads."""
         try:
             run = self.runs.get(run_id)
         except NotFound:
             return None
         versions = {o.name: o.version for o in run.outputs if o.version is not None}
-        if any(o.register and o.name not in versions for o in step.outputs):
-            return None
-        return versions
+        return None if step.read_later - versions.keys() else versions
 
     def plan(self) -> list[tuple[Step, Decision]]:
         """What a run would do now, changing nothing (`--dry-run`)."""
@@ -226,8 +225,7 @@ class PipelineRunner:
             record.run_id, record.reason = None, "amlfs run did not start"
 
         versions = {} if run is None else {o.name: o.version for o in run.outputs if o.version}
-        missing = [o.name for o in step.outputs if o.register and o.name not in versions]
-        if code == 0 and missing:
+        if code == 0 and (missing := sorted(step.read_later - versions.keys())):
             code, record.reason = 1, f"output {missing[0]} registered nothing"
         record.status, record.exit_code = ("succeeded" if code == 0 else "failed"), code
         self.log.put_step(pipeline_run, record)

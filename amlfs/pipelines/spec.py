@@ -69,6 +69,7 @@ class Step:
     outputs: list[OutputSpec]  # each read by a later step has `register` set
     reuse: bool
     needs: set[str] = field(default_factory=set)  # the steps whose outputs it reads
+    read_later: set[str] = field(default_factory=set)  # its outputs that later steps read
 
 
 @dataclass
@@ -184,6 +185,7 @@ def _check_upstream(pipeline: str, steps: dict[str, Step], fail) -> None:
             if spec is None:
                 raise fail(f"input {item.name}: step {source.name!r} has no output"
                            f" {item.upstream.output!r}", *where)  # fmt: skip
+            source.read_later.add(spec.name)
             if spec.register is None:
                 registered = derived_name(pipeline, source.name, spec.name)
                 try:
