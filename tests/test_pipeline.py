@@ -8,7 +8,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -495,3 +498,53 @@ def test_the_guides_example_runs_as_written_then_reuses_then_reruns_on_new_data(
 def _run_of(out: str, step: str) -> str:
     line = next(line for line in out.splitlines() if line.startswith(f"{step}: ran "))
     return line.split(": run ")[1].split()[0]
+
+
+SLEEPING = """
+name: sleeping
+steps:
+  a:
+    command: [{python}, -c, "{sleeper}", "{{outputs.out}}"]
+    inputs: {{raw: ds}}
+    outputs:
+      out: blob:a/{{run-id}},register=a-out
+  b:
+    command: [{python}, step.py, b, "{{outputs.out}}", "{{inputs.data}}"]
+    inputs: {{data: steps.a.outputs.out}}
+    outputs:
+      out: blob:b/{{run-id}}
+"""
+SLEEPER = (
+    "import pathlib, sys, time; pathlib.Path(sys.argv[1], 'part').write_text('x');"
+    " pathlib.Path('started-a').write_text('1'); time.sleep(60)"
+)
+
+
+def test_sigterm_ends_the_running_step_and_starts_nothing_more(
+    cli: Cli, dataset: Container, tmp_path: Path
+) -> None:
+    folder = tmp_path / "pipe"
+    file = write(folder, SLEEPING.replace("{sleeper}", SLEEPER))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "amlfs", "--home", str(cli.home), "pipeline", "run", str(file)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (folder / "started-a").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (folder / "started-a").exists(), "step a did not start"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err
+    assert "b: not started (needs a, which did not succeed)" in out
+    assert cli("dataset", "versions", "a-out").code == 2
+    assert stored(dataset.fs, f"{dataset.name}/a") == {}
+    shown = json.loads(cli.ok("pipeline", "runs", "--json").out)[0]
+    assert [(s["step"], s["status"], s["exit_code"]) for s in shown["steps"]] == [
+        ("a", "failed", 143), ("b", "not-started", None)]  # fmt: skip
+    assert_taken_down(cli.home)
