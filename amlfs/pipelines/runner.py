@@ -33,7 +33,7 @@ from amlfs.registry.pipelines import PipelineLog, PipelineRun, StepRecord
 from amlfs.registry.runs import RunLog
 from amlfs.registry.store import Registry, now
 
-POLL_S = 0.05
+POLL_S = 0.02  # how soon an ended step is noticed; a poll costs microseconds
 END_WAIT_S = 60
 FORWARDED = (signal.SIGTERM, signal.SIGHUP)  # sent to us alone: passed on to the steps
 
