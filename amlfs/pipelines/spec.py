@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -22,6 +23,10 @@ PIPELINE_SCHEMA = "amlfs/pipeline/v1"
 _STEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 # An input read from an earlier step: steps.STEP.outputs.OUTPUT[,mode=mount|download].
 _UPSTREAM = re.compile(r"steps\.([^.,]*)\.outputs\.([^.,]*)((?:,.*)?)")
+
+
+# The error for a message at a place in the file (keys and indexes), with its line.
+Fail = Callable[..., ManifestError]
 
 
 class _Strict(BaseModel):
@@ -110,7 +115,7 @@ def load_pipeline(text: str, file: Path, registry: Registry) -> Pipeline:
 
 
 def _step(name: str, declared: StepModel, folder: Path, registry: Registry,
-          fail) -> Step:  # fmt: skip
+          fail: Fail) -> Step:  # fmt: skip
     inputs = []
     for input_name, value in declared.inputs.items():
         where = ("steps", name, "inputs", input_name)
@@ -167,7 +172,7 @@ def _command_problem(program: str, folder: Path) -> str | None:
     return None
 
 
-def _check_upstream(pipeline: str, steps: dict[str, Step], fail) -> None:
+def _check_upstream(pipeline: str, steps: dict[str, Step], fail: Fail) -> None:
     """Every `steps.S.outputs.O` names a step and one of its outputs; what a later step
     reads is registered (under a derived name when the file names none)."""
     for step in steps.values():
@@ -197,7 +202,7 @@ def _check_upstream(pipeline: str, steps: dict[str, Step], fail) -> None:
                                                    spec.mode, registered)  # fmt: skip
 
 
-def _order(steps: dict[str, Step], fail) -> list[str]:
+def _order(steps: dict[str, Step], fail: Fail) -> list[str]:
     """The steps in the file's order, each moved after the steps it needs; a cycle fails."""
     order: list[str] = []
     state: dict[str, str] = {}
