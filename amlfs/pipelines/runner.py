@@ -23,7 +23,7 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from amlfs.errors import NotFound
+from amlfs.errors import EXIT_RUNTIME, NotFound
 from amlfs.jobs.run import new_run_id
 from amlfs.jobs.spec import OutputSpec
 from amlfs.pipelines import reuse
@@ -136,7 +136,7 @@ class PipelineRunner:
         self.say(f"pipeline {self.pipeline.name}: run {record.id}")
         running: dict[str, Running] = {}
         failure: int | None = None
-        with self._signals(running), self._ending(running):
+        with self._signals(running), self._ending(record.id, running):
             while True:
                 if self.stopping is None:
                     self._start_ready(record.id, running)
@@ -250,9 +250,10 @@ class PipelineRunner:
             self.say(f"{step.name}: not started ({reason})")
 
     @contextlib.contextmanager
-    def _ending(self, running: dict[str, Running]) -> Iterator[None]:
+    def _ending(self, pipeline_run: str, running: dict[str, Running]) -> Iterator[None]:
         """If the pipeline itself fails, the steps it started end as on SIGTERM (their
-        take-down included), waited for up to END_WAIT_S each."""
+        take-down included), waited for up to END_WAIT_S each, and the pipeline run is
+        recorded as failed."""
         try:
             yield
         except BaseException:
@@ -262,6 +263,8 @@ class PipelineRunner:
             for item in running.values():
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     item.process.wait(END_WAIT_S)
+            with contextlib.suppress(Exception):  # the error being raised says more
+                self.log.finish(pipeline_run, now(), EXIT_RUNTIME)
             raise
 
     @contextlib.contextmanager
