@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import diff_scale
+from bench import diff_scale, pipeline_overhead
 from bench.cells import FAILED, NOT_YET, OK, Cell
 from bench.pathreads import HINTED
 from bench.plan import CLOUD_READS, HINTED_READS, OPERATIONS, READS, SYSTEM_BY_KEY, SYSTEMS
@@ -187,3 +187,12 @@ def test_the_diff_bench_finds_its_four_kinds_of_change_and_reports_them(tmp_path
     results = diff_scale.bench(2_000, 0.04, 1, tmp_path)
     assert results["per_kind"] == 20  # bench() checks that the diff found 20 of each kind
     assert "`amlfs dataset diff A B --json`, a process" in diff_scale.report(results)
+
+
+def test_the_pipeline_bench_runs_both_ways_and_decides_reuse_on_a_big_input(
+    tmp_path: Path,
+) -> None:
+    chain = pipeline_overhead.bench_chain(5, 1, tmp_path)
+    decide = pipeline_overhead.bench_decide(1_000, 1, tmp_path)  # it asserts the reuse
+    text = pipeline_overhead.report(chain, decide)
+    assert "`amlfs pipeline run --force`" in text and "1,000 files" in text

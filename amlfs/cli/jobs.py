@@ -42,11 +42,13 @@ from amlfs.cli.output import emit_json, table
     help="Pass the credential variable VAR on to the command (a datastore's"
     " --…-env variables are removed from its environment otherwise).",
 )
+# A pipeline names the run of each step it starts, to find the run afterwards.
+@click.option("--run-id", hidden=True)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[--] COMMAND [ARG]…")
 @common_options
 @click.pass_context
 def run_command(ctx: click.Context, inputs: tuple[str, ...], outputs: tuple[str, ...],
-                work_dir: Path | None, pass_env: tuple[str, ...],
+                work_dir: Path | None, pass_env: tuple[str, ...], run_id: str | None,
                 command: tuple[str, ...]) -> int:  # fmt: skip
     """Run COMMAND with its inputs and outputs wired up; exit with its exit status.
 
@@ -59,14 +61,17 @@ def run_command(ctx: click.Context, inputs: tuple[str, ...], outputs: tuple[str,
     """
     from amlfs.cli.outputs import UploadWait
     from amlfs.cli.progress import TransferProgress
-    from amlfs.jobs.run import Job, RunHooks
+    from amlfs.errors import UserError
+    from amlfs.jobs.run import RUN_ID, Job, RunHooks
     from amlfs.jobs.spec import parse_input, parse_output
 
+    if run_id is not None and not RUN_ID.fullmatch(run_id):
+        raise UserError(f"--run-id {run_id}: expected YYYYMMDD-HHMMSS-xxxxxx")
     hooks = RunHooks(say=lambda line: click.echo(f"amlfs: {line}", err=True),
                      transfer=TransferProgress, waiting=UploadWait())  # fmt: skip
     job = Job(home_of(ctx), app(ctx).registry(), [parse_input(i) for i in inputs],
               [parse_output(o) for o in outputs], list(command), hooks, work_dir,
-              pass_env)  # fmt: skip
+              pass_env, run_id)  # fmt: skip
     return job.execute()
 
 

@@ -30,6 +30,7 @@ COMMANDS = {
     "lineage": "amlfs.cli.jobs:lineage_command",
     "mount": "amlfs.cli.mount:mount",
     "output": "amlfs.cli.outputs:output",
+    "pipeline": "amlfs.cli.pipeline:pipeline",
     "run": "amlfs.cli.jobs:run_command",
     "runs": "amlfs.cli.jobs:runs",
     "snapshot": "amlfs.cli.snapshot:snapshot",

@@ -14,6 +14,7 @@ import contextlib
 import getpass
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -52,6 +53,9 @@ class RunHooks:
     waiting: Callable[[mounts.MountRecord], None] | None = None
 
 
+RUN_ID = re.compile(r"[0-9]{8}-[0-9]{6}-[0-9a-f]{6}")
+
+
 def new_run_id() -> str:
     """Sortable by start time, unique without coordination: 20261121-101500-3fa2c1."""
     return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
@@ -62,7 +66,8 @@ class Job:
 
     def __init__(self, home: Path, registry: Registry, inputs: list[InputSpec],
                  outputs: list[OutputSpec], command: list[str], hooks: RunHooks,
-                 work_root: Path | None = None, pass_env: Sequence[str] = ()) -> None:  # fmt: skip
+                 work_root: Path | None = None, pass_env: Sequence[str] = (),
+                 run_id: str | None = None) -> None:  # fmt: skip
         check_names(inputs, outputs)
         if not command:
             raise UserError("no command given: amlfs run [OPTIONS] -- COMMAND [ARG…]")
@@ -72,7 +77,7 @@ class Job:
         self.pass_env = list(pass_env)
         self.home, self.registry, self.hooks = home, registry, hooks
         self.inputs, self.outputs, self.command = inputs, outputs, command
-        self.id = new_run_id()
+        self.id = run_id or new_run_id()
         self.versions: dict[str, Version] = {i.name: registry.resolve(i.ref) for i in inputs}
         self.stores = {o.name: registry.get_datastore(o.datastore) for o in outputs}
         self.targets = {o.name: o.target(self.id) for o in outputs}

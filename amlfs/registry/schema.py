@@ -144,7 +144,41 @@ CREATE TABLE snapshots (
 CREATE UNIQUE INDEX snapshots_by_name ON snapshots (version_id, name) WHERE deleted_at IS NULL;
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4]
+# Version 4 -> 5: pipeline runs and what each of their steps did.
+_V5 = """
+CREATE TABLE pipeline_runs (
+    id         TEXT PRIMARY KEY,   -- like a run id: UTC start time and a random suffix
+    name       TEXT NOT NULL,      -- the pipeline's `name`
+    file       TEXT NOT NULL,      -- the pipeline file, as an absolute path
+    started_at TEXT NOT NULL,
+    ended_at   TEXT,               -- NULL while it runs (or if it was killed outright)
+    exit_code  INTEGER,            -- 0, or the first failing step's exit status
+    host       TEXT NOT NULL,
+    pid        INTEGER NOT NULL,
+    user       TEXT NOT NULL
+);
+
+-- One row per step of a pipeline run, written when the step is decided and updated when
+-- it ends. A reused step names the earlier run whose outputs it passed on.
+CREATE TABLE pipeline_steps (
+    pipeline_run_id TEXT NOT NULL REFERENCES pipeline_runs(id) ON DELETE CASCADE,
+    step            TEXT NOT NULL,
+    position        INTEGER NOT NULL,  -- in the order the steps were decided
+    status          TEXT NOT NULL CHECK (status IN ('running', 'succeeded', 'failed',
+                                                    'not-started')),
+    reused          INTEGER NOT NULL CHECK (reused IN (0, 1)),
+    run_id          TEXT REFERENCES runs(id) ON DELETE RESTRICT,  -- NULL if never started
+    exit_code       INTEGER,
+    reason          TEXT NOT NULL,     -- why it ran, was reused, or never started
+    reuse_key       TEXT,              -- digest of key_parts; NULL if its inputs never existed
+    key_parts       TEXT,              -- JSON object: part of the key -> its digest
+    PRIMARY KEY (pipeline_run_id, step)
+);
+CREATE INDEX pipeline_steps_by_key ON pipeline_steps (reuse_key);
+CREATE INDEX pipeline_steps_by_run ON pipeline_steps (run_id);
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
