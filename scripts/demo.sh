@@ -6,7 +6,8 @@
 # writes results through an output mount registered as a new dataset (a checkpoint
 # renamed over one still uploading; a second mount of it refused), uploads a folder
 # (a link out of it refused), runs a job with
-# `amlfs run` and shows its lineage, registers files from a web server that sends no
+# `amlfs run` and shows its lineage, runs a two-step pipeline (again, reused; then on new
+# input, rerun), registers files from a web server that sends no
 # ETag (pinned by their MD5), then changes a source file to show that amlfs notices
 # (verify reports it, a diff against a new version names it, the mount refuses its bytes)
 # while a snapshot with a copy, taken before the change, still reads the pinned bytes.
@@ -143,6 +144,31 @@ step run --input weather=weather:2 \
 step runs list
 step lineage weekly-summary:1
 step lineage weather:2
+
+# A pipeline: steps wired by their outputs, each an `amlfs run`; a step whose command,
+# code, env and exact input versions are unchanged is reused, not run again.
+cat > "$demo/pipeline.yaml" <<'YAML'
+schema: amlfs/pipeline/v1
+name: weather-prep
+steps:
+  prep:
+    command: [sh, -c, 'find "$AMLFS_INPUT_raw" -name "*.csv" | sort | xargs tail -q -n +2 > {outputs.clean}/all.csv']
+    inputs: {raw: weather-raw}
+    outputs:
+      clean: local:prep/{run-id}
+  stats:
+    command: [sh, -c, 'cut -d, -f2 {inputs.data}/all.csv | sort -g | tail -1 > {outputs.max}/max.txt']
+    inputs: {data: "steps.prep.outputs.clean,mode=download"}
+    outputs:
+      max: local:stats/{run-id},register=weather-max
+YAML
+step dataset register weather-raw --datastore local --path Weather/week27
+step pipeline run "$demo/pipeline.yaml"     # both steps run
+step pipeline run "$demo/pipeline.yaml"     # both reused: nothing runs
+step dataset register weather-raw --datastore local --path Weather/week27 --path Weather/week28
+step pipeline run "$demo/pipeline.yaml"     # new input: both run again
+step pipeline runs
+step lineage weather-max:2
 
 # Files from a plain web server (no ETag, no ranges) are pinned by their MD5, computed
 # when registered; a mount fetches such a file whole and checks it before serving a byte.
