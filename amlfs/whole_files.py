@@ -83,7 +83,15 @@ class WholeFiles:
         """LAND(index, bytes) each block of INDICES once the whole of BLOB has been fetched
         and found as pinned. Raises what the fetch raised (ReadFailed, SourceChanged)."""
         key = (blob.source, blob.etag)
-        fetch = self._fetches.get(key)
+        if key not in self._fetches:
+            # A fetch that ended while this reader looked for its blocks elsewhere wrote
+            # them all to the block cache before it let go: take them from there.
+            found = await self._cached(blob, indices)
+            if found is not None:
+                for index in indices:
+                    land(index, found[index])
+                return
+        fetch = self._fetches.get(key)  # one may have started during that look
         if fetch is None:
             # Registered before any await: a second reader joins this fetch.
             fetch = self._fetches[key] = _Fetch(users=1)  # the task writing the cache
@@ -97,6 +105,18 @@ class WholeFiles:
                 land(index, await trio.to_thread.run_sync(self._block, fetch.spill, blob, index))
         finally:
             self._release(key, fetch)
+
+    async def _cached(self, blob: PinnedBlob, indices: list[int]) -> dict[int, bytes] | None:
+        """The blocks INDICES of BLOB, if the block cache holds every one, sound."""
+        found = {}
+        for index in indices:
+            length = min(self.block_size, blob.size - index * self.block_size)
+            block = BlockKey(blob.source, blob.etag, self.block_size, index)
+            cached = await trio.to_thread.run_sync(self.cache.read, block, length)
+            if cached is None or cached.damaged:
+                return None
+            found[index] = cached.data
+        return found
 
     async def _fetch(self, blob: PinnedBlob, fetch: _Fetch, wanted: Callable[[], bool]) -> None:
         key = (blob.source, blob.etag)

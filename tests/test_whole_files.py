@@ -129,3 +129,22 @@ async def test_a_whole_fetch_past_its_bound_fails_the_read_and_a_later_read_fetc
         store.gate.set()
         assert bytes(await reader.read(blob, BLOCK, 10)) == data[BLOCK : BLOCK + 10]
     assert store.downloads == ["f.bin", "f.bin"]
+
+
+async def test_a_reader_that_looked_while_a_fetch_ended_takes_its_blocks_from_the_cache(
+    tmp_path: Path,
+) -> None:
+    """A reader that found no block in the cache, then reached its turn to fetch after
+    another reader's whole fetch had ended, fetches nothing again: that fetch wrote every
+    block to the cache before it let go."""
+    data = content(3 * BLOCK + 5)
+    store = FakeWeb({"f.bin": data})
+    blob = by_content("f.bin", data)
+    landed: dict[int, bytes] = {}
+    async with open_reader(store, tmp_path) as reader:
+        assert bytes(await reader.read(blob, 0, 100)) == data[:100]
+        await eventually(lambda: not reader._wholes._fetches, "the fetch let go")
+        # The late reader's turn, as BlockReader._load gives it (its look came first).
+        await reader._wholes.load(blob, [2], landed.__setitem__, lambda: True)
+    assert store.downloads == ["f.bin"]
+    assert bytes(landed[2]) == data[2 * BLOCK : 3 * BLOCK]
