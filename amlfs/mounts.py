@@ -23,12 +23,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from amlfs import locks
 from amlfs.errors import AmlfsError, UserError
 from amlfs.home import ensure_home
+
+if TYPE_CHECKING:
+    from amlfs.registry.models import Datastore
+    from amlfs.storage import Store
 
 PR_SET_PDEATHSIG = 1  # prctl(2)
 READY_ENV = "AMLFS_READY_FD"  # the daemon reports "ready" or "error: …" on this pipe
@@ -293,6 +299,18 @@ def become_daemon(log: int, env: Mapping[str, str], ready: int) -> None:
     os.closerange(ready + 1, os.sysconf("SC_OPEN_MAX"))
     _take_environment({k: v for k, v in env.items() if k != "NOTIFY_SOCKET"})
     os.environ[READY_ENV] = str(ready)
+
+
+def open_store_soon(datastore: Datastore) -> Future[Store]:
+    """DATASTORE opened for reads in a thread of its own (importing its client, building
+    it) while the caller goes on, as a mount daemon does before it mounts."""
+
+    def open_store() -> Store:
+        from amlfs.storage import Store
+
+        return Store(datastore, reads_only=True)
+
+    return ThreadPoolExecutor(1, thread_name_prefix="open-store").submit(open_store)
 
 
 def daemon_logging() -> None:

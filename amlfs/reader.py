@@ -327,7 +327,8 @@ class BlockReader:
                 view = memoryview(data)  # each block copied out of the answer once
                 for index in run:
                     offset = index * self.block_size - start
-                    block = bytes(view[offset : offset + self._length(blob, index)])
+                    block = data if len(run) == 1 and isinstance(data, bytes) else bytes(
+                        view[offset : offset + self._length(blob, index)])  # fmt: skip
                     land(index, block)
                     owed -= len(block)  # from fetching to waiting to be written, no await
                     self._fetching_bytes -= len(block)

@@ -81,7 +81,9 @@ def prestart(serve: str) -> WarmDaemon | None:
 def hand_over(warm: WarmDaemon, state: dict[str, Any]) -> bool:
     """Give the daemon-to-be its mount; False if it is gone (the caller forks anew)."""
     try:
-        os.write(warm.hand_over, pickle.dumps(state))  # a few KiB: within a pipe's buffer
+        data = memoryview(pickle.dumps(state))
+        while data:  # bounded: each write takes at least a byte, or raises
+            data = data[os.write(warm.hand_over, data) :]
         os.close(warm.hand_over)
     except OSError:
         warm.dismiss()

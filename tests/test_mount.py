@@ -210,6 +210,16 @@ def test_bad_mount_requests_are_one_line_and_exit_2(
     until(lambda: not processes_mentioning(empty), "no process left by a refused mount", 5.0)
 
 
+def test_a_mount_is_served_by_its_daemon_started_ahead_of_the_checks(
+    cli: Cli, dataset: Container, mounts: Mounts
+) -> None:
+    """`amlfs mount` forks its daemon first thing (amlfs.warm) and hands it the mount."""
+    root = mounts.mount("ds:1", *OPTIONS)
+    assert (root / "train" / "a.bin").read_bytes() == FILES["train/a.bin"]
+    logs = "".join(p.read_text() for p in (cli.home / "logs").glob("mount-*.log"))
+    assert "started ahead of the command's checks" in logs
+
+
 def test_two_mounts_share_one_block_cache(cli: Cli, dataset: Container, mounts: Mounts) -> None:
     first = mounts.mount("ds:1", *OPTIONS)
     assert (first / "train" / "a.bin").read_bytes() == FILES["train/a.bin"]

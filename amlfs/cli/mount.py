@@ -6,9 +6,8 @@ import logging
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 import click
 
@@ -19,13 +18,10 @@ from amlfs.credentials import daemon_environment
 from amlfs.errors import UserError
 from amlfs.home import cache_dir as default_cache_dir
 from amlfs.home import default_home, ensure_home, private_folder
-from amlfs.registry.models import Datastore, Version
+from amlfs.registry.models import Version
 from amlfs.registry.store import Registry
 from amlfs.units import parse_size
 from amlfs.warm import hand_over
-
-if TYPE_CHECKING:
-    from amlfs.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -152,19 +148,10 @@ def serve_here(home: Path, registry: Registry, version: Version, path: Path,
                settings: mounts.MountOptions) -> None:  # fmt: skip
     # Opening the store (importing its client, building it) runs while the FUSE side is
     # imported and mounted.
-    datastore = registry.get_datastore(version.datastore)
-    opening = ThreadPoolExecutor(1, thread_name_prefix="open-store").submit(open_store, datastore)
-    from amlfs.fuse.mount import serve
+    opening = mounts.open_store_soon(registry.get_datastore(version.datastore))
+    from amlfs.fuse.mount import serve_daemon
 
-    mounts.daemon_logging()
-    with mounts.failures_reported(path):
-        serve(home, registry, version, path, settings, opening)
-
-
-def open_store(datastore: Datastore) -> Store:
-    from amlfs.storage import Store
-
-    return Store(datastore, reads_only=True)
+    serve_daemon(home, registry, version, path, settings, opening)
 
 
 @click.command("unmount")

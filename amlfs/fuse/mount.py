@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import sys
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 
 import pyfuse3
@@ -42,25 +42,31 @@ def serve_handed_over(handed: dict, report: int) -> int:
     """In a daemon started ahead (amlfs.warm): serve the mount the command HANDED over,
     as a daemon forked by the command would (amlfs.cli.mount), reporting on REPORT. The
     exit status. Nothing here imports the command line's modules."""
-    home, version, path = handed["home"], handed["version"], handed["path"]
+    home, version = handed["home"], handed["version"]
     mounts.become_daemon(mounts.open_log(home, handed["log_name"]), handed["env"], report)
     logging.basicConfig(level=logging.WARNING)
-    mounts.daemon_logging()
+    mounts.daemon_logging()  # serve_daemon sets it again: this line is logged before
+    log.info("started ahead of the command's checks")
     with private_files():
         registry = Registry(registry_path(home))
         try:
-            datastore = registry.get_datastore(version.datastore)
-            opening = ThreadPoolExecutor(1, thread_name_prefix="open-store").submit(
-                Store, datastore, reads_only=True
-            )
-            with mounts.failures_reported(path):
-                serve(home, registry, version, path, handed["settings"], opening)
+            opening = mounts.open_store_soon(registry.get_datastore(version.datastore))
+            serve_daemon(home, registry, version, handed["path"], handed["settings"], opening)
         except AmlfsError as error:
             log.error("%s", error, exc_info="--debug" in sys.argv)
             return error.exit_code
         finally:
             registry.close()
     return 0
+
+
+def serve_daemon(home: Path, registry: Registry, version: Version, mountpoint: Path,
+                 options: MountOptions, opening: Future[Store]) -> None:  # fmt: skip
+    """As a mount daemon: its own log lines, and a failure to serve reported to the
+    command that started it (see serve)."""
+    mounts.daemon_logging()
+    with mounts.failures_reported(mountpoint):
+        serve(home, registry, version, mountpoint, options, opening)
 
 
 def serve(home: Path, registry: Registry, version: Version, mountpoint: Path,
