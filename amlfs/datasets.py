@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from amlfs.errors import UserError
 from amlfs.registry import paths
 from amlfs.registry.models import NewVersion, PinnedFile, Version
+from amlfs.registry.prunes import require_data
 from amlfs.registry.store import Registry
 from amlfs.storage import Listing, Progress, Store
 
@@ -96,6 +97,7 @@ def verify(
     """Compare every pinned file of VERSION with its store, listing each source once
     (a handful of listing calls, not one request per file; but a file pinned by content
     is read whole again to be hashed, see amlfs.registry.pins)."""
+    require_data(version)
     store = Store(registry.get_datastore(version.datastore), env)
     current: dict[str, PinnedFile] = {}
     for source in version.sources:

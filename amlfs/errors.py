@@ -27,6 +27,11 @@ class Conflict(UserError):
     """The request contradicts what the registry already holds."""
 
 
+class Pruned(UserError):
+    """`amlfs pipeline prune` deleted a version's data: its record and lineage stay, its
+    bytes are gone, so nothing mounts, downloads or reuses it."""
+
+
 class ManifestError(UserError):
     """A YAML document (manifest or declaration) is malformed or unsafe."""
 

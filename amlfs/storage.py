@@ -357,6 +357,16 @@ class Store:
                 return False
             return True
 
+    def remove_empty_folders(self, relative: str) -> None:
+        """On a local folder, remove the folders at and below RELATIVE that are empty
+        (after their files were deleted); object stores have no folders to remove. A
+        folder that is not empty, or gone, is left as it is; links are not followed."""
+        if not self.local or not relative.strip("/"):
+            return  # the datastore's own folder stays, empty or not
+        for folder, _subfolders, _files in os.walk(self.full_path(relative), topdown=False):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+
     def digest(self, relative: str) -> bytes | None:
         """The MD5 of the stored file at RELATIVE: its Content-MD5 where the store keeps
         one, else computed by reading it. None if there is no such file."""

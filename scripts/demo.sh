@@ -7,7 +7,7 @@
 # renamed over one still uploading; a second mount of it refused), uploads a folder
 # (a link out of it refused), runs a job with
 # `amlfs run` and shows its lineage, runs a two-step pipeline (again, reused; then on new
-# input, rerun), registers files from a web server that sends no
+# input, rerun) and prunes its intermediates, registers files from a web server that sends no
 # ETag (pinned by their MD5), then changes a source file to show that amlfs notices
 # (verify reports it, a diff against a new version names it, the mount refuses its bytes)
 # while a snapshot with a copy, taken before the change, still reads the pinned bytes.
@@ -169,6 +169,17 @@ step dataset register weather-raw --datastore local --path Weather/week27 --path
 step pipeline run "$demo/pipeline.yaml"     # new input: both run again
 step pipeline runs
 step lineage weather-max:2
+# Intermediates (prep's outputs, named by amlfs because stats reads them) pile up: prune
+# deletes their data once their pipeline runs are old enough and nothing kept needs them.
+# The versions stay in the registry and in lineage, marked pruned; reading one says so.
+sleep 1  # --older-than 0 means "ended before now", to the second
+step pipeline prune --older-than 0 --dry-run
+step pipeline prune --older-than 0
+step lineage weather-max:2
+if step download weather-prep.prep.clean:1 "$demo/pruned"; then
+  echo "demo: the download of a pruned version should have been refused" >&2
+  exit 1
+fi
 
 # Files from a plain web server (no ETag, no ranges) are pinned by their MD5, computed
 # when registered; a mount fetches such a file whole and checks it before serving a byte.

@@ -103,7 +103,7 @@ def versions(ctx: click.Context, name: str, as_json: bool) -> None:
     table(
         ["VERSION", "FILES", "SIZE", "SOURCES", "CREATED", "DESCRIPTION"],
         [(v.version, f"{v.file_count:,}", human_bytes(v.total_bytes), " ".join(v.sources),
-          v.created_at, v.description) for v in found],
+          v.created_at, ("[pruned] " if v.pruned_at else "") + v.description) for v in found],
     )  # fmt: skip
 
 
@@ -155,6 +155,8 @@ def _print_version(v: Version) -> None:
     click.echo(f"tags:         {', '.join(f'{k}={val}' for k, val in v.tags.items())}")
     click.echo(f"created:      {v.created_at}")
     click.echo(f"manifest:     sha256:{v.manifest_sha256}")
+    if v.pruned_at:
+        click.echo(f"pruned:       {v.pruned_at} (`amlfs pipeline prune`: data deleted)")
 
 
 def _file_json(f: PinnedFile) -> dict:

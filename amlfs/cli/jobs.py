@@ -150,7 +150,7 @@ def lineage_command(ctx: click.Context, ref: str, as_json: bool) -> None:
     if as_json:
         emit_json(data)
         return
-    click.echo(data["version"])
+    click.echo(data["version"] + _pruned(data))
     _print_origin(data, "  ")
     readers = data["read_by"]
     click.echo(f"  read by {len(readers)} run(s)" + (":" if readers else ""))
@@ -176,8 +176,14 @@ def _print_origin(node: dict, indent: str) -> None:
         return
     click.echo(f"{indent}produced by {_run_line(run)}")
     for item in run["inputs"]:
-        click.echo(f"{indent}  input {item['name']} = {item['version']} ({item['mode']})")
+        click.echo(f"{indent}  input {item['name']} = {item['version']} ({item['mode']})"
+                   f"{_pruned(item)}")  # fmt: skip
         _print_origin(item, indent + "    ")
+
+
+def _pruned(node: dict) -> str:
+    pruned = node.get("pruned_at")
+    return f" [pruned {pruned[:10]}: data deleted]" if pruned else ""
 
 
 def _parameters(parameters: dict) -> str:

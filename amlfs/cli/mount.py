@@ -19,6 +19,7 @@ from amlfs.errors import UserError
 from amlfs.home import cache_dir as default_cache_dir
 from amlfs.home import default_home, ensure_home, private_folder
 from amlfs.registry.models import Version
+from amlfs.registry.prunes import require_data
 from amlfs.registry.store import Registry
 from amlfs.units import parse_size
 from amlfs.warm import hand_over
@@ -91,7 +92,7 @@ def mount(ctx: click.Context, ref: str, mountpoint: Path, cache_dir: Path | None
     home = home_of(ctx)
     with mounts.failures_reported(mountpoint, foreground):
         registry = app(ctx).registry()
-        version = registry.resolve(ref)
+        version = require_data(registry.resolve(ref))
         path = mounts.check_mountpoint(mountpoint)
         settings = mounts.MountOptions(
             # Blocks found there are served as the version's bytes: only ours will do.

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from amlfs.cli.context import app, common_options, json_option, read_text_file
 from amlfs.cli.mount import home_of
-from amlfs.cli.output import emit_json, table
+from amlfs.cli.output import emit_json, human_bytes, table
+
+if TYPE_CHECKING:
+    from amlfs.pipelines.prune import Deleted, PrunePlan
+    from amlfs.registry.models import Version
 
 STDERR_FD = 2  # the process's own, even where sys.stderr is replaced
 
@@ -105,8 +110,12 @@ def pipeline_show(ctx: click.Context, run_id: str, as_json: bool) -> None:
     registry = app(ctx).registry()
     record = PipelineLog(registry).get(run_id)
     runs = RunLog(registry)
+
+    def shown(version: Version) -> str:
+        return version.ref + (" (pruned)" if version.pruned_at and not as_json else "")
+
     outputs = {
-        s.step: {o.name: o.version.ref for o in runs.get(s.run_id).outputs if o.version}
+        s.step: {o.name: shown(o.version) for o in runs.get(s.run_id).outputs if o.version}
         for s in record.steps if s.run_id is not None
     }  # fmt: skip
     data = record.public_dict(outputs)
@@ -136,3 +145,95 @@ def _counts(steps: list) -> str:
              (sum(s.status == "not-started" for s in steps), "not started"),
              (sum(s.status == "running" for s in steps), "running")]  # fmt: skip
     return ", ".join(f"{n} {what}" for n, what in parts if n) or "no steps"
+
+
+@pipeline.command("prune")
+@click.option(
+    "--older-than",
+    "days",
+    type=click.FloatRange(0),
+    required=True,
+    metavar="DAYS",
+    help="Prune intermediates of pipeline runs that ended more than DAYS ago.",
+)
+@click.option("--dry-run", is_flag=True, help="Print what would be pruned and kept only.")
+@json_option
+@common_options
+@click.pass_context
+def pipeline_prune(ctx: click.Context, days: float, dry_run: bool, as_json: bool) -> int:
+    """Delete the stored data of intermediate outputs (registered under a derived name
+    because a later step read them) of pipeline runs older than DAYS, unless something
+    kept still needs it: a recent run or pipeline run, a snapshot, a version pinning the
+    same files, a mount. The versions stay in the registry and in lineage, marked pruned.
+
+    Exits 1 if the storage failed to delete some files: the versions stay marked, and the
+    next prune finishes them.
+    """
+    from amlfs.pipelines import prune
+
+    registry, home = app(ctx).registry(), home_of(ctx)
+    cutoff = prune.cutoff_of(days)
+    if dry_run:
+        plan = prune.plan(registry, home, cutoff)
+        deleted: list[Deleted] = []
+    else:
+        plan = prune.mark(registry, home, cutoff)
+        deleted = prune.delete(registry, plan.unfinished + [i.version for i in plan.prune])
+    if as_json:
+        emit_json(_prune_report(plan, deleted, dry_run))
+    else:
+        _print_prune(plan, deleted, dry_run)
+    return 1 if any(d.error for d in deleted) else 0
+
+
+def _prune_report(plan: PrunePlan, deleted: list[Deleted], dry_run: bool) -> dict:
+    results = {d.version.id: d for d in deleted}
+
+    def outcome(version: Version) -> dict:
+        d = results.get(version.id)
+        if d is None:
+            return {}
+        return {"files_deleted": d.files, "bytes_deleted": d.bytes, "already_gone": d.gone,
+                "changed_left": d.changed, "error": d.error}  # fmt: skip
+
+    return {
+        "cutoff": plan.cutoff, "dry_run": dry_run,
+        "pruned": [{"version": i.version.ref, "pipeline": i.pipeline,
+                    "pipeline_run": i.pipeline_run, "step": i.step, "output": i.output,
+                    "run": i.run_id, "ended_at": i.ended_at, "files": i.version.file_count,
+                    "bytes": i.version.total_bytes, **outcome(i.version)}
+                   for i in plan.prune],
+        "finished": [{"version": v.ref, **outcome(v)} for v in plan.unfinished],
+        "kept": [{"version": k.intermediate.version.ref, "reason": k.reason}
+                 for k in plan.kept],
+    }  # fmt: skip
+
+
+def _print_prune(plan: PrunePlan, deleted: list[Deleted], dry_run: bool) -> None:
+    results = {d.version.id: d for d in deleted}
+    verb = "would prune" if dry_run else "pruned"
+    for version in plan.unfinished:
+        click.echo(f"{'would finish' if dry_run else 'finished'} pruning {version.ref}"
+                   f"{_deleted(results.get(version.id))}")  # fmt: skip
+    for item in plan.prune:
+        v = item.version
+        click.echo(f"{verb} {v.ref}: {item.pipeline}/{item.step}, run {item.run_id},"
+                   f" ended {item.ended_at[:10]}; {v.file_count} file(s),"
+                   f" {human_bytes(v.total_bytes)}{_deleted(results.get(v.id))}")  # fmt: skip
+    for kept in plan.kept:
+        click.echo(f"kept {kept.intermediate.version.ref}: {kept.reason}")
+    freed = (sum(i.version.total_bytes for i in plan.prune) if dry_run
+             else sum(d.bytes for d in deleted))  # fmt: skip
+    count = len(plan.prune) + len(plan.unfinished)
+    click.echo(f"{verb} {count} version(s), {human_bytes(freed)}"
+               f"{' to free' if dry_run else ' freed'}; kept {len(plan.kept)}")  # fmt: skip
+
+
+def _deleted(result: Deleted | None) -> str:
+    if result is None:
+        return ""
+    if result.error:
+        return f" -- NOT deleted yet: {result.error} (run prune again)"
+    extra = [f"{result.gone} already gone"] if result.gone else []
+    extra += [f"{result.changed} changed since pinned, left alone"] if result.changed else []
+    return f" ({', '.join(extra)})" if extra else ""

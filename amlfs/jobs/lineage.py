@@ -45,6 +45,8 @@ class Origin:
 
     def public_dict(self, home: Path) -> dict:
         data: dict = {"version": self.version.ref}
+        if self.version.pruned_at is not None:
+            data["pruned_at"] = self.version.pruned_at  # its data deleted, its lineage kept
         if self.seen_before:
             return {**data, "expanded": False}
         if self.derivation is not None and self.parent is not None:

@@ -34,6 +34,7 @@ from amlfs.jobs.command import check_command, run_command
 from amlfs.jobs.lineage import run_lock
 from amlfs.jobs.spec import InputSpec, OutputSpec, check_names, substitute
 from amlfs.registry.models import Version
+from amlfs.registry.prunes import require_data
 from amlfs.registry.runs import Run, RunInput, RunLog, RunOutput
 from amlfs.registry.store import Registry, now
 
@@ -78,7 +79,8 @@ class Job:
         self.home, self.registry, self.hooks = home, registry, hooks
         self.inputs, self.outputs, self.command = inputs, outputs, command
         self.id = run_id or new_run_id()
-        self.versions: dict[str, Version] = {i.name: registry.resolve(i.ref) for i in inputs}
+        self.versions: dict[str, Version] = {i.name: require_data(registry.resolve(i.ref))
+                                              for i in inputs}  # fmt: skip
         self.stores = {o.name: registry.get_datastore(o.datastore) for o in outputs}
         self.targets = {o.name: o.target(self.id) for o in outputs}
         self.work = (work_root or home / "runs").expanduser().absolute() / self.id

@@ -92,10 +92,17 @@ class PipelineRunner:
         if not step.reuse:
             return Decision(False, "reuse: false", parts)
         key = reuse.reuse_key(parts)
+        pruned: Version | None = None
         for run_id in self.log.reusable_runs(key):
             outputs = self._registered(step, run_id)
-            if outputs is not None:
-                return Decision(True, "nothing changed", parts, run_id, outputs)
+            if outputs is None:
+                continue
+            if gone := [v for v in outputs.values() if v.pruned_at is not None]:
+                pruned = pruned or gone[0]
+                continue
+            return Decision(True, "nothing changed", parts, run_id, outputs)
+        if pruned is not None:
+            return Decision(False, f"the earlier run's {pruned.ref} was pruned", parts)
         before = self.log.last_key_parts(self.pipeline.name, step.name)
         if before is None:
             return Decision(False, "no earlier run", parts)
@@ -105,7 +112,7 @@ class PipelineRunner:
 
     def _registered(self, step: Step, run_id: str) -> dict[str, Version] | None:
         """The versions RUN_ID registered, if it registered every output of STEP that a
-        later step reads."""
+        later step reads (pruned ones included: the caller says so)."""
         try:
             run = self.runs.get(run_id)
         except NotFound:
@@ -181,7 +188,7 @@ class PipelineRunner:
     def _start(self, pipeline_run: str, step: Step, decision: Decision) -> Running:
         run_id = new_run_id()
         record = StepRecord(step.name, "running", False, decision.reason, None, None,
-                            decision.key, decision.parts)  # fmt: skip
+                            decision.key, decision.parts, sorted(step.derived))  # fmt: skip
         self.records[step.name] = record
         self.log.put_step(pipeline_run, record)
         argv = [sys.executable, "-m", "amlfs", "--home", str(self.home), "run",

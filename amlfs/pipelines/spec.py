@@ -17,6 +17,8 @@ from amlfs.errors import ManifestError, UserError
 from amlfs.jobs.spec import InputSpec, OutputSpec, parse_input, parse_output, substitute
 from amlfs.registry import paths, yamlio
 from amlfs.registry.models import Version
+from amlfs.registry.pipelines import derived_name
+from amlfs.registry.prunes import require_data
 from amlfs.registry.store import Registry
 
 PIPELINE_SCHEMA = "amlfs/pipeline/v1"
@@ -75,6 +77,7 @@ class Step:
     reuse: bool
     needs: set[str] = field(default_factory=set)  # the steps whose outputs it reads
     read_later: set[str] = field(default_factory=set)  # its outputs that later steps read
+    derived: set[str] = field(default_factory=set)  # those registered under derived_name
 
 
 @dataclass
@@ -83,11 +86,6 @@ class Pipeline:
     file: Path
     folder: Path  # steps run here; `code:` paths are relative to it
     steps: dict[str, Step]  # in an order that runs every step after those it needs
-
-
-def derived_name(pipeline: str, step: str, output: str) -> str:
-    """The dataset an output read by a later step is registered as, when it names none."""
-    return f"{pipeline}.{step}.{output}"
 
 
 def load_pipeline(text: str, file: Path, registry: Registry) -> Pipeline:
@@ -158,7 +156,7 @@ def _input(name: str, value: str, registry: Registry) -> StepInput:
         spec = parse_input(f"{name}=upstream:1{options}")  # checks the name and options
         return StepInput(name, spec.mode, upstream=Upstream(step, output))
     spec: InputSpec = parse_input(f"{name}={value}")
-    return StepInput(name, spec.mode, version=registry.resolve(spec.ref))
+    return StepInput(name, spec.mode, version=require_data(registry.resolve(spec.ref)))
 
 
 def _command_problem(program: str, folder: Path) -> str | None:
@@ -197,6 +195,7 @@ def _check_upstream(pipeline: str, steps: dict[str, Step], fail: Fail) -> None:
                     paths.check_name("dataset", registered)
                 except UserError as error:
                     raise fail(str(error), *where) from None
+                source.derived.add(spec.name)
                 index = source.outputs.index(spec)
                 source.outputs[index] = OutputSpec(spec.name, spec.datastore, spec.path,
                                                    spec.mode, registered)  # fmt: skip

@@ -60,6 +60,9 @@ class Version:
     # A snapshot of the version, read as NAME:VERSION@SNAPSHOT: then id, datastore, root
     # and sources are its copy's when it has one (see registry/snapshots.py).
     snapshot: str | None = None
+    # When `pipeline prune` deleted its data (the row and its lineage stay): see
+    # registry/prunes.py, which refuses reading it.
+    pruned_at: str | None = None
 
     @property
     def ref(self) -> str:
@@ -67,9 +70,11 @@ class Version:
         return f"{self.dataset}:{self.version}{at}"
 
     def public_dict(self) -> dict:
-        """Every field but the registry's internal row id (and `snapshot`, if none)."""
-        hidden = {"id"} if self.snapshot else {"id", "snapshot"}
-        return {k: v for k, v in asdict(self).items() if k not in hidden}
+        """Every field but the registry's internal row id (and `snapshot` and `pruned_at`
+        where they are None)."""
+        optional = {"snapshot", "pruned_at"}
+        return {k: v for k, v in asdict(self).items()
+                if k != "id" and not (k in optional and v is None)}  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,11 @@ from amlfs.errors import NotFound
 from amlfs.registry.store import Registry
 
 
+def derived_name(pipeline: str, step: str, output: str) -> str:
+    """The dataset an output read by a later step is registered as, when it names none."""
+    return f"{pipeline}.{step}.{output}"
+
+
 @dataclass
 class StepRecord:
     step: str
@@ -20,6 +25,7 @@ class StepRecord:
     exit_code: int | None = None
     reuse_key: str | None = None
     key_parts: dict[str, str] | None = None
+    derived_outputs: list[str] = field(default_factory=list)  # registered as derived_name
 
 
 @dataclass
@@ -79,13 +85,14 @@ class PipelineLog:
             ).fetchone()[0]
             self._conn.execute(
                 "INSERT INTO pipeline_steps (pipeline_run_id, step, position, status, reused,"
-                " run_id, exit_code, reason, reuse_key, key_parts)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " run_id, exit_code, reason, reuse_key, key_parts, derived_outputs)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (pipeline_run_id, step) DO UPDATE SET status = excluded.status,"
                 " run_id = excluded.run_id, exit_code = excluded.exit_code,"
                 " reason = excluded.reason",
                 (pipeline_run, record.step, position, record.status, int(record.reused),
-                 record.run_id, record.exit_code, record.reason, record.reuse_key, parts),
+                 record.run_id, record.exit_code, record.reason, record.reuse_key, parts,
+                 json.dumps(sorted(record.derived_outputs))),
             )  # fmt: skip
 
     def finish(self, run_id: str, ended_at: str, exit_code: int) -> None:

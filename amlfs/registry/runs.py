@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from amlfs.errors import NotFound
 from amlfs.registry.models import NewVersion, Version
+from amlfs.registry.prunes import require_data_now
 from amlfs.registry.store import Registry
 
 
@@ -70,6 +71,8 @@ class RunLog:
 
     def start(self, run: Run) -> None:
         with self.registry.transaction():
+            for item in run.inputs:
+                require_data_now(self.registry, item.version)
             self._conn.execute(
                 "INSERT INTO runs (id, command, started_at, host, pid, user)"
                 " VALUES (?, ?, ?, ?, ?, ?)",

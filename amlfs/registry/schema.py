@@ -178,7 +178,25 @@ CREATE INDEX pipeline_steps_by_key ON pipeline_steps (reuse_key);
 CREATE INDEX pipeline_steps_by_run ON pipeline_steps (run_id);
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5]
+# Version 5 -> 6: pruned pipeline intermediates (amlfs/pipelines/prune.py).
+_V6 = """
+-- The outputs of a step that were registered under a name amlfs derived (JSON list of
+-- output names): the intermediates `pipeline prune` may delete. NULL in rows written
+-- before version 6, where the derived name itself tells (see pipelines/prune.py).
+ALTER TABLE pipeline_steps ADD COLUMN derived_outputs TEXT;
+
+-- A version whose stored data `pipeline prune` deleted. The version row, its entries and
+-- its lineage stay; from pruned_at on nothing reads its data.
+CREATE TABLE prunes (
+    version_id INTEGER PRIMARY KEY REFERENCES versions(id) ON DELETE RESTRICT,
+    pruned_at  TEXT NOT NULL,   -- marked: no mount, download or reuse from now on
+    deleted_at TEXT             -- when the last of its files was deleted; NULL while a
+                                -- prune is deleting them (or died doing so: the next
+                                -- prune finishes)
+);
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -25,11 +25,12 @@ BUSY_TIMEOUT_S = 120.0
 
 _VERSION_COLUMNS = """
     v.id, d.name, v.version, s.name, v.root, v.sources, v.description, v.tags,
-    v.file_count, v.total_bytes, v.manifest_sha256, v.created_at
+    v.file_count, v.total_bytes, v.manifest_sha256, v.created_at, p.pruned_at
 """
 _VERSION_FROM = """
     FROM versions v JOIN datasets d ON d.id = v.dataset_id
     JOIN datastores s ON s.id = v.datastore_id
+    LEFT JOIN prunes p ON p.version_id = v.id
 """
 _ENTRY_COLUMNS = "id, parent_id, name, is_dir, size, etag, md5, last_modified"
 
@@ -416,15 +417,15 @@ class Registry:
 def _as_snapshot(version: Version, name: str, read: Version) -> Version:
     """VERSION's snapshot NAME, whose files are those of READ (its copy, or VERSION)."""
     return replace(version, id=read.id, datastore=read.datastore, root=read.root,
-                   sources=read.sources, snapshot=name)  # fmt: skip
+                   sources=read.sources, snapshot=name, pruned_at=read.pruned_at)  # fmt: skip
 
 
 def _version(row: tuple) -> Version:
     (vid, dataset, number, datastore, root, sources, description, tags,
-     file_count, total_bytes, digest, created_at) = row  # fmt: skip
+     file_count, total_bytes, digest, created_at, pruned_at) = row  # fmt: skip
     return Version(
         vid, dataset, number, datastore, root, json.loads(sources), description,
-        json.loads(tags), file_count, total_bytes, digest, created_at,
+        json.loads(tags), file_count, total_bytes, digest, created_at, pruned_at=pruned_at,
     )  # fmt: skip
 
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from amlfs.errors import AmlfsError, UserError
 from amlfs.registry import paths, yamlio
+from amlfs.registry.prunes import require_data
 from amlfs.registry.store import Registry
 
 _Size = str  # "20GiB", checked by `amlfs mount` itself
@@ -126,7 +127,8 @@ def declared_entry(raw: object, registry: Registry) -> Declared:
         raise UserError("an entry needs dataset: NAME[:VERSION] or output: DATASTORE:PATH")
     entry = ReadOnlyEntry.model_validate(raw)
     mountpoint = _absolute(entry.mountpoint)
-    version = registry.resolve(entry.dataset)  # NAME alone: the latest, as of this reading
+    # NAME alone: the latest, as of this reading
+    version = require_data(registry.resolve(entry.dataset))
     args = ["mount", version.ref, mountpoint]
     args += _options(entry, ("cache_dir", "cache_size", "block_size", "memory_cache",
                              "fetch_limit", "io_timeout"))  # fmt: skip

@@ -14,6 +14,7 @@ from amlfs.errors import AmlfsError, StorageError, UserError
 from amlfs.profile import profile
 from amlfs.registry import paths
 from amlfs.registry.models import PinnedFile, Version
+from amlfs.registry.prunes import require_data
 from amlfs.registry.runs import RunLog
 from amlfs.registry.snapshots import Snapshot, Snapshots
 from amlfs.registry.store import Registry
@@ -60,6 +61,7 @@ def create(registry: Registry, version: Version, name: str, copy_to: CopyRequest
     asked; recorded last, all at once."""
     if version.snapshot is not None:
         raise UserError(f"{version.ref} is a snapshot: take a snapshot of its version")
+    require_data(version)
     paths.check_name("snapshot", name)
     snapshots = Snapshots(registry)
     if snapshots.exists(version, name):

@@ -15,6 +15,7 @@ from amlfs.errors import Conflict, UserError
 from amlfs.registry import paths
 from amlfs.registry.derivations import Derivation, Derivations, describe
 from amlfs.registry.models import NewVersion, PinnedFile, Version
+from amlfs.registry.prunes import require_data_now
 from amlfs.registry.store import Registry
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ def _register(
     registry: Registry, parent: Version, selection: Selection, new: NewVersion
 ) -> Version:
     """Under the write lock: refuse a NAME that holds other data, then register."""
+    require_data_now(registry, parent)  # a subset of deleted data could not be read
     derivations = Derivations(registry)
     _check_name_is_free(registry, derivations, parent, selection, new.dataset)
     version = registry.register(new)

@@ -32,6 +32,7 @@ from amlfs.home import cache_dir, ensure_home
 from amlfs.localfs import fsync_folder
 from amlfs.registry import paths
 from amlfs.registry.models import PinnedFile, Version
+from amlfs.registry.prunes import require_data
 from amlfs.registry.store import Registry
 from amlfs.storage import Store
 from amlfs.transfer.files import (
@@ -179,6 +180,7 @@ def download_version(
     """download() of VERSION with what it needs from HOME: the journal of placed files,
     the records of partial files, and the block cache, whose blocks are reused when they
     hold a whole file."""
+    require_data(version)
     files = list(registry.iter_files(version))
     store = Store(registry.get_datastore(version.datastore), reads_only=True)
     blocks = cache_dir(home)
