@@ -89,10 +89,28 @@ class Reads:
         if stream is not None:
             ahead = stream.on_read(offset, size, self.reader.block_size, blob.size,
                                    self.reader.depth, self.reader.room_ahead)  # fmt: skip
-        data = await self.reader.read(blob, offset, size)
+        data = await self._span(blob, offset, size)
         if ahead:
             self.reader.prefetch(blob, ahead)
         return data
+
+    async def _span(self, blob: PinnedBlob, offset: int, size: int) -> bytes | memoryview:
+        """As reader.read, but a read of many blocks (a whole file, a column chunk) has the
+        blocks of the next stretch fetched together, not one after the other: a stretch
+        of what memory holds for one reader at a time, so none is evicted before use."""
+        block_size = self.reader.block_size
+        end = min(offset + size, blob.size)
+        if end <= offset or (end - 1) // block_size == offset // block_size:
+            return await self.reader.read(blob, offset, size)
+        parts: list[bytes | memoryview] = []
+        position = offset
+        while position < end:  # bounded: each turn moves on by at least one block
+            first = position // block_size
+            upto = min(end, (first + self.reader.room_ahead) * block_size)
+            self.reader.prefetch(blob, range(first + 1, (upto - 1) // block_size + 1))
+            parts.append(await self.reader.read(blob, position, upto - position))
+            position = upto
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def _read_many(self, wanted: list[tuple[PinnedBlob, int, int]]
                          ) -> list[bytes | memoryview | Exception]:  # fmt: skip
@@ -100,7 +118,7 @@ class Reads:
 
         async def one(index: int, blob: PinnedBlob, start: int, end: int) -> None:
             try:
-                found[index] = await self.reader.read(blob, start, max(0, end - start))
+                found[index] = await self._span(blob, start, max(0, end - start))
             except Exception as error:  # the caller decides what a failed range means
                 found[index] = error
 

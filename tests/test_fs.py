@@ -14,6 +14,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import adlfs
@@ -26,7 +27,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from amlfs import pinned_reads
 from amlfs.errors import Pruned
+from amlfs.fs import open_pinned
 from amlfs.registry.prunes import Prunes
 from amlfs.registry.store import Registry, now
 from tests.conftest import CONNECTION_ENV, Cli, Container
@@ -65,15 +68,37 @@ def test_every_file_reads_through_fsspec_open_as_registered(cli: Cli, dataset: C
 
 
 def test_an_open_file_seeks_and_reads_across_blocks(cli: Cli, dataset: Container) -> None:
-    data = FILES["train/a.bin"]
-    with fsspec.open(url("ds:1", "train/a.bin"), home=str(cli.home), block_size="64KiB") as f:
+    data = FILES["train/a.bin"]  # four blocks of 64 KiB
+    fs = filesystem(cli, block_size="64KiB")
+    with fs.open("ds:1/train/a.bin") as f:
         assert f.seekable() and f.size == len(data)
+        assert f.read() == data
         f.seek(65536 - 10)
         assert f.read(20) == data[65536 - 10 : 65536 + 10]
         f.seek(-5, io.SEEK_END)
         assert f.read() == data[-5:]
         f.seek(0)
         assert b"".join(iter(lambda: f.read(7000), b"")) == data
+    with Registry(cli.home / "registry.db") as registry:
+        datastore = registry.get_datastore("blob")
+    stats = pinned_reads.reads(datastore, fs.settings).reader.stats
+    # The blocks of one large read are fetched together (the first, then the rest in one
+    # request), and read again from memory.
+    assert (stats.fetches, stats.bytes_fetched) == (2, len(data))
+
+
+def test_open_pinned_reads_a_resolved_version(cli: Cli, dataset: Container) -> None:
+    cli.ok("snapshot", "create", "ds:1", "--name", "s")
+    with Registry(cli.home / "registry.db") as registry:
+        snapshot = registry.resolve("ds:1@s")
+    with open_pinned(snapshot, "valid/with space é.txt", home=cli.home) as f:
+        assert f.read() == FILES["valid/with space é.txt"]
+    with pytest.raises(FileNotFoundError, match=r"train/missing\.bin"):
+        open_pinned(snapshot, "train/missing.bin", home=cli.home)
+    with pytest.raises(IsADirectoryError):
+        open_pinned(snapshot, "train", home=cli.home)
+    with pytest.raises(Pruned):
+        open_pinned(replace(snapshot, pruned_at=now()), "labels.csv", home=cli.home)
 
 
 def test_a_name_alone_is_the_latest_version(cli: Cli, dataset: Container) -> None:
