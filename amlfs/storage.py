@@ -218,8 +218,9 @@ class Store:
         Azure the client's buffer (read through memoryview, without a copy).
 
         On Azure the read is conditional (If-Match), so a changed blob fails the request
-        itself; elsewhere the etag is checked after the read, so bytes that changed while
-        being read are never returned. Raises SourceChanged or StorageError.
+        itself; elsewhere (and on Azure in a child forked after obstore started, see
+        _objects) the etag is checked after the read, so bytes that changed while being
+        read are never returned. Raises SourceChanged or StorageError.
         A file pinned by content is never read by range (nothing could check the range):
         see download_pinned.
         """
