@@ -54,7 +54,7 @@ def stopped(service: Service) -> Iterator[list[int]]:
 
 
 def test_watchdog_pings_come_while_mounts_answer_and_a_stopped_mount_is_killed_and_served_again(
-    service: Service, stopped: list[int], tmp_path: Path
+    service: Service, stopped: list[int], tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     data = mountpoint(tmp_path, "data")
     service.declare({"mountpoint": str(data), "dataset": "ds:1"})
@@ -64,6 +64,9 @@ def test_watchdog_pings_come_while_mounts_answer_and_a_stopped_mount_is_killed_a
         service.wait_for("WATCHDOG=1")
     first = service.pid_at(data)
     assert first is not None
+    # A program holding a file in the mount: it keeps a plain unmount from detaching it.
+    held = os.open(data / "labels.csv", os.O_RDONLY)
+    request.addfinalizer(lambda: close_on_a_dead_mount(held))
 
     stopped.append(first)
     os.kill(first, signal.SIGSTOP)  # its FUSE loop no longer answers
@@ -83,6 +86,11 @@ def test_watchdog_pings_come_while_mounts_answer_and_a_stopped_mount_is_killed_a
     code, err = service.stop()
     assert code == 0, err
     assert f"{data}: its daemon (pid {first}) has not answered for" in err
+
+
+def close_on_a_dead_mount(fd: int) -> None:
+    with contextlib.suppress(OSError):  # ENOTCONN: its daemon was killed
+        os.close(fd)
 
 
 def test_no_watchdog_pings_unless_systemd_asks_for_them(service: Service, tmp_path: Path) -> None:
