@@ -1,8 +1,9 @@
 """The service's health check and systemd's watchdog.
 
-Each mount's daemon is asked a statfs of its mountpoint about once a second. statfs
-always reaches the daemon (the kernel caches no answer to it, unlike the attributes a
-stat would get), and the daemon answers it from memory on its trio loop, so an answer
+Each mount's daemon is asked a statfs of its mountpoint about once a second. The kernel
+passes every statfs to the daemon (it caches no answer, unlike the attributes a stat
+would get; the asker, the daemon's parent, is the mount's owner, so the kernel does not
+answer for it), and the daemon answers it from memory on its trio loop, so an answer
 within seconds means the FUSE loop is turning. A daemon that has not answered for
 ANSWER_WITHIN_S fails the check; after WEDGED_AFTER_S it is wedged, and the supervisor
 kills and restarts it.
@@ -16,14 +17,11 @@ restarts the service.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
-
-log = logging.getLogger(__name__)
 
 CHECK_EVERY_S = 1.0
 ANSWER_WITHIN_S = 5.0  # a statfs outstanding this long fails the check: WATCHDOG=1 withheld
