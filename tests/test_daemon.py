@@ -11,9 +11,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -39,20 +40,30 @@ class Service:
         self.socket.bind(self.address)
         self.heard: list[str] = []
         self.proc: subprocess.Popen | None = None
+        self.err: list[str] = []  # its log (and its mounts'), read as it comes
+        self._reader: threading.Thread | None = None
 
     def declare(self, *entries: dict) -> None:
         self.config.write_text(yaml.safe_dump({"mounts": list(entries)}, sort_keys=False))
 
-    def start(self) -> None:
-        env = {**os.environ, "NOTIFY_SOCKET": "@" + self.address[1:]}
+    def start(self, env: dict[str, str] | None = None,
+              preexec_fn: Callable[[], None] | None = None) -> None:  # fmt: skip
+        """Start it, with ENV added to its environment, as systemd would set it."""
+        env = {**os.environ, "NOTIFY_SOCKET": "@" + self.address[1:], **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "amlfs", "--home", str(self.cli.home), "daemon",
              "--config", str(self.config)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            preexec_fn=preexec_fn,
         )  # fmt: skip
+        # Read all along: a full pipe would block the mounts' daemons in their logging.
+        self._reader = threading.Thread(target=self.err.extend, args=(self.proc.stderr,))
+        self._reader.start()
 
-    def wait_for(self, message: str) -> list[str]:
-        """Notifications up to and including the first one equal to MESSAGE."""
+    def wait_for(self, message: str | Callable[[str], bool]) -> list[str]:
+        """Notifications up to and including the first one equal to MESSAGE (or for
+        which it is true)."""
+        matches = message if callable(message) else message.__eq__
         received: list[str] = []
         deadline = time.monotonic() + WAIT_S
         while time.monotonic() < deadline:
@@ -63,7 +74,7 @@ class Service:
                 break
             received += datagram.splitlines()
             self.heard += datagram.splitlines()
-            if message in datagram.splitlines():
+            if any(matches(line) for line in datagram.splitlines()):
                 return received
         pytest.fail(f"no {message} within {WAIT_S} s; heard {received}")
 
@@ -77,12 +88,21 @@ class Service:
     def stop(self) -> tuple[int, str]:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        _, err = self.proc.communicate(timeout=WAIT_S)
+        self.proc.wait(timeout=WAIT_S)
+        err = self._log()
         self.socket.setblocking(False)
         with contextlib.suppress(BlockingIOError):
             while True:  # what it said while stopping
                 self.heard += self.socket.recv(4096).decode().splitlines()
         return self.proc.returncode, err
+
+    def _log(self) -> str:
+        """Its log, once it and its mounts' daemons (which write there too) ended."""
+        assert self._reader is not None and self.proc is not None
+        self._reader.join(timeout=WAIT_S)
+        assert not self._reader.is_alive(), "a process of the service still runs"
+        self.proc.stderr.close()
+        return "".join(self.err)
 
     def pid_at(self, mountpoint: Path) -> int | None:
         found = [r.pid for r, alive in current_records(self.cli.home)
@@ -97,7 +117,10 @@ class Service:
         if self.proc is not None:
             if self.proc.poll() is None:
                 self.proc.kill()
-            self.proc.communicate(timeout=WAIT_S)
+            self.proc.wait(timeout=WAIT_S)
+            if self._reader is not None:
+                self._reader.join(timeout=WAIT_S)
+            self.proc.stderr.close()
         for point in mounted_paths():
             if point.startswith(f"{self.folder}/"):
                 subprocess.run(["fusermount3", "-u", "-z", point], check=False)

@@ -79,6 +79,10 @@ def test_the_unit_keeps_its_promises(name: str) -> None:
     assert one(unit, "Service", "RestartPreventExitStatus") == "2"  # an unreadable config
     assert one(unit, "Service", "OOMPolicy") == "continue"  # the daemon restarts that mount
     assert one(unit, "Service", "KillMode") == "mixed"
+    # The daemon pings while its mounts answer (test_watchdog: the gap it may leave).
+    assert one(unit, "Service", "WatchdogSec") == "30s"
+    # More open files than the soft default of 1024 (test_watchdog holds 2000 at once).
+    assert int(one(unit, "Service", "LimitNOFILE")) >= 4096
     assert one(unit, "Service", "ExecReload").split() == ["/bin/kill", "-HUP", "$MAINPID"]
     # "-": a missing credentials file is no error (anonymous or Azure AD datastores).
     assert one(unit, "Service", "EnvironmentFile") == "-/etc/amlfs/credentials.env"

@@ -7,7 +7,8 @@ and `amlfs output mount` start, so `amlfs status` and `amlfs unmount` see them a
 
 systemd hears READY=1 once every valid entry has been started (serving, or failed and
 reported), STATUS= with a summary whenever it changes, RELOADING=1 on SIGHUP and
-STOPPING=1 on SIGTERM.
+STOPPING=1 on SIGTERM; WATCHDOG=1 while every mount answers its health check (see
+amlfs.service.watchdog), and a mount that stops answering is killed and started again.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import signal
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +34,8 @@ from amlfs.home import registry_path
 from amlfs.registry.store import Registry
 from amlfs.service import config
 from amlfs.service.config import Declared, Rejected
+from amlfs.service.watchdog import CHECK_EVERY_S as HEALTH_EVERY_S
+from amlfs.service.watchdog import Health, Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,8 @@ class Service:
         self.rejected: list[Rejected] = []
         self._lock = trio.Lock()  # one change of self.children at a time
         self._status = ""
+        self.health = Health()
+        self.watchdog = Watchdog(os.environ)
 
     def read(self) -> tuple[list[Declared], list[Rejected]]:
         """The file as it is now, against the registry as it is now (from any thread)."""
@@ -74,6 +81,7 @@ class Service:
             notify(Notification.READY)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._supervise)
+                nursery.start_soon(self._watch)
                 async for signum in signals:
                     if signum == signal.SIGHUP:
                         await self._reload()
@@ -165,21 +173,50 @@ class Service:
                     await self._check(child)
             self._publish()
 
+    async def _watch(self) -> None:
+        """Check the running children's FUSE loops; ping systemd's watchdog while all
+        answer. Apart from _supervise and without the lock: a reload that waits for an
+        output mount's uploads must not stop the pings. Restarting a wedged child is
+        _supervise's."""
+        every = min(HEALTH_EVERY_S, self.watchdog.every_s or HEALTH_EVERY_S)
+        while True:
+            # No await from here to the pings: the children do not change meanwhile.
+            self.health.check({c.pid: c.declared.mountpoint
+                               for c in self.children.values() if c.pid is not None})  # fmt: skip
+            if self.health.passes() and self.watchdog.due():
+                notify(Notification.WATCHDOG)
+                self.watchdog.sent()
+            self._publish()
+            await trio.sleep(every)
+
     async def _check(self, child: Child) -> None:
         now = time.monotonic()
-        if child.pid is not None and not mounts.daemon_alive(child.pid):
+        if child.pid is not None and self.health.wedged(child.pid):
+            silent = self.health.late[child.pid][1]
+            log.error("%s: its daemon (pid %d) has not answered for %.0f s; killing it",
+                      child.declared.mountpoint, child.pid, silent)  # fmt: skip
+            if await trio.to_thread.run_sync(_end_wedged, child.pid, child.declared.mountpoint):
+                self._ended(child, now, "stopped answering")
+        elif child.pid is not None and not mounts.daemon_alive(child.pid):
             _reap(child.pid)
-            served_for = now - child.started
-            if served_for >= RESTART_MAX_S:
-                child.delay = RESTART_FIRST_S
-            log.error("%s: its daemon (pid %d) ended after %.0f s; starting it again in %.0f s",
-                      child.declared.mountpoint, child.pid, served_for, child.delay)  # fmt: skip
-            child.failure = f"its daemon ended (pid {child.pid})"
-            child.pid = None
-            child.retry_at = now + child.delay
-            child.delay = min(child.delay * 2, RESTART_MAX_S)
+            self._ended(child, now, "ended")
         elif child.pid is None and child.retry_at is not None and now >= child.retry_at:
             await self._start(child)
+
+    def _ended(self, child: Child, now: float, how: str) -> None:
+        """CHILD's daemon is gone (it ended, or it stopped answering and was killed):
+        start it again after a pause that grows with each failure in a row."""
+        assert child.pid is not None
+        self.health.forget(child.pid)
+        served_for = now - child.started
+        if served_for >= RESTART_MAX_S:
+            child.delay = RESTART_FIRST_S
+        log.error("%s: its daemon (pid %d) %s after %.0f s; starting it again in %.0f s",
+                  child.declared.mountpoint, child.pid, how, served_for, child.delay)  # fmt: skip
+        child.failure = f"its daemon {how} (pid {child.pid})"
+        child.pid = None
+        child.retry_at = now + child.delay
+        child.delay = min(child.delay * 2, RESTART_MAX_S)
 
     async def _stop_all(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -227,6 +264,9 @@ class Service:
         if failing:
             first = failing[0]
             parts.append(f"{len(failing)} failing ({first.declared.mountpoint}: {first.failure})")
+        if self.health.late:
+            late = sorted(point for point, _ in self.health.late.values())
+            parts.append(f"{len(late)} not answering ({late[0]})")
         if self.rejected:
             parts.append(f"{len(self.rejected)} bad entries ({self.rejected[0].reason})")
         status = "; ".join(parts)
@@ -240,7 +280,21 @@ def serve(home: Path, config_path: Path) -> None:
     """Read CONFIG_PATH (a file that cannot be read at all is a UserError) and serve."""
     service = Service(home, config_path)
     declared, rejected = service.read()
+    _open_files_up_to_hard_limit()
     trio.run(service.run, declared, rejected)
+
+
+def _open_files_up_to_hard_limit() -> None:
+    """Raise the soft limit on open files to the hard one, for this process and the
+    mounts' daemons, which inherit it. An output mount holds a file open per file written
+    until it is uploaded, and every read being served holds one; the soft default of
+    1024 exists for programs that use select(), which amlfs does not (trio uses epoll).
+    systemd sets both limits from LimitNOFILE=; elsewhere the soft one is often 1024
+    under a far higher hard one (systemd's own default is 1024:524288)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        log.info("open files: soft limit raised from %d to %d", soft, hard)
 
 
 def notify(notification: Notification, value: str | None = None) -> None:
@@ -257,6 +311,28 @@ def _report_uploads(home: Path, record: mounts.MountRecord) -> None:
             ended_session(home, record.stats["session"])
         except UploadsPending as pending:  # journaled: the next mount or a resume sends them
             log.warning("%s: %s", record.mountpoint, pending)
+
+
+def _end_wedged(pid: int, mountpoint: str) -> bool:
+    """Kill the wedged daemon PID (our child) and detach its mount lazily: a program
+    holding a file or folder in it would keep a plain unmount from detaching it, and the
+    mount is dead either way. False if the daemon does not end (stuck in the kernel):
+    the health check keeps failing, and systemd's watchdog restarts the service."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)  # also ends a stopped process
+    deadline = time.monotonic() + STOP_WAIT_S
+    while mounts.daemon_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if mounts.daemon_alive(pid):
+        log.error("%s: its daemon (pid %d) did not end when killed", mountpoint, pid)
+        return False
+    _reap(pid)
+    if mounts.mounted_paths().get(mountpoint) == "fuse.amlfs":
+        proc = subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True,
+                              text=True, check=False)  # fmt: skip
+        if proc.returncode != 0:  # then detaching is tried again before the restart
+            log.error("%s: cannot detach it: %s", mountpoint, proc.stderr.strip())
+    return True
 
 
 def _reap(pid: int) -> None:
