@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from amlfs.registry.models import Datastore
     from amlfs.storage import Store
 
+log = logging.getLogger(__name__)
+
 PR_SET_PDEATHSIG = 1  # prctl(2)
 READY_ENV = "AMLFS_READY_FD"  # the daemon reports "ready" or "error: …" on this pipe
 START_TIMEOUT_S = 60.0
@@ -195,6 +197,27 @@ def write_record(record: MountRecord) -> None:
     temporary = record.path.with_suffix(".tmp")
     temporary.write_text(json.dumps(record.__dict__))
     os.replace(temporary, record.path)
+
+
+_unpublished_since: float | None = None  # when status records began failing to be written
+
+
+def publish_record(record: MountRecord) -> None:
+    """write_record for a serving daemon's periodic status: best effort. A record that
+    cannot be written (no file descriptor left, a full disk) leaves `amlfs status` showing
+    older figures; it must never take the mount, and the files being served or uploaded,
+    down with it. Logged once per spell of failures."""
+    global _unpublished_since
+    try:
+        write_record(record)
+    except OSError as error:
+        if _unpublished_since is None:
+            _unpublished_since = time.monotonic()
+            log.warning("status record not written (%s); serving goes on", error)
+        return
+    if _unpublished_since is not None:
+        log.info("status record written again")
+        _unpublished_since = None
 
 
 def remove_record(record: MountRecord) -> None:

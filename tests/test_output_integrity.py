@@ -6,10 +6,12 @@ Through the kernel, against the emulator."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import random
+import resource
 from pathlib import Path
 
 import pytest
@@ -120,3 +122,43 @@ def test_after_a_crash_a_stored_blob_counts_as_the_upload_only_with_the_same_md5
     container.put({"out/model.bin": b"other bytes, same size"[:16]})
     with pytest.raises(StorageError, match="not the closed file"):
         settle(store, "out", tmp_path, row, {})
+
+
+def test_a_file_whose_close_failed_for_want_of_descriptors_is_still_stored(
+    cli: Cli, blob: Container, mounts: Mounts
+) -> None:
+    """A mount daemon out of file descriptors fails the close (its journal cannot open),
+    but the bytes are staged: they are stored once descriptors are back, or journaled and
+    named by the unmount for `output resume`; never dropped while all is said stored."""
+    root = mounts.output("blob:fds")
+    pid = mounts.pids[root]
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    written: dict[str, bytes] = {}
+    handles = []
+    try:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (64, hard))
+        for i in range(120):  # more than the daemon may hold: opens start failing
+            try:
+                handles.append((f"f{i:03}", os.open(root / f"f{i:03}", os.O_WRONLY | os.O_CREAT)))
+            except OSError:
+                break
+        assert 20 < len(handles) < 120, "the daemon's limit was not reached"
+        for name, fd in handles:
+            data = f"{name} {random.random()}".encode()
+            with contextlib.suppress(OSError):
+                if os.write(fd, data) == len(data):
+                    written[name] = data
+        for _name, fd in handles:
+            with contextlib.suppress(OSError):  # EMFILE from the daemon's commit
+                os.close(fd)
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+    assert written
+    unmounted = cli("unmount", str(root))
+    if unmounted.code != 0:  # a file the daemon could not finish is named, and resumable
+        assert "not uploaded" in unmounted.err, unmounted.err
+        cli.ok("output", "resume", "blob:fds")
+    kept = stored(blob.fs, f"{blob.name}/fds")
+    assert {name: kept.get(name) for name in written} == {
+        name: sha(data) for name, data in written.items()
+    }

@@ -174,7 +174,7 @@ async def _serve(record: mounts.MountRecord, tree: VersionTree, opening: Future[
                             "storage": storage.health.public(),
                         }
                     )
-                    mounts.write_record(record)
+                    mounts.publish_record(record)
                     await trio.to_thread.run_sync(cache.flush_counts)
                     await trio.sleep(STATUS_EVERY_S)
 

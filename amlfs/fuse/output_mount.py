@@ -95,7 +95,7 @@ async def _serve(
                 "uploaded": files.stats.uploaded, "bytes_uploaded": files.stats.bytes_uploaded,
                 "requests": dict(operations.requests), "storage": files.storage.public(),
             }  # fmt: skip
-            mounts.write_record(record)
+            mounts.publish_record(record)
 
         async def publish_status() -> None:
             while True:

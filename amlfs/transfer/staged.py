@@ -22,6 +22,7 @@ change is atomic with respect to other requests (noted where it matters).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -568,7 +569,11 @@ class OutputFiles:
         if node.is_dir:
             return False
         moved = node.remote_path is not None and node.remote_path != self.path_of(node)
-        return node.committed is not None or moved
+        # Written but never made durable: its last close failed to commit (no file
+        # descriptor or disk space left for the journal just then). The bytes are staged;
+        # the settle commits them first. Never dropped, and never reported as stored.
+        uncommitted = node.dirty and node.broken is None and node.staged is not None
+        return node.committed is not None or moved or uncommitted
 
     def pending(self) -> list[Node]:
         every = [*self.nodes.values(), *self.removed.values()]
@@ -613,6 +618,11 @@ class OutputFiles:
             row = self.row(node)
             if self._names(row) != names or not self.needs_work(node):
                 return
+            if node.dirty and node.committed is None and node.writers == 0:
+                await self.commit(node)  # a close whose commit failed: commit it now
+                row = self.row(node)
+                if self._names(row) != names:
+                    return  # committing awaited: the file moved meanwhile; settle again
             node.uploading = row.staged
             try:
                 async with self.limiter:
@@ -668,8 +678,10 @@ class OutputFiles:
 
     async def settle_all(self, patience_s: float) -> list[Upload]:
         """Wait until every file is settled, or no upload has succeeded for PATIENCE_S.
-        Returns the rows of the files still not settled."""
+        Returns the rows of the files still not settled. Called once the mount is gone:
+        no writer is left, whatever releases the kernel did not get to send."""
         for node in list(self.nodes.values()):
+            node.writers = 0
             self._kick(node)
         last_progress, done_before = time.monotonic(), -1
         while self.pending():
@@ -679,6 +691,13 @@ class OutputFiles:
             if time.monotonic() - last_progress > patience_s:
                 break
             await trio.sleep(0.2)  # pending() walks every file: not too often
+        for node in self.pending():
+            # Written but never journaled (its close could not commit, and no release came
+            # to retry): journaled now, so that the unmount reports it and `amlfs output
+            # resume` stores it. Called once the mount is gone: nothing writes any more.
+            if node.dirty and node.committed is None and node.broken is None:
+                with contextlib.suppress(OSError):
+                    await self.commit(node)
         return [replace(self.row(n), error=n.error) for n in self.pending()]
 
     def close(self) -> None:
