@@ -14,13 +14,13 @@ from pathlib import Path
 from amlfs.cache.blocks import on_disk_margin
 from amlfs.reader import WRITERS
 from tests.conftest import CONNECTION_ENV, Cli, Container
-from tests.support.mounts import Mounts
+from tests.support.mounts import Mounts, status_of
 
 MIB = 2**20
 LIMIT = 32 * MIB
 BLOCK = MIB
 MOUNTS = 4
-FILE_SIZE = 48 * MIB  # each mount reads one file of its own: 4 × 48 MiB through 32 MiB
+FILE_SIZE = 48 * MIB  # each mount reads a file of its own twice: 4 × 96 MiB through 32 MiB
 CHUNK = 256 * 1024
 
 
@@ -58,13 +58,20 @@ class Sampler(threading.Thread):
             self.sizes.append(on_disk(self.folder))
 
 
-def read_all(paths: list[Path], digests: dict[Path, str]) -> None:
-    for path in paths:
+def read_twice(path: Path, digests: dict[str, list[str]]) -> None:
+    """Read PATH forwards, drop its pages from the kernel's cache, then read it backwards
+    by CHUNK: its last blocks are then still in the shared folder, and the others' reads
+    evict them meanwhile. The SHA-256 of each pass."""
+    found = []
+    with open(path, "rb", buffering=0) as source:
         digest = hashlib.sha256()
-        with open(path, "rb", buffering=0) as source:
-            while chunk := source.read(CHUNK):
-                digest.update(chunk)
-        digests[path] = digest.hexdigest()
+        while chunk := source.read(CHUNK):
+            digest.update(chunk)
+        found.append(digest.hexdigest())
+        os.posix_fadvise(source.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        chunks = [os.pread(source.fileno(), CHUNK, at) for at in range(0, FILE_SIZE, CHUNK)[::-1]]
+        found.append(hashlib.sha256(b"".join(reversed(chunks))).hexdigest())
+    digests[path.name] = found
 
 
 def test_four_mounts_reading_four_times_the_limit_keep_the_folder_within_its_margin(
@@ -78,12 +85,9 @@ def test_four_mounts_reading_four_times_the_limit_keep_the_folder_within_its_mar
     options = ("--cache-dir", str(cache), "--cache-size", "32MiB", "--block-size", "1MiB",
                "--memory-cache", "4MiB")  # fmt: skip
     roots = [mounts.mount("big:1", *options) for _ in range(MOUNTS)]
-    # Each mount reads a file of its own, then the next mount's: the second file's blocks
-    # are partly in the cache, written by the other mount, and evicted as they are read.
-    names = sorted(files)
-    plans = [[root / names[i], root / names[(i + 1) % MOUNTS]] for i, root in enumerate(roots)]
-    digests: dict[Path, str] = {}
-    readers = [threading.Thread(target=read_all, args=(plan, digests)) for plan in plans]
+    digests: dict[str, list[str]] = {}
+    readers = [threading.Thread(target=read_twice, args=(root / name, digests))
+               for root, name in zip(roots, sorted(files), strict=True)]  # fmt: skip
     sampler = Sampler(cache)
     sampler.start()
     try:
@@ -95,9 +99,10 @@ def test_four_mounts_reading_four_times_the_limit_keep_the_folder_within_its_mar
         sampler.stop.set()
         sampler.join(30)
 
-    expected = {path: hashlib.sha256(files[path.name]).hexdigest() for plan in plans
-                for path in plan}  # fmt: skip
+    expected = {name: [hashlib.sha256(data).hexdigest()] * 2 for name, data in files.items()}
     assert digests == expected  # every byte read is the source's
+    # ... and some were served from the shared folder, while the others evicted blocks
+    assert sum(status_of(cli, root)["disk_hits"] for root in roots) > 0
     margin = on_disk_margin(LIMIT, MOUNTS * WRITERS, BLOCK)
     assert len(sampler.sizes) > 20, "the folder was sampled often"
     assert max(sampler.sizes) > LIMIT * 3 // 4, "the cache filled up"
