@@ -292,7 +292,6 @@ def entries(work: Path, cache: dict[str, str], extra: bool) -> list[dict]:
 
 
 def soak(args: argparse.Namespace, work: Path) -> dict:
-    T0 = time.monotonic()
     size = parse_size(args.file_size, "--file-size")
     cache = {"cache_dir": str(work / "cache"), "cache_size": args.cache_size,
              "block_size": args.block_size, "memory_cache": args.memory_cache}  # fmt: skip
@@ -310,7 +309,6 @@ def soak(args: argparse.Namespace, work: Path) -> dict:
         for name in ("data", "output", "extra"):
             (work / name).mkdir()
         daemon = Daemon(work, home, env)
-        print("SETUP", time.monotonic() - T0, file=sys.stderr)
         try:
             return run(args, work, daemon, cache, digests, fs, size)
         finally:
@@ -348,7 +346,9 @@ def run(args: argparse.Namespace, work: Path, daemon: Daemon, cache: dict[str, s
                     if figures is not None:
                         roles[role] = figures
                         if role in STEADY and first_pids.get(role) != pid:
-                            events.fail(f"{role} is served by pid {pid}, not {first_pids[role]}")
+                            events.fail(
+                                f"{role} is served by pid {pid}, not {first_pids.get(role)}"
+                            )
                             first_pids[role] = pid
                 samples.append({"t": round(now - started, 1), "roles": roles})
                 next_sample += SAMPLE_EVERY_S
@@ -368,16 +368,12 @@ def run(args: argparse.Namespace, work: Path, daemon: Daemon, cache: dict[str, s
         for thread in threads:
             thread.join(WAIT_S)
     seconds = time.monotonic() - started
-    print("RAN", seconds, file=sys.stderr)
     mounted = {m["mountpoint"]: m["stats"] for m in json.loads(
         run_command(amlfs_cmd(daemon.home, "status", "--json"), daemon.env))}  # fmt: skip
-    T1 = time.monotonic()
     code = daemon.stop()
-    print("STOP", time.monotonic() - T1, file=sys.stderr)
     if code != 0:
         events.fail(f"the daemon exited {code} on SIGTERM")
     stored = check_stored(fs, written, writes)
-    print("CHECKED", time.monotonic() - T1, file=sys.stderr)
     logged = daemon.log.read_text(errors="replace").splitlines()
     log_errors = [line for line in logged if ": ERROR: " in line or "Traceback" in line]
     log_warnings = [line for line in logged if ": WARNING: " in line]
@@ -411,7 +407,7 @@ def reload(daemon: Daemon, work: Path, cache: dict[str, str], extra: bool,
     wait_for(lambda: (point in mounted_paths()) == extra,
              f"the extra mount {'added' if extra else 'removed'}")  # fmt: skip
     if extra:
-        name = random.Random(len(daemon.config.read_bytes())).choice(sorted(digests))
+        name = random.choice(sorted(digests))
         read_checked(work / "extra" / name, digests[name])
 
 
