@@ -54,6 +54,13 @@ INLINE_BELOW = 256 * 1024
 SUB_BLOCK = 64 * 1024  # the unit a read checks: one CRC32C each
 REMEMBERED = 1024  # block files whose place and checksums are kept in memory
 OPEN_TRIES = 10  # another process may remove an empty folder of block files meanwhile
+# The index's write-ahead log: SQLite checkpoints it every 1,000 pages (4 KiB each) and
+# keeps the file at its high-water mark unless told to cut it back; cut back to this.
+WAL_LIMIT = 4 * 1024 * 1024
+# Beyond its bytes, a block file takes up to a filesystem block of rounding and, at
+# worst, two folders of diskcache's two-level layout of its own: the limit does not count
+# these.
+FILE_OVERHEAD = 3 * 4096
 
 
 @dataclass(frozen=True)
@@ -142,7 +149,8 @@ class BlockCache:
         self._counts_lock = threading.Lock()  # for both
         self._located: OrderedDict[str, _Located] = OrderedDict()  # recently read files
         self._located_lock = threading.Lock()
-        settings = {"eviction_policy": "least-recently-used", "disk_min_file_size": INLINE_BELOW}
+        settings = {"eviction_policy": "least-recently-used", "disk_min_file_size": INLINE_BELOW,
+                    "sqlite_journal_size_limit": WAL_LIMIT}  # fmt: skip
         if size_limit is not None:
             settings["size_limit"] = size_limit  # kept by the store: the latest limit wins
         try:
@@ -405,3 +413,13 @@ class BlockCache:
         if now - self._last_warning.get(message, -WARN_EVERY_S) >= WARN_EVERY_S:
             self._last_warning[message] = now
             log.warning(message, error)
+
+
+def on_disk_margin(limit: int, writing: int, block_size: int) -> int:
+    """How much more than LIMIT a cache folder may take on disk (as du counts it) while
+    WRITING blocks of up to BLOCK_SIZE are being written into it at once, by all the
+    processes sharing it (a mount writes up to reader.WRITERS at once): those blocks, the
+    index's write-ahead log, and the filesystem's own share of each block file (docs/cache.md,
+    "The bound on disk")."""
+    files = limit // INLINE_BELOW + writing
+    return writing * block_size + WAL_LIMIT + files * FILE_OVERHEAD
