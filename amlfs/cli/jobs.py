@@ -134,6 +134,33 @@ def runs_show(ctx: click.Context, run_id: str, as_json: bool) -> None:
         click.echo(f"output:     {item['name']} = {item['location']} ({item['mode']}{registered})")
 
 
+@runs.command("prune")
+@click.option("--older-than", "days", type=click.FloatRange(min=0), required=True,
+              metavar="DAYS", help="Prune runs that ended more than DAYS days ago.")  # fmt: skip
+@click.option("--dry-run", is_flag=True, help="List what would be pruned; delete nothing.")
+@json_option
+@common_options
+@click.pass_context
+def runs_prune(ctx: click.Context, days: float, dry_run: bool, as_json: bool) -> None:
+    """Delete the records of runs that ended more than DAYS days ago, but every run that
+    read or produced a version (lineage stays whole) or that a pipeline step names."""
+    from amlfs.jobs.prune import prune_runs
+
+    report = prune_runs(home_of(ctx), app(ctx).registry(), days, dry_run)
+    if as_json:
+        emit_json(report.public_dict())
+        return
+    for candidate in report.pruned:
+        click.echo(f"{'would prune' if dry_run else 'pruned'} run {candidate.id}"
+                   f" (ended {candidate.ended_at or 'never: lost'})")  # fmt: skip
+    kept = ", ".join(f"{n} {reason}" for reason, n in sorted(report.kept.items()))
+    click.echo(
+        f"{'would prune' if dry_run else 'pruned'} {len(report.pruned)} run(s) that"
+        f" ended before {report.ended_before}"
+        + (f"; kept older ones that lineage or pipelines need ({kept})" if kept else "")
+    )
+
+
 @click.command("lineage")
 @click.argument("ref", metavar="NAME[:VERSION]")
 @json_option
