@@ -62,6 +62,7 @@ def run_command(ctx: click.Context, inputs: tuple[str, ...], outputs: tuple[str,
     from amlfs.cli.outputs import UploadWait
     from amlfs.cli.progress import TransferProgress
     from amlfs.errors import UserError
+    from amlfs.jobs.lost import clean_lost_runs
     from amlfs.jobs.run import RUN_ID, Job, RunHooks
     from amlfs.jobs.spec import parse_input, parse_output
 
@@ -72,6 +73,7 @@ def run_command(ctx: click.Context, inputs: tuple[str, ...], outputs: tuple[str,
     job = Job(home_of(ctx), app(ctx).registry(), [parse_input(i) for i in inputs],
               [parse_output(o) for o in outputs], list(command), hooks, work_dir,
               pass_env, run_id)  # fmt: skip
+    clean_lost_runs(job.home, hooks.say, lambda: app(ctx).registry())  # runs killed before
     return job.execute()
 
 
