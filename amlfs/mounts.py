@@ -88,6 +88,17 @@ def check_mountpoint(mountpoint: Path) -> Path:
     return path
 
 
+# How a read-only mount serves unless told otherwise; the amlfs:// filesystem, which
+# reads through the same reader and cache, starts from the same values.
+MOUNT_DEFAULTS = {
+    "cache_size": "10GiB",
+    "block_size": "4MiB",
+    "memory_cache": "64MiB",
+    "fetch_limit": 8,
+    "io_timeout": 30.0,
+}
+
+
 @dataclass(frozen=True)
 class MountOptions:
     """How a read-only mount serves (the `amlfs mount` options, parsed)."""

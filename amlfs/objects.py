@@ -10,6 +10,7 @@ the request itself and raises SourceChanged.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -47,6 +48,12 @@ DEVELOPMENT_ACCOUNT = "devstoreaccount1"
 DEVELOPMENT_KEY = (
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 )
+
+
+# obstore's requests run on a runtime of threads that starts with the first request and
+# does not survive a fork: in a child forked after it started (a data loader's worker
+# reading amlfs://), a request would wait for ever. The process it started in:
+_runtime_pid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -131,9 +138,16 @@ class BlobReads:
         self._probes = AzureStore(container, config=config, client_options=PROBE_OPTIONS | plain,
                                   retry_config=PROBE_RETRY, **extra)  # fmt: skip
 
+    @property
+    def usable(self) -> bool:
+        """Whether requests can be made here: this process started obstore's runtime, or
+        no process did yet (else the caller reads through another client)."""
+        return _runtime_pid is None or _runtime_pid == os.getpid()
+
     def read(self, blob: str, start: int, end: int, etag: str) -> Buffer:
         """Bytes [start, end) of BLOB, only if it still has ETAG (else SourceChanged), in
         the client's own buffer: the caller copies out what it keeps, once."""
+        _starting_runtime()
         with _changes_raised(blob):
             result = self._store.get(blob, options={"range": (start, end), "if_match": etag})
             return result.bytes()
@@ -141,6 +155,7 @@ class BlobReads:
     def probe(self, blob: str) -> None:
         """One HEAD request for BLOB, not retried. Returns if the service answered that the
         blob is there or not; raises what the client raised otherwise."""
+        _starting_runtime()
         with contextlib.suppress(NotFoundError):
             self._probes.head(blob)
 
@@ -154,10 +169,17 @@ class BlobReads:
 
     def download(self, blob: str, etag: str, local: Path) -> None:
         """The whole of BLOB to LOCAL, only if it still has ETAG (else SourceChanged)."""
+        _starting_runtime()
         with _changes_raised(blob), open(local, "wb") as out:
             result = self._store.get(blob, options={"if_match": etag})
             for chunk in result.stream(min_chunk_size=DOWNLOAD_CHUNK):
                 out.write(chunk)
+
+
+def _starting_runtime() -> None:
+    global _runtime_pid
+    if _runtime_pid is None:
+        _runtime_pid = os.getpid()
 
 
 @contextlib.contextmanager

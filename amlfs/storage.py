@@ -219,8 +219,9 @@ class Store:
         Azure the client's buffer (read through memoryview, without a copy).
 
         On Azure the read is conditional (If-Match), so a changed blob fails the request
-        itself; elsewhere the etag is checked after the read, so bytes that changed while
-        being read are never returned. Raises SourceChanged or StorageError.
+        itself; elsewhere (and on Azure in a child forked after obstore started, see
+        _objects) the etag is checked after the read, so bytes that changed while being
+        read are never returned. Raises SourceChanged or StorageError.
         A file pinned by content is never read by range (nothing could check the range):
         see download_pinned.
         """
@@ -228,7 +229,7 @@ class Store:
             raise ValueError(f"{relative} is pinned by content: it is read whole, and checked")
         full = self.full_path(relative)
         with self._errors(f"read {relative}"):
-            if self.azure:
+            if self._objects:
                 return self._blobs.read(_blob_name(full), start, end, etag)
             data = self.fs.cat_file(full, start, end)
             info = self._info(full)
@@ -244,7 +245,7 @@ class Store:
         full = self.full_path(relative)
         try:
             with self._errors(f"reach {relative}"):
-                if self.azure:
+                if self._objects:
                     self._blobs.probe(_blob_name(full))
                 else:
                     self.fs.info(full)
@@ -256,6 +257,13 @@ class Store:
     @property
     def azure(self) -> bool:
         return protocol_of(self.datastore.url) in AZURE_PROTOCOLS
+
+    @property
+    def _objects(self) -> bool:
+        """Whether pinned blobs are read through obstore (amlfs.objects): on Azure, unless
+        this process was forked after obstore's runtime started, where reads go through
+        fsspec and the etag is checked after each, as on other stores."""
+        return self.azure and self._blobs.usable
 
     def download_pinned(self, relative: str, etag: str, local: Path) -> None:
         """Write the whole pinned file to LOCAL, only if it still has ETAG (as read_pinned);
@@ -271,7 +279,7 @@ class Store:
                 if found != md5:
                     raise SourceChanged(f"{relative} changed since it was pinned (its MD5 differs)")
                 return
-            if self.azure:
+            if self._objects:
                 self._blobs.download(_blob_name(full), etag, local)
                 return
             self.fs.get_file(full, str(local))

@@ -2,7 +2,8 @@
 # The main job on an embedded default: a local folder as the datastore, with sample
 # data generated here. Registers two versions, shows and verifies them, exports a
 # manifest, registers a train/test split, a sample and a filtered subset of a version,
-# mounts a version read-only and reads it through the mount, downloads it,
+# mounts a version read-only and reads it through the mount, downloads it, reads it
+# from Python (amlfs.Dataset, pandas on amlfs://),
 # writes results through an output mount registered as a new dataset (a checkpoint
 # renamed over one still uploading; a second mount of it refused), uploads a folder
 # (a link out of it refused), runs a job with
@@ -97,6 +98,17 @@ step unmount "$mnt"
 step download weather:2 "$demo/download"
 shell diff -r "$demo/download/week28" "$demo/store/Weather/week28"
 step download weather:2 "$demo/download"
+
+# From Python, no mount needed: amlfs.Dataset and amlfs:// read the pinned bytes through
+# the same block cache as the mounts (docs/python.md).
+shell .venv/bin/python -c '
+import amlfs, pandas
+ds = amlfs.Dataset.get("weather", 2)
+print(ds.ref, ds.file_count, "files, e.g.", ds.files[:2])
+with ds.open("week27/mon.csv") as f:
+    print("first line:", f.readline().decode().strip())
+frame = pandas.read_csv("amlfs://weather:2/week28/fri.csv")
+print("amlfs://weather:2/week28/fri.csv:", len(frame), "rows, max", frame.temp_c.max(), "C")'
 
 # Output mode: a writable mount whose files are uploaded when closed, then registered.
 out="$demo/out"

@@ -5,6 +5,7 @@ The smoke run measures real systems on tiny data; nothing here asserts a speed."
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -13,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench import diff_scale, pipeline_overhead
+from amlfs.mounts import mounted_paths
+from bench import diff_scale, fsspec_reads, pipeline_overhead
 from bench.cells import FAILED, NOT_YET, OK, Cell
 from bench.pathreads import HINTED
 from bench.plan import CLOUD_READS, HINTED_READS, OPERATIONS, READS, SYSTEM_BY_KEY, SYSTEMS
@@ -196,3 +198,13 @@ def test_the_pipeline_bench_runs_both_ways_and_decides_reuse_on_a_big_input(
     decide = pipeline_overhead.bench_decide(1_000, 1, tmp_path)  # it asserts the reuse
     text = pipeline_overhead.report(chain, decide)
     assert "`amlfs pipeline run --force`" in text and "1,000 files" in text
+
+
+def test_the_fsspec_bench_reads_the_same_bytes_every_way(tmp_path: Path) -> None:
+    args = argparse.Namespace(large=1, large_mib=2, small=5, small_kib=4, repeat=1, delay_ms=0)
+    results = fsspec_reads.bench(args, tmp_path)
+    passes = results["passes"]
+    assert all(len(rates) == 1 and rates[0] > 0 for cell in passes.values()
+               for rates in cell.values())  # fmt: skip
+    assert "`amlfs://` from the block cache" in fsspec_reads.report(results)
+    assert not [p for p in mounted_paths() if p.startswith(str(tmp_path))]

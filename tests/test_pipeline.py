@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -548,3 +549,20 @@ def test_sigterm_ends_the_running_step_and_starts_nothing_more(
     assert [(s["step"], s["status"], s["exit_code"]) for s in shown["steps"]] == [
         ("a", "failed", 143), ("b", "not-started", None)]  # fmt: skip
     assert_taken_down(cli.home)
+
+
+def test_a_pipeline_run_killed_outright_is_shown_as_lost(cli: Cli, tmp_path: Path) -> None:
+    from amlfs.home import registry_path
+    from amlfs.registry.pipelines import PipelineLog, PipelineRun
+    from amlfs.registry.store import Registry, now
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid names no live amlfs process now
+    registry = Registry(registry_path(cli.home))
+    PipelineLog(registry).start(PipelineRun("20260101-000000-dead00", "p", "/p.yaml", now(),
+                                            socket.gethostname(), gone.pid, "me"))  # fmt: skip
+    registry.close()
+    (listed,) = json.loads(cli.ok("pipeline", "runs", "--json").out)
+    assert listed["state"] == "lost"
+    shown = json.loads(cli.ok("pipeline", "show", "20260101-000000-dead00", "--json").out)
+    assert shown["state"] == "lost"

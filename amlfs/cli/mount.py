@@ -26,13 +26,7 @@ from amlfs.warm import hand_over
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "cache_size": "10GiB",
-    "block_size": "4MiB",
-    "memory_cache": "64MiB",
-    "fetch_limit": 8,
-    "io_timeout": 30.0,
-}
+DEFAULTS = mounts.MOUNT_DEFAULTS
 
 
 def home_of(ctx: click.Context) -> Path:

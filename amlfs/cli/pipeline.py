@@ -10,6 +10,7 @@ import click
 from amlfs.cli.context import app, common_options, json_option, read_text_file
 from amlfs.cli.mount import home_of
 from amlfs.cli.output import emit_json, human_bytes, table
+from amlfs.pipelines.state import state_of
 
 if TYPE_CHECKING:
     from amlfs.pipelines.prune import Deleted, PrunePlan
@@ -85,13 +86,13 @@ def pipeline_runs(ctx: click.Context, limit: int | None, as_json: bool) -> None:
 
     recorded = PipelineLog(app(ctx).registry()).list(limit)
     if as_json:
-        emit_json([run.public_dict() for run in recorded])
+        emit_json([{**run.public_dict(), "state": state_of(run)} for run in recorded])
         return
     if not recorded:
         click.echo("no pipeline runs")
         return
     table(["RUN", "PIPELINE", "STATE", "EXIT", "STARTED", "STEPS"], [
-        [run.id, run.name, run.state, "-" if run.exit_code is None else run.exit_code,
+        [run.id, run.name, state_of(run), "-" if run.exit_code is None else run.exit_code,
          run.started_at, _counts(run.steps)]
         for run in recorded
     ])  # fmt: skip
@@ -118,7 +119,7 @@ def pipeline_show(ctx: click.Context, run_id: str, as_json: bool) -> None:
         s.step: {o.name: shown(o.version) for o in runs.get(s.run_id).outputs if o.version}
         for s in record.steps if s.run_id is not None
     }  # fmt: skip
-    data = record.public_dict(outputs)
+    data = {**record.public_dict(outputs), "state": state_of(record)}
     if as_json:
         emit_json(data)
         return

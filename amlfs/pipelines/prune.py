@@ -34,6 +34,7 @@ from pathlib import Path
 from amlfs import locks, mounts
 from amlfs.errors import StorageError
 from amlfs.jobs.lineage import run_lock
+from amlfs.pipelines.state import alive
 from amlfs.registry import paths
 from amlfs.registry.models import Version
 from amlfs.registry.prunes import Dependant, Intermediate, Prunes
@@ -180,11 +181,9 @@ def _in_use(user: Dependant, cutoff: str, home: Path) -> bool:
         return True
     if user.ended_at is not None:
         return False
-    if user.host != socket.gethostname():
-        return True
-    if user.kind == "run":
-        return locks.held(run_lock(home, user.id))  # `amlfs run` holds it while it runs
-    return mounts.daemon_alive(user.pid)  # a pipeline run has no lock: its pid, if alive
+    if user.kind == "run":  # `amlfs run` holds its lock while it runs
+        return user.host != socket.gethostname() or locks.held(run_lock(home, user.id))
+    return alive(user.host, user.pid)  # a pipeline run has no lock: its pid, if alive
 
 
 def _mounted(home: Path) -> dict[str, str]:

@@ -123,17 +123,27 @@ class Prunes:
     def sharing(self, version: Version, leaving: set[int]) -> Version | None:
         """A version outside LEAVING (and not pruned) that pins one of VERSION's stored
         files as it is (same datastore, path and etag): a subset of it, a registration of
-        the same folder, a copy's source. Its data must stay."""
+        the same folder, a copy's source. Its data must stay.
+
+        Versions with one of VERSION's etags are found in one pass over the entries (an
+        etag names one stored object, so few versions match), then their paths compared;
+        this never walks the trees of unrelated versions, however large."""
         files = {(paths.join(version.root, f.path), f.etag)
                  for f in self.registry.iter_files(version)}  # fmt: skip
+        self._conn.execute("CREATE TEMP TABLE IF NOT EXISTS prune_etags (etag TEXT PRIMARY KEY)")
+        self._conn.execute("DELETE FROM prune_etags")
+        self._conn.executemany("INSERT OR IGNORE INTO prune_etags VALUES (?)",
+                               [(etag,) for _path, etag in files])  # fmt: skip
         rows = self._conn.execute(
-            "SELECT v.id, v.root FROM versions v JOIN datastores s ON s.id = v.datastore_id"
+            "SELECT DISTINCT e.version_id FROM entries e"
+            " JOIN prune_etags t ON t.etag = e.etag"
+            " JOIN versions v ON v.id = e.version_id JOIN datastores s ON s.id = v.datastore_id"
             " LEFT JOIN prunes r ON r.version_id = v.id"
-            " WHERE s.name = ? AND r.version_id IS NULL ORDER BY v.id",
+            " WHERE e.is_dir = 0 AND s.name = ? AND r.version_id IS NULL ORDER BY e.version_id",
             (version.datastore,),
         ).fetchall()
-        for other_id, root in rows:
-            if other_id in leaving or not _overlap(root, version.root):
+        for (other_id,) in rows:
+            if other_id in leaving or other_id == version.id:
                 continue
             other = self.registry.stored_version(other_id)
             for file in self.registry.iter_files(other):
@@ -164,9 +174,3 @@ class Prunes:
             "SELECT version_id FROM prunes WHERE deleted_at IS NULL ORDER BY version_id"
         ).fetchall()
         return [self.registry.stored_version(row[0]) for row in rows]
-
-
-def _overlap(a: str, b: str) -> bool:
-    """Whether one folder is the other or lies below it ('' is the datastore's root)."""
-    a, b = a.strip("/"), b.strip("/")
-    return not a or not b or a == b or a.startswith(b + "/") or b.startswith(a + "/")
