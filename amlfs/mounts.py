@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from amlfs import locks
+from amlfs import locks, logs
 from amlfs.errors import AmlfsError, UserError
 from amlfs.home import ensure_home
 
@@ -270,13 +270,16 @@ def start_daemon(home: Path, args: list[str], log_name: str | None, *,
     it SIGTERM (unmount, finish the uploads) if this thread dies, killed or not; `amlfs
     run` wants that for its mounts."""
     read_end, write_end = os.pipe()
-    log = open(log_dir(home) / f"{log_name}.log", "ab") if log_name else None  # noqa: SIM115
+    log_path = log_dir(home) / f"{log_name}.log" if log_name else None
+    log = open(log_path, "ab") if log_path else None  # noqa: SIM115
+    # It rotates its own log (amlfs.logs); one that logs where we do leaves that to us.
+    rotation = {logs.LOG_ENV: str(log_path)} if log_path else {}
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "amlfs", "--home", str(home), *args, "--foreground"],
             # A service's NOTIFY_SOCKET is its own: systemd hears the service, not its mounts.
-            env={**{k: v for k, v in env.items() if k != "NOTIFY_SOCKET"},
-                 READY_ENV: str(write_end)},
+            env={**{k: v for k, v in env.items() if k not in ("NOTIFY_SOCKET", logs.LOG_ENV)},
+                 READY_ENV: str(write_end), **rotation},
             pass_fds=(write_end,),
             stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             start_new_session=True, preexec_fn=_terminate_with_parent if ends_with_us else None,
@@ -323,7 +326,8 @@ def fork_daemon(home: Path, log_name: str, *, env: Mapping[str, str]) -> int | N
 def become_daemon(log: int, env: Mapping[str, str], ready: int) -> None:
     """In a forked daemon: its own session, no terminal, its log as stdout and stderr, no
     other file of the command's but the pipe READY to report on (as a started daemon's),
-    ENV as its whole environment."""
+    ENV as its whole environment, and its log to rotate (amlfs.logs)."""
+    log_path = os.readlink(f"/proc/self/fd/{log}")
     os.setsid()
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
@@ -333,6 +337,7 @@ def become_daemon(log: int, env: Mapping[str, str], ready: int) -> None:
     os.closerange(ready + 1, os.sysconf("SC_OPEN_MAX"))
     _take_environment({k: v for k, v in env.items() if k != "NOTIFY_SOCKET"})
     os.environ[READY_ENV] = str(ready)
+    os.environ[logs.LOG_ENV] = log_path
 
 
 def open_store_soon(datastore: Datastore) -> Future[Store]:
@@ -348,12 +353,14 @@ def open_store_soon(datastore: Datastore) -> Future[Store]:
 
 
 def daemon_logging() -> None:
-    """A daemon logs its own INFO lines (DEBUG with --debug), with time and pid."""
+    """A daemon logs its own INFO lines (DEBUG with --debug), with time and pid, to a log
+    that rotates if it is a file of its own."""
     level = logging.DEBUG if "--debug" in sys.argv else logging.INFO
     logging.getLogger("amlfs").setLevel(level)
     for handler in logging.getLogger().handlers:
         handler.setFormatter(logging.Formatter("%(asctime)s amlfs[%(process)d] %(levelname)s "
                                                "%(name)s: %(message)s"))  # fmt: skip
+    logs.rotate_daemon_log()
 
 
 def await_daemon(pid: int, report: int) -> int:

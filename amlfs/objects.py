@@ -159,6 +159,14 @@ class BlobReads:
         with contextlib.suppress(NotFoundError):
             self._probes.head(blob)
 
+    def stream(self, blob: str, etag: str, start: int) -> Iterator[Buffer]:
+        """BLOB's bytes from START to its end in pieces of at least DOWNLOAD_CHUNK, in one
+        request, only if it still has ETAG (else SourceChanged)."""
+        ranged: dict = {"range": {"offset": start}} if start else {}
+        with _changes_raised(blob):
+            result = self._store.get(blob, options={"if_match": etag, **ranged})
+            yield from result.stream(min_chunk_size=DOWNLOAD_CHUNK)
+
     def download(self, blob: str, etag: str, local: Path) -> None:
         """The whole of BLOB to LOCAL, only if it still has ETAG (else SourceChanged)."""
         _starting_runtime()

@@ -66,6 +66,7 @@ COPY_BUFFER = 4 * 2**20
 # file read whole). Each holds one HASH_CHUNK in memory.
 PIN_WORKERS = 8
 HASH_CHUNK = 2**20
+STREAM_PIECE = 8 * 2**20  # a piece of stream_pinned off Azure (obstore's pieces on it)
 WEB_PROTOCOLS = frozenset({"http", "https"})
 # Failures of the system calls that open a connection (or reach a network filesystem's
 # server): the store cannot be reached at all. Not a reset or a timeout of a connection
@@ -282,6 +283,26 @@ class Store:
                 self._blobs.download(_blob_name(full), etag, local)
                 return
             self.fs.get_file(full, str(local))
+            info = self._info(full)
+            if info is None or _etag(info) != etag:
+                raise SourceChanged(f"{relative} changed since it was pinned")
+
+    def stream_pinned(self, relative: str, etag: str, start: int) -> Iterator[Buffer]:
+        """A pinned file's bytes from START to its end, in pieces, only if it still has
+        ETAG: on Azure the one request is conditional; elsewhere the etag is checked after
+        the last piece (SourceChanged then: the pieces given were not the pinned bytes).
+        Not for a file pinned by content (see download_pinned)."""
+        if pins.pinned_md5(etag) is not None:
+            raise ValueError(f"{relative} is pinned by content: it is read whole, and checked")
+        full = self.full_path(relative)
+        with self._errors(f"download {relative}"):
+            if self.azure:
+                yield from self._blobs.stream(_blob_name(full), etag, start)
+                return
+            with self.fs.open(full, "rb") as source:
+                source.seek(start)
+                while piece := source.read(STREAM_PIECE):
+                    yield piece
             info = self._info(full)
             if info is None or _etag(info) != etag:
                 raise SourceChanged(f"{relative} changed since it was pinned")

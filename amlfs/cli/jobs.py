@@ -62,6 +62,7 @@ def run_command(ctx: click.Context, inputs: tuple[str, ...], outputs: tuple[str,
     from amlfs.cli.outputs import UploadWait
     from amlfs.cli.progress import TransferProgress
     from amlfs.errors import UserError
+    from amlfs.jobs.lost import clean_lost_runs
     from amlfs.jobs.run import RUN_ID, Job, RunHooks
     from amlfs.jobs.spec import parse_input, parse_output
 
@@ -72,6 +73,7 @@ def run_command(ctx: click.Context, inputs: tuple[str, ...], outputs: tuple[str,
     job = Job(home_of(ctx), app(ctx).registry(), [parse_input(i) for i in inputs],
               [parse_output(o) for o in outputs], list(command), hooks, work_dir,
               pass_env, run_id)  # fmt: skip
+    clean_lost_runs(job.home, hooks.say, lambda: app(ctx).registry())  # runs killed before
     return job.execute()
 
 
@@ -132,6 +134,33 @@ def runs_show(ctx: click.Context, run_id: str, as_json: bool) -> None:
     for item in data["outputs"]:
         registered = f", registered {item['version']}" if item["version"] else ""
         click.echo(f"output:     {item['name']} = {item['location']} ({item['mode']}{registered})")
+
+
+@runs.command("prune")
+@click.option("--older-than", "days", type=click.FloatRange(min=0), required=True,
+              metavar="DAYS", help="Prune runs that ended more than DAYS days ago.")  # fmt: skip
+@click.option("--dry-run", is_flag=True, help="List what would be pruned; delete nothing.")
+@json_option
+@common_options
+@click.pass_context
+def runs_prune(ctx: click.Context, days: float, dry_run: bool, as_json: bool) -> None:
+    """Delete the records of runs that ended more than DAYS days ago, but every run that
+    read or produced a version (lineage stays whole) or that a pipeline step names."""
+    from amlfs.jobs.prune import prune_runs
+
+    report = prune_runs(home_of(ctx), app(ctx).registry(), days, dry_run)
+    if as_json:
+        emit_json(report.public_dict())
+        return
+    for candidate in report.pruned:
+        click.echo(f"{'would prune' if dry_run else 'pruned'} run {candidate.id}"
+                   f" (ended {candidate.ended_at or 'never: lost'})")  # fmt: skip
+    kept = ", ".join(f"{n} {reason}" for reason, n in sorted(report.kept.items()))
+    click.echo(
+        f"{'would prune' if dry_run else 'pruned'} {len(report.pruned)} run(s) that"
+        f" ended before {report.ended_before}"
+        + (f"; kept older ones that lineage or pipelines need ({kept})" if kept else "")
+    )
 
 
 @click.command("lineage")

@@ -179,8 +179,13 @@ def unmount(ctx: click.Context, mountpoint: Path) -> None:
 @common_options
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
-    """The mounts of this machine (under this state folder) and what they have done."""
+    """The mounts of this machine (under this state folder) and what they have done.
+    The folders of runs killed outright are cleaned up on the way."""
+    from amlfs.jobs.lost import clean_lost_runs
+
     home = home_of(ctx)
+    clean_lost_runs(home, lambda line: click.echo(f"amlfs: {line}", err=True),
+                    lambda: app(ctx).registry())  # fmt: skip
     table_now = mounts.mounted_paths()
     listed = []
     for record, alive in mounts.current_records(home):

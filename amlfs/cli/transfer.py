@@ -45,6 +45,8 @@ def download_command(ctx: click.Context, ref: str, dest: Path, workers: int | No
             progress=lambda f: progress.advance(f.size),
         )  # fmt: skip
     cached = f", {report.from_cache} from the block cache" if report.from_cache else ""
+    if report.bytes_resumed:
+        cached += f", {human_bytes(report.bytes_resumed)} resumed from partial files"
     click.echo(
         f"downloaded {version.ref} to {report.dest}: {report.fetched} file(s) fetched"
         f" ({_amount(report.bytes_fetched, report.seconds)}{cached}),"

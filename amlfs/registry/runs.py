@@ -62,6 +62,16 @@ class Run:
         }  # fmt: skip
 
 
+@dataclass(frozen=True)
+class PruneCandidate:
+    """An old run `runs prune` looked at, and why it stays (None: it may go)."""
+
+    id: str
+    started_at: str
+    ended_at: str | None
+    kept_because: str | None
+
+
 class RunLog:
     """The runs tables of one registry."""
 
@@ -136,6 +146,48 @@ class RunLog:
             "SELECT run_id FROM run_outputs WHERE version_id = ?", (version.id,)
         ).fetchone()
         return self.get(row[0]) if row else None
+
+    def prune_candidates(self, ended_before: str, lost: set[str]) -> list[PruneCandidate]:
+        """Runs that ended before ENDED_BEFORE (ISO 8601, UTC), and those of LOST (runs
+        with no end, known lost) that started before it, oldest first, each with why it
+        must stay, if it must: lineage (it read or produced a version, whose lineage
+        names it) or a pipeline step that names it (`pipeline show`, reuse)."""
+        rows = self._conn.execute(
+            "SELECT r.id, r.started_at, r.ended_at,"
+            " EXISTS (SELECT 1 FROM run_inputs i WHERE i.run_id = r.id),"
+            " EXISTS (SELECT 1 FROM run_outputs o WHERE o.run_id = r.id"
+            "         AND o.version_id IS NOT NULL),"
+            " EXISTS (SELECT 1 FROM pipeline_steps s WHERE s.run_id = r.id)"
+            " FROM runs r WHERE r.ended_at < ? OR (r.ended_at IS NULL AND r.started_at < ?)"
+            " ORDER BY r.started_at, r.rowid",
+            (ended_before, ended_before),
+        ).fetchall()
+        found = []
+        for run_id, started, ended, read, produced, step in rows:
+            if ended is None and run_id not in lost:
+                continue  # running, or its end is not known here: never pruned
+            reason = ("read a version" if read else "produced a version" if produced
+                      else "a pipeline step" if step else None)  # fmt: skip
+            found.append(PruneCandidate(run_id, started, ended, reason))
+        return found
+
+    def delete(self, run_ids: list[str], ended_before: str) -> int:
+        """Delete the records of RUN_IDS (their inputs and outputs with them) in one
+        transaction, but any that lineage or a pipeline step came to need meanwhile, or
+        that ended after ENDED_BEFORE; the number deleted."""
+        deleted = 0
+        with self.registry.transaction():
+            for run_id in run_ids:
+                cursor = self._conn.execute(
+                    "DELETE FROM runs WHERE id = ? AND (ended_at IS NULL OR ended_at < ?)"
+                    " AND NOT EXISTS (SELECT 1 FROM run_inputs WHERE run_id = runs.id)"
+                    " AND NOT EXISTS (SELECT 1 FROM run_outputs WHERE run_id = runs.id"
+                    "                 AND version_id IS NOT NULL)"
+                    " AND NOT EXISTS (SELECT 1 FROM pipeline_steps WHERE run_id = runs.id)",
+                    (run_id, ended_before),
+                )
+                deleted += cursor.rowcount
+        return deleted
 
     def _run(self, row: tuple) -> Run:
         run_id, command, started, ended, code, error, host, pid, user = row

@@ -4,7 +4,8 @@ Every file is written to a short partial name of this run beside its place, chec
 (size; MD5 where pinned), synced, renamed into place and its folder synced, so a file
 under DEST is either absent or complete, also after a power cut, once the journal says
 it was placed. The journal remembers what was placed, so that a re-run skips it and
-never mistakes someone else's file for ours.
+never mistakes someone else's file for ours, and how far each large file got, so that a
+re-run resumes it mid-file (amlfs.transfer.resume).
 
 Everything below DEST is reached through opened folders without following a link: a link
 in DEST (planted before or during the download) is an error naming it, never a way out.
@@ -21,7 +22,7 @@ import secrets
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,8 +45,9 @@ from amlfs.transfer.files import (
     open_top,
     some_names,
 )
-from amlfs.transfer.journal import Journal, Placed
+from amlfs.transfer.journal import Journal, Partial, Placed
 from amlfs.transfer.parallel import run_parallel, with_retries
+from amlfs.transfer.resume import Resumable, Stopped, claim, kept_names, resumable
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,8 @@ class DownloadReport:
     present: int = 0  # already in place and correct
     fetched: int = 0
     from_cache: int = 0  # of the fetched, written from the block cache
-    bytes_fetched: int = 0
+    bytes_fetched: int = 0  # received from storage (or the block cache) by this run
+    bytes_resumed: int = 0  # found written and good in partial files an earlier run left
     failed: dict[str, str] = field(default_factory=dict)  # path -> reason
     seconds: float = 0.0
 
@@ -101,7 +104,7 @@ def download(
     dest.mkdir(parents=True, exist_ok=True)
     top = open_top(dest)
     try:
-        remove_leftovers(records, dest, top)
+        remove_leftovers(records, dest, top, kept_names(journal, dest))
         return _download(version, files, store, dest, top, journal, records, workers,
                          overwrite, cache, block_size, progress, started)  # fmt: skip
     finally:
@@ -144,10 +147,11 @@ def _download(version: Version, files: list[PinnedFile], store: Store, dest: Pat
         report.seconds = time.monotonic() - started
         return report
 
-    def done(f: PinnedFile, from_cache: bool) -> None:
+    def done(f: PinnedFile, fetched: Fetched) -> None:
         report.fetched += 1
-        report.from_cache += from_cache
-        report.bytes_fetched += f.size
+        report.from_cache += fetched.from_cache
+        report.bytes_fetched += fetched.nbytes
+        report.bytes_resumed += f.size - fetched.nbytes
         if progress:
             progress(f)
 
@@ -156,11 +160,13 @@ def _download(version: Version, files: list[PinnedFile], store: Store, dest: Pat
         log.error("%s: %s", f.path, report.failed[f.path])
 
     folders = sorted({paths.parent(f.path) for f in plan.fetch})
+    earlier = claim(journal, records, dest, top, plan.fetch)
     with _Partials(records, dest, folders) as partials:
-        fetcher = _Fetcher(store, version.root, dest, top, journal, partials, cache, block_size)
+        fetcher = _Fetcher(store, version.root, dest, top, journal, partials, cache, block_size,
+                           earlier)  # fmt: skip
         # Largest first: they set the finishing time.
         largest_first = sorted(plan.fetch, key=lambda f: f.size, reverse=True)
-        expected = (SourceChanged, StorageError, OSError)
+        expected = (SourceChanged, StorageError, OSError, Stopped)
         run_parallel(largest_first, fetcher, workers, done, failed, expected, fetcher.stopping)
     report.seconds = time.monotonic() - started
     return report
@@ -287,10 +293,14 @@ class _Partials:
             held.release()
             raise
 
+    def new_name(self) -> str:
+        """A partial name of this run not used before (for a partial file taken over)."""
+        return f".amlfs-{self.token}-{next(self._numbers)}"
+
     def create(self, folder: int) -> tuple[str, int]:
         """A new partial file in FOLDER: its name and an fd open for reading and writing."""
         for _ in range(NAME_TRIES):
-            name = f".amlfs-{self.token}-{next(self._numbers)}"
+            name = self.new_name()
             try:
                 return name, os.open(name, PARTIAL_FLAGS, 0o666, dir_fd=folder)
             except FileExistsError:
@@ -307,9 +317,11 @@ class _Partials:
         self.close()
 
 
-def remove_leftovers(records: Path, dest: Path, top: int) -> None:
+def remove_leftovers(records: Path, dest: Path, top: int,
+                     kept: Collection[tuple[str, str]] = ()) -> None:  # fmt: skip
     """Remove the partial files that dead runs into DEST left, as their records name them
-    (token and folders); files of any other name are never touched."""
+    (token and folders), but those KEPT ((folder, name): a later run may resume them);
+    files of any other name are never touched."""
     if not records.is_dir():
         return
     for record in sorted(records.iterdir()):
@@ -322,7 +334,7 @@ def remove_leftovers(records: Path, dest: Path, top: int) -> None:
             continue
         # Unreadable: its run died before it wrote it, so before any partial file.
         for folder in (left or {}).get("folders", []):
-            _remove_partials(top, folder, f".amlfs-{record.name}-")
+            _remove_partials(top, folder, f".amlfs-{record.name}-", kept)
         held.release()
 
 
@@ -333,7 +345,8 @@ def _read_record(fd: int) -> dict | None:
     return None
 
 
-def _remove_partials(top: int, folder: str, prefix: str) -> None:
+def _remove_partials(top: int, folder: str, prefix: str,
+                     kept: Collection[tuple[str, str]]) -> None:  # fmt: skip
     try:
         fd = open_folder(top, _parts(folder))
     except (FileNotFoundError, InTheWay):
@@ -346,6 +359,7 @@ def _remove_partials(top: int, folder: str, prefix: str) -> None:
                 if e.name.startswith(prefix)
                 and e.name[len(prefix) :].isdigit()
                 and e.is_file(follow_symlinks=False)
+                and (folder, e.name) not in kept
             ]
         for name in ours:
             with contextlib.suppress(FileNotFoundError):
@@ -355,54 +369,105 @@ def _remove_partials(top: int, folder: str, prefix: str) -> None:
         os.close(fd)
 
 
+@dataclass(frozen=True)
+class Fetched:
+    """How one file was placed."""
+
+    from_cache: bool  # its bytes came from the block cache
+    nbytes: int  # received by this run (the rest was good in a partial file already)
+
+
 class _Fetcher:
     """Fetches one file to a partial file, checks and syncs it, renames it into place and
-    syncs its folder: only then is it recorded as placed."""
+    syncs its folder: only then is it recorded as placed. A large file is fetched in
+    noted chunks, or resumed from the partial file an earlier run left (EARLIER)."""
 
     def __init__(self, store: Store, root: str, dest: Path, top: int, journal: Journal,
-                 partials: _Partials, cache: BlockCache | None, block_size: int):  # fmt: skip
+                 partials: _Partials, cache: BlockCache | None, block_size: int,
+                 earlier: dict[str, Partial]):  # fmt: skip
         self.store, self.root, self.dest, self.top = store, root, dest, top
         self.journal, self.partials = journal, partials
         self.cache, self.block_size = cache, block_size
+        self.earlier = earlier
         self.folder_syncs = _FolderSyncs()
         self.stopping = threading.Event()
 
-    def __call__(self, f: PinnedFile) -> bool:
-        """Place F; True if its bytes came from the block cache."""
+    def __call__(self, f: PinnedFile) -> Fetched:
+        """Place F."""
         folder = open_folder(self.top, _parts(paths.parent(f.path)), create=True)
         try:
-            partial, fd = self.partials.create(folder)
+            partial, fd, resume = self._open_partial(f, folder)
             try:
-                from_cache = self._fill(f, fd, partial, folder)
+                fetched = self._fill(f, fd, partial, folder, resume)
                 st = os.fstat(fd)
             finally:
                 os.close(fd)
         finally:
             os.close(folder)
         self.journal.record_placed(self.dest, f.path, Placed(st.st_size, st.st_mtime_ns, f.etag))
-        return from_cache
+        if resume is not None:
+            self.journal.forget_partial(self.dest, f.path)
+        return fetched
 
-    def _fill(self, f: PinnedFile, fd: int, partial: str, folder: int) -> bool:
+    def _open_partial(self, f: PinnedFile, folder: int) -> tuple[str, int, Resumable | None]:
+        """F's partial file: an earlier run's taken over, or a new one (noted, if large)."""
+        earlier = self.earlier.pop(f.path, None)  # one worker per path: pop is atomic
+        if earlier is not None:
+            name = self.partials.new_name()
+            taken = Resumable.take_over(self.journal, self.dest, earlier, folder, name)
+            if taken is not None:
+                return name, taken[1], taken[0]
+        name, fd = self.partials.create(folder)
+        if not resumable(f):
+            return name, fd, None
         try:
-            from_cache = self._from_cache(f, fd)
-            if not from_cache:
-                self._from_store(f, fd)
+            return name, fd, Resumable.fresh(self.journal, self.dest, f, name)
+        except BaseException:
+            os.close(fd)
+            os.unlink(name, dir_fd=folder)
+            raise
+
+    def _fill(self, f: PinnedFile, fd: int, partial: str, folder: int,
+              resume: Resumable | None) -> Fetched:  # fmt: skip
+        try:
+            fetched = self._fetch(f, fd, resume)
+        except BaseException as error:
+            if resume is None or not resume.keep_after(error):
+                self._discard(f, partial, folder, resume)
+            raise
+        try:
             _check(f, fd)
             os.fsync(fd)  # the bytes reach the disk before the name does
             os.replace(partial, _name(f.path), src_dir_fd=folder, dst_dir_fd=folder)
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(partial, dir_fd=folder)
+            self._discard(f, partial, folder, resume)
             raise
         # The name reaches the disk before the journal records it.
         self.folder_syncs.sync(paths.parent(f.path), folder)
-        return from_cache
+        return fetched
 
-    def _from_store(self, f: PinnedFile, fd: int) -> None:
+    def _fetch(self, f: PinnedFile, fd: int, resume: Resumable | None) -> Fetched:
         relative = paths.join(self.root, f.path)
+        if resume is not None:
+            if not resume.digests and self._from_cache(f, fd):
+                return Fetched(True, f.size)
+            # Each attempt goes on from the last chunk noted.
+            with_retries(lambda: resume.fetch(self.store, relative, fd, self.stopping), f.path,
+                         self.stopping)  # fmt: skip
+            return Fetched(False, resume.fetched)
+        if self._from_cache(f, fd):
+            return Fetched(True, f.size)
         # Written through the open partial file itself: no name below DEST is looked up.
         with_retries(lambda: self.store.download_pinned(relative, f.etag, fd_path(fd)), f.path,
                      self.stopping)  # fmt: skip
+        return Fetched(False, f.size)
+
+    def _discard(self, f: PinnedFile, partial: str, folder: int,
+                 resume: Resumable | None) -> None:  # fmt: skip
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial, dir_fd=folder)
+        if resume is not None:
+            self.journal.forget_partial(self.dest, f.path)
 
     def _from_cache(self, f: PinnedFile, fd: int) -> bool:
         """Write F from the block cache if every block of it is there (a mount read it)."""

@@ -29,6 +29,27 @@ CREATE TABLE IF NOT EXISTS downloaded (
     PRIMARY KEY (dest, path)
 );
 
+-- Partial files of large downloads that a later run into DEST may resume: what each will
+-- become, and the part written so far as a digest per chunk. Nothing here is trusted
+-- unread: a resuming run reads the partial file again and keeps the chunks that match.
+CREATE TABLE IF NOT EXISTS partials (
+    dest  TEXT NOT NULL,
+    path  TEXT NOT NULL,     -- the file it becomes, relative to dest
+    name  TEXT NOT NULL,     -- the partial file's name in that file's folder
+    etag  TEXT NOT NULL,     -- of the source being fetched: any other etag starts over
+    size  INTEGER NOT NULL,  -- pinned size
+    chunk INTEGER NOT NULL,  -- bytes per digest
+    PRIMARY KEY (dest, path)
+);
+CREATE TABLE IF NOT EXISTS partial_chunks (
+    dest   TEXT NOT NULL,
+    path   TEXT NOT NULL,
+    number INTEGER NOT NULL,  -- chunk NUMBER is bytes [NUMBER * chunk, (NUMBER + 1) * chunk)
+    sha256 BLOB NOT NULL,     -- of those bytes as written
+    PRIMARY KEY (dest, path, number),
+    FOREIGN KEY (dest, path) REFERENCES partials (dest, path) ON DELETE CASCADE
+);
+
 -- One output mount: where its files go and how far it got.
 CREATE TABLE IF NOT EXISTS sessions (
     id         INTEGER PRIMARY KEY,
@@ -69,6 +90,18 @@ class Placed:
     size: int
     mtime_ns: int
     etag: str
+
+
+@dataclass(frozen=True)
+class Partial:
+    """A partial file of a download that a later run may resume (see amlfs.transfer.resume)."""
+
+    path: str
+    name: str
+    etag: str
+    size: int
+    chunk: int
+    digests: list[bytes]  # of chunks 0, 1, … as written, in order
 
 
 @dataclass(frozen=True)
@@ -179,6 +212,50 @@ class Journal:
         """DEST was removed (a run's downloaded input): nothing there is ours any more."""
         with self._transaction() as db:
             db.execute("DELETE FROM downloaded WHERE dest = ?", (str(dest),))
+            db.execute("DELETE FROM partials WHERE dest = ?", (str(dest),))
+
+    def partials(self, dest: Path) -> list[Partial]:
+        """The resumable partial files of downloads into DEST, each with the digests of
+        its chunks from the first on, up to the first one not recorded."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT path, name, etag, size, chunk FROM partials WHERE dest = ?", (str(dest),)
+            ).fetchall()
+            chunks = self._db.execute(
+                "SELECT path, number, sha256 FROM partial_chunks WHERE dest = ?"
+                " ORDER BY path, number", (str(dest),)
+            ).fetchall()  # fmt: skip
+        digests: dict[str, list[bytes]] = {}
+        for path, number, digest in chunks:
+            found = digests.setdefault(path, [])
+            if number == len(found):  # chunks after a gap are of no use
+                found.append(digest)
+        return [Partial(path, name, etag, size, chunk, digests.get(path, []))
+                for path, name, etag, size, chunk in rows]  # fmt: skip
+
+    def record_partial(self, dest: Path, partial: Partial) -> None:
+        """PARTIAL is the partial file of its path now, with its digests as given."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM partials WHERE dest = ? AND path = ?",
+                       (str(dest), partial.path))  # fmt: skip
+            db.execute(
+                "INSERT INTO partials VALUES (?, ?, ?, ?, ?, ?)",
+                (str(dest), partial.path, partial.name, partial.etag, partial.size,
+                 partial.chunk),
+            )  # fmt: skip
+            db.executemany(
+                "INSERT INTO partial_chunks VALUES (?, ?, ?, ?)",
+                [(str(dest), partial.path, n, d) for n, d in enumerate(partial.digests)],
+            )
+
+    def record_chunk(self, dest: Path, path: str, number: int, digest: bytes) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO partial_chunks VALUES (?, ?, ?, ?)",
+                       (str(dest), path, number, digest))  # fmt: skip
+
+    def forget_partial(self, dest: Path, path: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM partials WHERE dest = ? AND path = ?", (str(dest), path))
 
     # Output mounts
 
