@@ -274,13 +274,15 @@ def test_the_daemon_shows_its_mounts_and_each_mount_its_own(
     service.config.write_text(yaml.safe_dump({
         "metrics_address": own,
         "mounts": [{"mountpoint": str(data), "dataset": "ds:1", "block_size": "64KiB",
-                    "metrics_address": child}],
+                    "metrics_address": child},
+                   {"mountpoint": str(tmp_path / "bad"), "dataset": "ds:1",
+                    "metrics_address": "nowhere"}],
     }))  # fmt: skip
     service.start()
     service.wait_for("READY=1")
     samples = scrape(own)
     assert value(samples, "amlfs_service_mounts", state="serving") == 1
-    assert value(samples, "amlfs_service_mounts", state="rejected") == 0
+    assert value(samples, "amlfs_service_mounts", state="rejected") == 1  # "nowhere"
     assert value(samples, "amlfs_service_reloads_total") == 0
 
     assert (data / BIG).read_bytes() == FILES[BIG]

@@ -380,7 +380,8 @@ class BlockCache:
 
     @property
     def evictions(self) -> int:
-        """Blocks this process's writes evicted."""
+        """Entries this process's writes evicted: blocks (and, rarely, the totals and the
+        format kept beside them, which diskcache evicts as any other entry)."""
         return self._store.evicted if self._store is not None else 0
 
     def _block_count(self) -> int:
