@@ -112,6 +112,7 @@ class MountOptions:
     fetch_limit: int
     io_timeout: float
     allow_other: bool = False
+    metrics_address: str | None = None  # IP:PORT of a Prometheus endpoint (amlfs.metrics)
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class OutputOptions:
     patience_s: float  # at unmount: how long to keep retrying while no upload succeeds
     register: str | None = None
     allow_other: bool = False
+    metrics_address: str | None = None  # IP:PORT of a Prometheus endpoint (amlfs.metrics)
 
 
 @dataclass

@@ -34,6 +34,7 @@ from amlfs.cache import BlockCache, BlockKey, Cached, HotBlocks
 from amlfs.cache.readahead import RUN_BLOCKS, BlockRanges, depth
 from amlfs.errors import SourceChanged, StorageError, StorageUnreachable
 from amlfs.health import StorageWatch
+from amlfs.metrics.timings import FETCH_BOUNDS, Timings
 from amlfs.registry import pins
 from amlfs.slots import FetchSlots
 from amlfs.storage import Store
@@ -85,6 +86,11 @@ class ReadStats:
     writes_skipped: int = 0  # blocks the disk cache refused (full or failing disk)
     mended: int = 0  # cached blocks whose damaged sub-blocks were fetched again
     errors: int = 0
+    read_aheads: int = 0  # read-ahead fetches started
+    # Bytes answered to reads, by where their block was when the read asked for it
+    bytes_from_memory: int = 0
+    bytes_from_disk: int = 0
+    bytes_from_storage: int = 0
 
     def public(self) -> dict:
         return dict(self.__dict__)
@@ -96,6 +102,7 @@ class Flight:
     data: bytes | None = None
     error: Exception | None = None
     wanted: bool = False  # a reader waits for it: it waits for room as a read, not read-ahead
+    from_disk: bool = False  # found in the disk cache, not fetched from storage
 
 
 class BlockReader:
@@ -124,6 +131,7 @@ class BlockReader:
         self.slots = FetchSlots(fetch_limit)
         self._fetch_threads = trio.CapacityLimiter(2 * fetch_limit)  # both budgets' requests
         self.latency_s = 0.0  # running estimate of a request's time, 0 until one is done
+        self.fetch_timings = Timings(FETCH_BOUNDS)  # of the requests answered (for metrics)
         self._disk_limiter = trio.CapacityLimiter(4)  # block files read at once
         self._write_limiter = trio.CapacityLimiter(WRITERS)
         self._flights: dict[BlockKey, Flight] = {}
@@ -160,6 +168,7 @@ class BlockReader:
         data = self.hot.get(key)
         if data is not None:
             self.stats.memory_hits += 1
+            self.stats.bytes_from_memory += end - start
             return memoryview(data)[start:end]
         looked_up = False
         length = self._length(blob, index)
@@ -169,17 +178,24 @@ class BlockReader:
             )
             if cached is not None and not cached.damaged:
                 self.stats.disk_hits += 1
+                self.stats.bytes_from_disk += end - start
                 return cached.data
             looked_up = cached is None  # not stored: the fetch need not look again
-        return memoryview(await self.block(blob, index, looked_up=looked_up))[start:end]
+        data, tier = await self._block(blob, index, looked_up)
+        setattr(self.stats, tier, getattr(self.stats, tier) + end - start)
+        return memoryview(data)[start:end]
 
     async def block(self, blob: PinnedBlob, index: int, *, looked_up: bool = False) -> bytes:
         """The whole block INDEX. LOOKED_UP: the disk cache was just found not to have it."""
+        return (await self._block(blob, index, looked_up))[0]
+
+    async def _block(self, blob: PinnedBlob, index: int, looked_up: bool) -> tuple[bytes, str]:
+        """The whole block INDEX, and the ReadStats field of the bytes from where it was."""
         key = self._key(blob, index)
         data = self.hot.get(key)
         if data is not None:
             self.stats.memory_hits += 1
-            return data
+            return data, "bytes_from_memory"
         flight = self._flights.get(key)
         if flight is None:
             self._launch(blob, [index], looked_up=looked_up)
@@ -196,7 +212,7 @@ class BlockReader:
         if flight.error is not None:
             self.stats.errors += 1
             raise ReadFailed(str(flight.error))
-        return flight.data
+        return flight.data, "bytes_from_disk" if flight.from_disk else "bytes_from_storage"
 
     def prefetch(self, blob: PinnedBlob, indices: range) -> None:
         """Start fetching these blocks in the background, unless cached or under way.
@@ -255,6 +271,7 @@ class BlockReader:
             self._flights[self._key(blob, index)] = flight
         if prefetch:
             self.stats.prefetches += 1
+            self.stats.read_aheads += 1
         self.nursery.start_soon(self._fly, blob, flights, prefetch, looked_up)
 
     async def _fly(self, blob: PinnedBlob, flights: dict[int, Flight], prefetch: bool,
@@ -293,6 +310,7 @@ class BlockReader:
             )  # fmt: skip
             if cached is not None and not cached.damaged:
                 self.stats.disk_hits += 1
+                flights[index].from_disk = True
                 land(index, cached.data)
 
         if not looked_up:  # each block lands as soon as it is read, not after its run
@@ -411,6 +429,7 @@ class BlockReader:
 
     def _took(self, seconds: float) -> None:
         """One more request's time in the running latency estimate."""
+        self.fetch_timings.observe(seconds)
         weight = LATENCY_WEIGHT if self.latency_s else 1.0
         self.latency_s += weight * (seconds - self.latency_s)
 

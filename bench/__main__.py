@@ -1,7 +1,7 @@
 """One command that measures amlfs beside its ceilings and a peer mount, on the same bytes.
 
     python -m bench [--mode quick|full|smoke] [--docs] [--keep WORKDIR]
-                    [--only reads|operations|cloud] [size flags]
+                    [--only reads|operations|cloud] [--mount-option ARG]… [size flags]
 
 Starts its own emulator on 127.0.0.1, generates the data sets, runs every workload for
 every system, tears everything down (also on Ctrl-C, SIGTERM or failure), prints a
@@ -50,6 +50,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="measure one half of the plan (the other half's cells are left out), or only "
         "the cloud-like backend's reads beside local disk",
     )
+    parser.add_argument(
+        "--mount-option",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="give ARG to every `amlfs mount` (repeat for more), e.g."
+        " --mount-option=--metrics-address --mount-option=127.0.0.1:9101",
+    )
     parser.add_argument("--results-name", default="bench", help="prefix of the JSON file")
     parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where the JSON goes")
     for f in fields(Scale):
@@ -90,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("generating data sets in %s", work / "data")
         data = generate(work / "data", scale)
         emulator = stack.enter_context(Azurite(work / "azurite"))
-        run = Run(work, data, scale, emulator)
+        run = Run(work, data, scale, emulator, tuple(args.mount_option))
         log.info("uploading to the emulator on 127.0.0.1:%d", emulator.port)
         upload_s = upload(run.direct.fs(8), data)
         run.measure_everything(only=args.only)
@@ -99,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": run.machine(),
             "versions": versions(),
             "scale": scale.public(),
+            "mount_options": args.mount_option,
             "datasets": data.describe(),
             "page_cache": "drop_caches" if pagecache.can_drop() else "fadvise",
             "setup_upload_s": upload_s,

@@ -20,9 +20,10 @@ CACHE_SIZE = "50GiB"  # larger than any data set: the bench measures hits, not e
 
 
 class AmlfsMounts:
-    def __init__(self, home: Path, work: Path, env: dict):
+    def __init__(self, home: Path, work: Path, env: dict, options: tuple[str, ...] = ()):
         self.home = home
         self.env = env
+        self.options = options  # given to every `amlfs mount` (bench --mount-option)
         self.cache = work / "amlfs-cache"
         self.mountpoint = work / "amlfs-mnt"
 
@@ -35,7 +36,8 @@ class AmlfsMounts:
         """`amlfs mount REF` (which returns once it serves), then the first byte of PROBE."""
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         args = amlfs_cmd(self.home, "mount", ref, str(self.mountpoint), "--cache-dir",
-                         str(self.cache), "--cache-size", CACHE_SIZE, *extra)  # fmt: skip
+                         str(self.cache), "--cache-size", CACHE_SIZE, *self.options,
+                         *extra)  # fmt: skip
         started = time.perf_counter()
         out = run_command(args, self.env, timeout=600)
         pid = int(out.rsplit("(pid ", 1)[1].rstrip(")\n"))

@@ -86,8 +86,10 @@ def azurite_version() -> str:
 
 
 class Run:
-    def __init__(self, work: Path, data: DataSets, scale: Scale, emulator: Azurite):
+    def __init__(self, work: Path, data: DataSets, scale: Scale, emulator: Azurite,
+                 mount_options: tuple[str, ...] = ()):  # fmt: skip
         self.work = work
+        self.mount_options = mount_options
         self.data = data
         self.scale = scale
         self.emulator = emulator
@@ -231,7 +233,7 @@ class Run:
             self.amlfs_backend_reads(backend, ref)
 
     def amlfs_backend_reads(self, backend: str, ref: str) -> None:
-        mounts = AmlfsMounts(self.home, self.work, self.env)
+        mounts = AmlfsMounts(self.home, self.work, self.env, self.mount_options)
         cold: list[MountedTree] = []
         warm: list[MountedTree] = []
         for workload, fn in pathreads.WORKLOADS.items():
@@ -296,7 +298,7 @@ class Run:
                   "--connection-string-env", CLOUD_CONNECTION_ENV)  # fmt: skip
             amlfs(self.home, self.env, "dataset", "register", "bench-cloud", "--datastore",
                   "cloud", "--path", "large", "--path", "images")  # fmt: skip
-            mounts = AmlfsMounts(self.home, self.work, self.env)
+            mounts = AmlfsMounts(self.home, self.work, self.env, self.mount_options)
             cold: list[MountedTree] = []
             for workload in CLOUD_READS:
                 fn = pathreads.WORKLOADS[workload]
@@ -488,7 +490,7 @@ class Run:
                 PinnedFile(name, 0, "mtime-0.0-size-0") for name in names
             ]))  # fmt: skip
         del names
-        mounts = AmlfsMounts(self.home, self.work, self.env)
+        mounts = AmlfsMounts(self.home, self.work, self.env, self.mount_options)
         figures: dict[str, Figure] = {}
 
         def mount_time() -> Figure:

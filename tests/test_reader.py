@@ -616,6 +616,11 @@ async def test_stats_count_hits_misses_and_bytes(tmp_path: Path) -> None:
         "writes_skipped": 0,
         "mended": 0,
         "errors": 0,
+        "read_aheads": 0,
+        # by where each block was: the bytes served add up
+        "bytes_from_storage": len(data),
+        "bytes_from_memory": 200,
+        "bytes_from_disk": BLOCK + 512,
     }
 
 

@@ -376,6 +376,22 @@ class BlockCache:
             misses=misses,
         )
 
+    def usage(self) -> tuple[int, int, int] | None:
+        """Bytes stored, the bound and the blocks, without counting or marking anything
+        (for metrics, from any thread); None when the cache is off or cannot say."""
+        if self._store is None:
+            return None
+        try:
+            return self._store.volume(), self._store.size_limit, self._block_count()
+        except Exception:
+            return None
+
+    @property
+    def evictions(self) -> int:
+        """Entries this process's writes evicted: blocks (and, rarely, the totals and the
+        format kept beside them, which diskcache evicts as any other entry)."""
+        return self._store.evicted if self._store is not None else 0
+
     def _block_count(self) -> int:
         """Entries of the store, less the totals and the format kept beside the blocks."""
         return len(self._store) - sum(key in self._store for key in (HITS, MISSES, FORMAT_KEY))

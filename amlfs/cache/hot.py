@@ -18,6 +18,10 @@ class HotBlocks:
         self._blocks: OrderedDict[BlockKey, bytes] = OrderedDict()
         self._bytes = 0
 
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
     def get(self, key: BlockKey) -> bytes | None:
         data = self._blocks.get(key)
         if data is not None:

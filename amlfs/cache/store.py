@@ -59,6 +59,15 @@ class BlockStore(diskcache.Cache):
 
     def __init__(self, directory: str, **settings: object):
         super().__init__(directory, disk=BlockDisk, **settings)
+        self.evicted = 0  # entries this process's writes evicted (for metrics)
+
+    def _cull(self, now: float, sql: object, cleanup: object, limit: int | None = None) -> None:
+        """diskcache's eviction after a write, counting the entries it removes (the count
+        kept in its settings table, read before and after, in the write's transaction)."""
+        count = "SELECT value FROM Settings WHERE key = 'count'"
+        before = sql(count).fetchall()[0][0]
+        super()._cull(now, sql, cleanup, limit)
+        self.evicted += max(0, before - sql(count).fetchall()[0][0])
 
     def peek(self, key: str) -> tuple[object, object] | None:
         """The value (a BlockFile for a file) and tag stored under KEY, without marking

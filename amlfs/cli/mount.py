@@ -29,6 +29,28 @@ log = logging.getLogger(__name__)
 DEFAULTS = mounts.MOUNT_DEFAULTS
 
 
+metrics_option = click.option(
+    "--metrics-address",
+    metavar="IP:PORT",
+    help="Serve Prometheus metrics at http://IP:PORT/metrics (e.g. 127.0.0.1:9101; off by"
+    " default; see docs/metrics.md).",
+)
+
+
+def checked_metrics_address(address: str | None) -> str | None:
+    """ADDRESS once it is known to be one to listen on (amlfs.metrics.exporter)."""
+    if address is None:
+        return None
+    from amlfs.metrics.exporter import check_address
+
+    return check_address(address)
+
+
+def metrics_args(address: str | None) -> list[str]:
+    """The option again, for a daemon started as a command."""
+    return ["--metrics-address", address] if address else []
+
+
 def home_of(ctx: click.Context) -> Path:
     return ensure_home(app(ctx).home or default_home())
 
@@ -74,6 +96,7 @@ def home_of(ctx: click.Context) -> Path:
     help="Seconds a read waits for storage before failing (EIO).",
 )
 @click.option("--allow-other", is_flag=True, help="Let other users read the mount.")
+@metrics_option
 @click.option("--foreground", is_flag=True, help="Serve in this process (systemd, debugging).")
 @common_options
 @click.pass_context
@@ -97,6 +120,7 @@ def mount(ctx: click.Context, ref: str, mountpoint: Path, cache_dir: Path | None
             fetch_limit=options["fetch_limit"],
             io_timeout=options["io_timeout"],
             allow_other=options["allow_other"],
+            metrics_address=checked_metrics_address(options["metrics_address"]),
         )
         if settings.block_size < 4096 or settings.block_size > 256 * 2**20:
             raise UserError("--block-size must be between 4KiB and 256MiB")
@@ -120,6 +144,7 @@ def mount(ctx: click.Context, ref: str, mountpoint: Path, cache_dir: Path | None
             for name in ("cache_size", "block_size", "memory_cache", "fetch_limit", "io_timeout"):
                 args += [f"--{name.replace('_', '-')}", str(options[name])]
             args += ["--allow-other"] if settings.allow_other else []
+            args += metrics_args(settings.metrics_address)
             args += ["--debug"] if "--debug" in sys.argv else []
             pid = mounts.start_daemon(home, args, log_name=log_name, env=env)
         if pid is not None:

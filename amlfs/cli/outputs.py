@@ -11,7 +11,7 @@ import click
 
 from amlfs import mounts
 from amlfs.cli.context import app, common_options
-from amlfs.cli.mount import home_of
+from amlfs.cli.mount import checked_metrics_address, home_of, metrics_args, metrics_option
 from amlfs.cli.output import human_bytes
 from amlfs.credentials import daemon_environment
 from amlfs.errors import AmlfsError
@@ -56,12 +56,13 @@ def output() -> None:
     help="At unmount, seconds to keep retrying uploads while none succeeds.",
 )
 @click.option("--allow-other", is_flag=True, help="Let other users write to the mount.")
+@metrics_option
 @click.option("--foreground", is_flag=True, help="Serve in this process (systemd, debugging).")
 @common_options
 @click.pass_context
 def output_mount(ctx: click.Context, location: str, mountpoint: Path, dataset: str | None,
                  staging_dir: Path | None, workers: int, patience: float, allow_other: bool,
-                 foreground: bool) -> None:  # fmt: skip
+                 metrics_address: str | None, foreground: bool) -> None:  # fmt: skip
     """Mount a writable folder at MOUNTPOINT whose files go to DATASTORE:PATH.
 
     Each file is journaled when closed and uploaded in the background; `amlfs unmount`
@@ -79,6 +80,7 @@ def output_mount(ctx: click.Context, location: str, mountpoint: Path, dataset: s
             staging_root=private_folder(staging_dir or home / "staging", "staging folder"),
             workers=workers,
             patience_s=patience, register=dataset, allow_other=allow_other,
+            metrics_address=checked_metrics_address(metrics_address),
         )  # fmt: skip
     if not foreground:
         args = [
@@ -95,6 +97,7 @@ def output_mount(ctx: click.Context, location: str, mountpoint: Path, dataset: s
         ]
         args += ["--register", dataset] if dataset else []
         args += ["--allow-other"] if allow_other else []
+        args += metrics_args(metrics_address)
         args += ["--debug"] if "--debug" in sys.argv else []
         env = daemon_environment(app(ctx).registry().list_datastores(), datastore)
         pid = mounts.start_daemon(home, args, log_name=f"output-{path.name}", env=env)

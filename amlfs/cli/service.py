@@ -8,16 +8,17 @@ import click
 
 from amlfs import mounts
 from amlfs.cli.context import common_options
-from amlfs.cli.mount import home_of
+from amlfs.cli.mount import checked_metrics_address, home_of, metrics_option
 
 
 @click.command("daemon")
 @click.option("--config", "config_path", required=True, metavar="FILE",
               type=click.Path(dir_okay=False, path_type=Path),
               help="YAML file with a `mounts:` list (see docs/systemd.md).")  # fmt: skip
+@metrics_option
 @common_options
 @click.pass_context
-def daemon(ctx: click.Context, config_path: Path) -> None:
+def daemon(ctx: click.Context, config_path: Path, metrics_address: str | None) -> None:
     """Serve every mount declared in FILE until SIGTERM; SIGHUP reads FILE again.
 
     Each mount is served by a daemon of its own; a bad entry is reported and skipped.
@@ -27,4 +28,4 @@ def daemon(ctx: click.Context, config_path: Path) -> None:
 
     home = home_of(ctx)
     mounts.daemon_logging()
-    serve(home, config_path.absolute())
+    serve(home, config_path.absolute(), checked_metrics_address(metrics_address))

@@ -12,8 +12,10 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyfuse3
 import trio
@@ -26,12 +28,16 @@ from amlfs.fuse.hint_server import HintServer
 from amlfs.fuse.operations import ReadOnlyOperations, require_read_with_inode
 from amlfs.health import StorageWatch
 from amlfs.home import private_files, registry_path
+from amlfs.metrics.timings import copied
 from amlfs.mounts import MountOptions
 from amlfs.reader import BlockReader
 from amlfs.registry.models import Version
 from amlfs.registry.store import Registry
 from amlfs.storage import Store
 from amlfs.tree import VersionTree
+
+if TYPE_CHECKING:
+    from amlfs.metrics.exporter import Exporter
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +152,16 @@ async def _serve(record: mounts.MountRecord, tree: VersionTree, opening: Future[
         )  # fmt: skip
         hints = HintServer(tree, reader, operations.blob, near=record.path)
         operations.hint_socket, operations.on_start = hints.address, hints.on_start
+
+        def status() -> dict:  # what `amlfs status` and the metrics read
+            return reader.status() | hints.stats | {
+                "requests": copied(operations.requests), "storage": storage.health.public(),
+            }  # fmt: skip
+
+        exporter = None  # off by default; on, bound before anything is mounted
+        if options.metrics_address is not None:
+            exporter = _metrics(options.metrics_address, record, status, operations, reader,
+                                cache)  # fmt: skip
         fuse_options = set(pyfuse3.default_options) | {
             "ro", "noatime", f"fsname=amlfs:{tree.version.ref}", "subtype=amlfs",
         }  # fmt: skip
@@ -166,14 +182,7 @@ async def _serve(record: mounts.MountRecord, tree: VersionTree, opening: Future[
 
             async def publish_status() -> None:
                 while True:
-                    record.stats = (
-                        reader.status()
-                        | hints.stats
-                        | {
-                            "requests": dict(operations.requests),
-                            "storage": storage.health.public(),
-                        }
-                    )
+                    record.stats = status()
                     mounts.publish_record(record)
                     await trio.to_thread.run_sync(cache.flush_counts)
                     await trio.sleep(STATUS_EVERY_S)
@@ -193,4 +202,20 @@ async def _serve(record: mounts.MountRecord, tree: VersionTree, opening: Future[
             # leave a dead mount behind.
             pyfuse3.close(unmount=not detached_by_kernel)
             nursery.cancel_scope.cancel()
+            if exporter is not None:
+                exporter.close()
     log.info("unmounted %s", mountpoint)
+
+
+def _metrics(address: str, record: mounts.MountRecord, status: Callable[[], dict],
+             operations: ReadOnlyOperations, reader: BlockReader,
+             cache: BlockCache) -> Exporter:  # fmt: skip
+    """The mount's metrics endpoint: its status and what the live reader has (the metrics
+    library is imported only when asked for)."""
+    from amlfs.metrics.collect import MountCollector
+    from amlfs.metrics.exporter import Exporter
+
+    return Exporter(address, MountCollector(
+        "read-only", record.what, record.mountpoint, status, operations,
+        fetches=reader.fetch_timings, cache=cache, hot=reader.hot,
+    ))  # fmt: skip

@@ -18,6 +18,7 @@ import errno
 import logging
 import os
 import stat
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ import pyfuse3
 
 from amlfs.cache.readahead import FolderWalk, SequentialReads, files_ahead
 from amlfs.errors import AmlfsError, SourceChanged, StorageError
+from amlfs.metrics.timings import REQUEST_BOUNDS, Timings
 from amlfs.reader import BlockReader, PinnedBlob, ReadFailed
 from amlfs.registry.models import Entry
 from amlfs.tree import ROOT_INODE, VersionTree, iso_to_ns
@@ -65,23 +67,36 @@ def fuse_error(error: BaseException) -> pyfuse3.FUSEError:
 
 
 class CountedOperations(pyfuse3.Operations):
-    """Operations whose handlers are `mapped`: each request is counted by kind."""
+    """Operations whose handlers are `mapped`: each request is counted and timed by
+    kind, and each error answered by kind and errno (read by amlfs.metrics)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.requests: Counter[str] = Counter()
+        self.timings: dict[str, Timings] = {}
+        self.errors: Counter[tuple[str, str]] = Counter()
 
 
 def mapped(handler: Callable) -> Callable:
-    """A request handler of CountedOperations: counted by kind, failures as errnos."""
+    """A request handler of CountedOperations: counted and timed by kind, failures as
+    errnos."""
     kind = handler.__name__
 
     async def wrapper(self: CountedOperations, *args: Any, **kwargs: Any) -> Any:
         self.requests[kind] += 1
+        began = time.perf_counter()
         try:
             return await handler(self, *args, **kwargs)
         except Exception as error:
-            raise fuse_error(error) from None
+            answer = fuse_error(error)
+            if answer.errno != errno.ENOSYS:  # ENOSYS to open is how opens are turned off
+                self.errors[kind, errno.errorcode.get(answer.errno, str(answer.errno))] += 1
+            raise answer from None
+        finally:
+            timings = self.timings.get(kind)
+            if timings is None:
+                timings = self.timings[kind] = Timings(REQUEST_BOUNDS)
+            timings.observe(time.perf_counter() - began)
 
     wrapper.__name__ = handler.__name__
     wrapper.__doc__ = handler.__doc__

@@ -8,6 +8,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyfuse3
 import trio
@@ -22,6 +23,9 @@ from amlfs.transfer.journal import Journal, Session, Upload
 from amlfs.transfer.outputs import being_settled, orphaned
 from amlfs.transfer.outputs import resume as resume_session
 from amlfs.transfer.staged import OutputFiles
+
+if TYPE_CHECKING:
+    from amlfs.metrics.exporter import Exporter
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,9 @@ async def _serve(
         if options.allow_other:
             fuse_options.add("allow_other")
         operations = OutputOperations(files)
+        exporter = None  # off by default; on, bound before anything is mounted
+        if options.metrics_address is not None:
+            exporter = _metrics(options.metrics_address, record, operations)
         pyfuse3.init(operations, str(mountpoint), fuse_options)
         log.info("serving output %s at %s (staging %s)", destination, mountpoint, staging)
         signals = UnmountOnSignal()
@@ -122,8 +129,20 @@ async def _serve(
         publish()
         files.close()
         nursery.cancel_scope.cancel()
+    if exporter is not None:  # up until the uploads are done (on a failure, the daemon ends)
+        exporter.close()
     log.info("unmounted %s; %d file(s) not uploaded", mountpoint, len(unsettled))
     return unsettled
+
+
+def _metrics(address: str, record: mounts.MountRecord, operations: OutputOperations) -> Exporter:
+    """The mount's metrics endpoint: its status, as published (every second) for `amlfs
+    status`, and its FUSE requests (the metrics library is imported only when asked for)."""
+    from amlfs.metrics.collect import MountCollector
+    from amlfs.metrics.exporter import Exporter
+
+    return Exporter(address, MountCollector("output", record.what, record.mountpoint,
+                                            lambda: record.stats, operations))  # fmt: skip
 
 
 async def _finish_orphans(journal: Journal, store: Store, destination: str) -> None:

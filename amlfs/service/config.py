@@ -15,6 +15,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from amlfs.errors import AmlfsError, UserError
+from amlfs.metrics.exporter import parse_address
 from amlfs.registry import paths, yamlio
 from amlfs.registry.prunes import require_data
 from amlfs.registry.store import Registry
@@ -27,6 +28,7 @@ class _Entry(BaseModel):
 
     mountpoint: str
     allow_other: bool = False
+    metrics_address: str | None = None  # the child's own endpoint (IP:PORT)
 
 
 class ReadOnlyEntry(_Entry):
@@ -55,6 +57,7 @@ class _File(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     mounts: list[object] = Field(default_factory=list)
+    metrics_address: str | None = None  # the service's endpoint (IP:PORT), read at start
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,19 @@ def read(path: Path, registry: Registry) -> tuple[list[Declared], list[Rejected]
     return declared, rejected
 
 
+def metrics_address(path: Path) -> str | None:
+    """The service's own metrics address in the file at PATH (None: no endpoint); a
+    UserError if it is malformed (or the file cannot be read)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: {getattr(error, 'strerror', None) or error}") from None
+    address = yamlio.load(text, _File, str(path)).metrics_address
+    if address is not None:
+        parse_address(address, f"{path}: metrics_address")
+    return address
+
+
 def declared_entry(raw: object, registry: Registry) -> Declared:
     """RAW as the child that serves it; raises ValidationError or AmlfsError."""
     if not isinstance(raw, dict):
@@ -121,7 +137,7 @@ def declared_entry(raw: object, registry: Registry) -> Declared:
             paths.check_name("dataset", out.register_as)
         args = ["output", "mount", f"{datastore}:{target}", mountpoint]
         args += ["--register", out.register_as] if out.register_as else []
-        args += _options(out, ("staging_dir", "workers", "patience"))
+        args += _options(out, ("staging_dir", "workers", "patience", "metrics_address"))
         return Declared(mountpoint, f"output {datastore}:{target}", tuple(args), datastore)
     if "dataset" not in raw:
         raise UserError("an entry needs dataset: NAME[:VERSION] or output: DATASTORE:PATH")
@@ -131,11 +147,13 @@ def declared_entry(raw: object, registry: Registry) -> Declared:
     version = require_data(registry.resolve(entry.dataset))
     args = ["mount", version.ref, mountpoint]
     args += _options(entry, ("cache_dir", "cache_size", "block_size", "memory_cache",
-                             "fetch_limit", "io_timeout"))  # fmt: skip
+                             "fetch_limit", "io_timeout", "metrics_address"))  # fmt: skip
     return Declared(mountpoint, version.ref, tuple(args), version.datastore)
 
 
 def _options(entry: _Entry, names: tuple[str, ...]) -> list[str]:
+    if entry.metrics_address is not None:  # a bad one is this entry's fault, not the child's
+        parse_address(entry.metrics_address, "metrics_address")
     args = []
     for name in names:
         value = getattr(entry, name)

@@ -31,6 +31,7 @@ from amlfs import mounts
 from amlfs.credentials import daemon_environment
 from amlfs.errors import AmlfsError, UserError
 from amlfs.home import registry_path
+from amlfs.metrics.timings import copied
 from amlfs.registry.store import Registry
 from amlfs.service import config
 from amlfs.service.config import Declared, Rejected
@@ -66,6 +67,7 @@ class Service:
         self._status = ""
         self.health = Health()
         self.watchdog = Watchdog(os.environ)
+        self.restarts = self.reloads = 0  # for metrics
 
     def read(self) -> tuple[list[Declared], list[Rejected]]:
         """The file as it is now, against the registry as it is now (from any thread)."""
@@ -96,6 +98,7 @@ class Service:
 
     async def _reload(self) -> None:
         notify(Notification.RELOADING)
+        self.reloads += 1
         log.info("SIGHUP: reading %s again", self.config_path)
         try:
             declared, rejected = await trio.to_thread.run_sync(self.read)
@@ -214,6 +217,7 @@ class Service:
         log.error("%s: its daemon (pid %d) %s after %.0f s; starting it again in %.0f s",
                   child.declared.mountpoint, child.pid, how, served_for, child.delay)  # fmt: skip
         child.failure = f"its daemon {how} (pid {child.pid})"
+        self.restarts += 1
         child.pid = None
         child.retry_at = now + child.delay
         child.delay = min(child.delay * 2, RESTART_MAX_S)
@@ -275,13 +279,39 @@ class Service:
             notify(Notification.STATUS, status)
             log.info("%s", status)
 
+    def summary(self) -> dict:
+        """Mounts by state, restarts and reloads (for metrics, from any thread)."""
+        found = list(copied(self.children).values())
+        return {
+            "serving": sum(c.pid is not None for c in found),
+            "failing": sum(c.failure is not None for c in found),
+            "rejected": len(self.rejected), "restarts": self.restarts, "reloads": self.reloads,
+        }  # fmt: skip
 
-def serve(home: Path, config_path: Path) -> None:
-    """Read CONFIG_PATH (a file that cannot be read at all is a UserError) and serve."""
+    def served_records(self) -> list[mounts.MountRecord]:
+        """The records of the live daemons serving this service's mounts (from any thread)."""
+        points = set(copied(self.children))
+        return [r for r in mounts.records(self.home) if r.mountpoint in points and r.alive]
+
+
+def serve(home: Path, config_path: Path, metrics_address: str | None = None) -> None:
+    """Read CONFIG_PATH (a file that cannot be read at all is a UserError) and serve,
+    with a metrics endpoint at METRICS_ADDRESS, else at the file's metrics_address."""
     service = Service(home, config_path)
     declared, rejected = service.read()
     _open_files_up_to_hard_limit()
-    trio.run(service.run, declared, rejected)
+    address = metrics_address or config.metrics_address(config_path)
+    exporter = None
+    if address is not None:
+        from amlfs.metrics.collect import ServiceCollector
+        from amlfs.metrics.exporter import Exporter
+
+        exporter = Exporter(address, ServiceCollector(service.summary, service.served_records))
+    try:
+        trio.run(service.run, declared, rejected)
+    finally:
+        if exporter is not None:
+            exporter.close()
 
 
 def _open_files_up_to_hard_limit() -> None:
