@@ -18,7 +18,7 @@ import pytest
 
 import amlfs.cache.blocks
 from amlfs.cache import BlockCache, BlockKey, HotBlocks
-from amlfs.cache.blocks import INLINE_BELOW, SUB_BLOCK
+from amlfs.cache.blocks import FORMAT_KEY, INLINE_BELOW, SUB_BLOCK
 
 SOURCE = "az://account@container/data/train.bin"
 BLOCK = 64 * 1024  # stored by diskcache as a file of its own (more than 32 KiB)
@@ -415,6 +415,26 @@ def test_a_folder_of_the_first_format_is_emptied_and_never_read(tmp_path: Path) 
     reopened = BlockCache(folder)  # not emptied again
     try:
         assert reopened.get(key(0), BIG) == block(0, BIG)
+    finally:
+        reopened.close()
+
+
+def test_a_full_folder_whose_format_marker_was_culled_keeps_its_blocks(tmp_path: Path) -> None:
+    """Culling takes the oldest entries, the format marker among them: reopened, the
+    folder is still recognised by its blocks' keys, not emptied."""
+    folder = tmp_path / "blocks"
+    cache = BlockCache(folder, size_limit=30 * BIG)
+    try:
+        for index in range(60):  # twice the limit: the first entries are culled
+            cache.put(key(index), block(index, BIG))
+        assert FORMAT_KEY not in cache._store  # what culling did to the marker
+        kept = [i for i in range(60) if cache.read(key(i), BIG) is not None]
+    finally:
+        cache.close()
+    assert kept
+    reopened = BlockCache(folder, size_limit=30 * BIG)
+    try:
+        assert [i for i in range(60) if reopened.get(key(i), BIG) == block(i, BIG)] == kept
     finally:
         reopened.close()
 

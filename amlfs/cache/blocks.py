@@ -171,11 +171,25 @@ class BlockCache:
             found = self._store.get(FORMAT_KEY)
             if found == CACHE_FORMAT:
                 return
+            if found is None and self._holds_this_format():
+                # The marker is an entry like any other, and culling may take it once
+                # the folder is full: the entries say which format the folder is in.
+                self._store.set(FORMAT_KEY, CACHE_FORMAT, retry=True)
+                return
             if len(self._store):
                 log.info("block cache %s is of format %s; emptying it for format %d",
                          self.directory, found or 1, CACHE_FORMAT)  # fmt: skip
                 self._store.clear(retry=True)
             self._store.set(FORMAT_KEY, CACHE_FORMAT, retry=True)
+
+    def _holds_this_format(self) -> bool:
+        """Whether any entry is a block of this format (its key starts `vN|`; a range
+        over diskcache's index of keys, one probe)."""
+        prefix = f"v{CACHE_FORMAT}|"
+        upper = prefix[:-1] + chr(ord("|") + 1)
+        row = self._store._sql("SELECT 1 FROM Cache WHERE key >= ? AND key < ? LIMIT 1",
+                               (prefix, upper)).fetchone()  # fmt: skip
+        return row is not None
 
     def close(self) -> None:
         if self._store is not None:
