@@ -17,6 +17,7 @@ command line's), `cache_dir`, `cache_size`, `block_size`, `memory_cache`, `fetch
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ from fsspec import AbstractFileSystem
 from fsspec.spec import AbstractBufferedFile
 
 from amlfs import pinned_reads
-from amlfs.cache.readahead import SequentialReads
+from amlfs.cache.readahead import FolderWalk, SequentialReads, files_ahead
 from amlfs.errors import NotFound, Pruned, SourceChanged, UserError
 from amlfs.home import cache_dir as default_cache_dir
 from amlfs.home import default_home, private_folder, registry_path
@@ -40,6 +41,8 @@ from amlfs.registry.models import Datastore, Entry, Version
 from amlfs.registry.prunes import require_data
 from amlfs.registry.store import Registry
 from amlfs.units import parse_size
+
+log = logging.getLogger(__name__)
 
 PROTOCOL = "amlfs"
 LISTING_PAGE = 1000  # entries asked of the registry at a time
@@ -84,6 +87,9 @@ class AmlfsFileSystem(AbstractFileSystem):
         if not 4096 <= self.settings.block_size <= 256 * 2**20:
             raise ValueError("block_size must be between 4KiB and 256MiB")
         self._local = threading.local()  # a registry connection per thread (and process)
+        # Files started in listing order through a folder, as a mount spots them: the
+        # next small files of that folder are then fetched ahead.
+        self._folder_walk, self._walk_lock = FolderWalk(), threading.Lock()
 
     # --- paths -------------------------------------------------------------------------
 
@@ -207,6 +213,30 @@ class AmlfsFileSystem(AbstractFileSystem):
         reads, blob = self._blob(datastore, target.version, target.inner, target.entry)
         return target, reads, blob
 
+    def _started(self, target: Target, reads: pinned_reads.Reads) -> None:
+        """TARGET is opened, or read whole: if that continues a walk through its folder in
+        listing order, its next small files are fetched ahead (as a mount does on a
+        file's first read), so that a loop over a folder's files waits on fewer round
+        trips. A failure here is only a missed read-ahead."""
+        entry = target.entry
+        with self._walk_lock:
+            walking = entry.parent_id is not None and self._folder_walk.on_start(entry.parent_id,
+                                                                          entry.id)  # fmt: skip
+        if not walking:
+            return
+        block_size = reads.reader.block_size
+        folder = target.inner.rpartition("/")[0]
+        following = self.registry.list_folder(entry.parent_id, entry.name,
+                                              files_ahead(reads.reader.depth))  # fmt: skip
+        blobs = [reads.blob(paths.join(target.version.root, folder, e.name), e.size,
+                            e.etag or "", f"{target.version.ref} {paths.join(folder, e.name)}")
+                 for e in following if not e.is_dir and 0 < e.size <= block_size]  # fmt: skip
+        if blobs:
+            try:
+                reads.prefetch_whole(blobs)
+            except Exception as error:  # read-ahead is a guess: never fail the read for it
+                log.debug("no read-ahead after %s: %s", target.name, error)
+
     def _blob(self, datastore: Datastore, version: Version, inner: str,
               entry: Entry) -> tuple[pinned_reads.Reads, PinnedBlob]:  # fmt: skip
         with _read_errors(f"{version.ref}/{inner}"):
@@ -219,7 +249,8 @@ class AmlfsFileSystem(AbstractFileSystem):
               **kwargs: Any) -> AmlfsFile:  # fmt: skip
         if mode != "rb":
             _read_only("open for writing", path)
-        target, _, blob = self._source(path)
+        target, reads, blob = self._source(path)
+        self._started(target, reads)
         datastore = self.registry.get_datastore(target.version.datastore)
         kwargs.pop("size", None)  # a file unpickled is opened again: the size is the pin's
         return AmlfsFile(self, target.name, datastore, blob, block_size=block_size,
@@ -227,8 +258,10 @@ class AmlfsFileSystem(AbstractFileSystem):
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None,
                  **kwargs: Any) -> bytes:  # fmt: skip
-        _, reads, blob = self._source(path)
+        target, reads, blob = self._source(path)
         lo, hi = _span(blob.size, start, end)
+        if lo == 0:
+            self._started(target, reads)
         with _read_errors(path):
             return reads.read(blob, lo, hi - lo)
 

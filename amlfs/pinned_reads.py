@@ -76,6 +76,15 @@ class Reads:
         data = self._loop.call(self._read, blob, offset, size, stream)
         return data if isinstance(data, bytes) else bytes(data)
 
+    def prefetch_whole(self, blobs: list[PinnedBlob]) -> None:
+        """Fetch each of BLOBS (files of one block at most) ahead, with read-ahead's
+        budget: what demand reads leave."""
+        self._loop.call(self._prefetch_whole, blobs)
+
+    async def _prefetch_whole(self, blobs: list[PinnedBlob]) -> None:
+        for blob in blobs:
+            self.reader.prefetch(blob, range(1))
+
     def read_many(self, wanted: list[tuple[PinnedBlob, int, int]]) -> list[bytes | Exception]:
         """Bytes [START, END) of each (BLOB, START, END), read at once; a range that failed
         is its error (ReadFailed, SourceChanged) in its place."""

@@ -343,3 +343,47 @@ def test_pandas_and_pyarrow_read_over_amlfs(cli: Cli, dataset: Container, tmp_pa
     assert pyarrow.parquet.read_table("ds:2/week 27/temps.parquet", filesystem=fs).equals(table)
     with fs.open("ds:2/week 27/temps.csv") as f:
         assert pyarrow.csv.read_csv(f).equals(table)
+
+
+def test_a_walk_through_a_folder_fetches_its_next_files_ahead(
+    cli: Cli, own_emulator: Azurite
+) -> None:
+    """Files read in listing order, as a loop over a folder reads them: once the second
+    starts, the next ones are fetched ahead; read later with storage down, they are there."""
+    store = adlfs.AzureBlobFileSystem(
+        connection_string=own_emulator.connection_string, skip_instance_cache=True
+    )
+    files = {f"walk/f{i:02}.bin": bytes([i]) * 5000 for i in range(6)}
+    store.mkdir("walk")
+    store.pipe({f"walk/{path}": data for path, data in files.items()})
+    cli.ok("datastore", "add", "own", "az://walk", "--connection-string-env", CONNECTION_ENV)
+    cli.ok("dataset", "register", "w", "--datastore", "own", "--path", "walk")
+    walking = f"""
+        import fsspec, time
+        from amlfs.cache import BlockCache
+        from amlfs.home import cache_dir
+        from pathlib import Path
+        fs = fsspec.filesystem("amlfs", home={str(cli.home)!r})
+        fs.cat_file("w:1/f00.bin"), fs.cat_file("w:1/f01.bin")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # the files ahead land in the cache
+            cache = BlockCache(cache_dir(Path({str(cli.home)!r})))
+            blocks = cache.stats().blocks
+            cache.close()
+            if blocks >= 4:
+                break
+            time.sleep(0.05)
+        print(blocks)
+    """
+    walked = in_subprocess(walking)
+    assert walked.returncode == 0, walked.stderr.decode()
+    assert int(walked.stdout) >= 4
+    own_emulator.stop()
+    reading = f"""
+        import fsspec, sys
+        fs = fsspec.filesystem("amlfs", home={str(cli.home)!r}, io_timeout=3)
+        sys.stdout.buffer.write(fs.cat_file("w:1/f02.bin") + fs.cat_file("w:1/f03.bin"))
+    """
+    read_later = in_subprocess(reading)
+    assert read_later.returncode == 0, read_later.stderr.decode()
+    assert read_later.stdout == files["walk/f02.bin"] + files["walk/f03.bin"]
