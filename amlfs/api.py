@@ -27,14 +27,7 @@ from amlfs.registry.models import Version
 from amlfs.registry.prunes import require_data
 from amlfs.registry.store import Registry
 
-MOUNT_OPTIONS = (
-    "cache_dir",
-    "cache_size",
-    "block_size",
-    "memory_cache",
-    "fetch_limit",
-    "io_timeout",
-)  # fmt: skip  (those of `amlfs mount`, as keyword arguments)
+MOUNT_OPTIONS = ("cache_dir", *mounts.MOUNT_DEFAULTS)  # `amlfs mount`'s, as keywords
 
 
 class NotInRun(UserError):

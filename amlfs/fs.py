@@ -34,7 +34,7 @@ from amlfs.cache.readahead import FolderWalk, SequentialReads, files_ahead
 from amlfs.errors import NotFound, Pruned, SourceChanged, UserError
 from amlfs.home import cache_dir as default_cache_dir
 from amlfs.home import default_home, private_folder, registry_path
-from amlfs.mounts import MOUNT_DEFAULTS
+from amlfs.mounts import MOUNT_DEFAULTS, MountOptions, check_block_size
 from amlfs.reader import PinnedBlob, ReadFailed
 from amlfs.registry import paths
 from amlfs.registry.models import Datastore, Entry, Version
@@ -75,17 +75,15 @@ class AmlfsFileSystem(AbstractFileSystem):
         super().__init__(**storage_options)
         self.home = Path(home).expanduser() if home is not None else default_home()
         folder = Path(cache_dir) if cache_dir is not None else default_cache_dir(self.home)
-        self.settings = pinned_reads.ReadSettings(
+        self.settings = MountOptions(
             # Blocks found there are served as the versions' bytes: only ours will do.
             cache_dir=private_folder(folder, "cache folder"),
             cache_size=_size(cache_size, "cache_size"),
-            block_size=_size(block_size, "block_size"),
+            block_size=check_block_size(_size(block_size, "block_size"), "block_size"),
             hot_bytes=_size(memory_cache, "memory_cache"),
             fetch_limit=int(fetch_limit),
             io_timeout=float(io_timeout),
         )
-        if not 4096 <= self.settings.block_size <= 256 * 2**20:
-            raise ValueError("block_size must be between 4KiB and 256MiB")
         self._local = threading.local()  # a registry connection per thread (and process)
         # Files started in listing order through a folder, as a mount spots them: the
         # next small files of that folder are then fetched ahead.
@@ -251,9 +249,8 @@ class AmlfsFileSystem(AbstractFileSystem):
             _read_only("open for writing", path)
         target, reads, blob = self._source(path)
         self._started(target, reads)
-        datastore = self.registry.get_datastore(target.version.datastore)
         kwargs.pop("size", None)  # a file unpickled is opened again: the size is the pin's
-        return AmlfsFile(self, target.name, datastore, blob, block_size=block_size,
+        return AmlfsFile(self, target.name, reads.store.datastore, blob, block_size=block_size,
                          cache_options=cache_options, **kwargs)  # fmt: skip
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None,
@@ -356,14 +353,18 @@ class AmlfsFile(AbstractBufferedFile):
         self.datastore = datastore
         self.blob = blob
         self.stream = SequentialReads()
+        self._reads: pinned_reads.Reads | None = None  # this process's, found at first read
+        self._reads_pid: int | None = None
         super().__init__(fs, path, mode="rb", block_size=block_size or fs.settings.block_size,
                          cache_type=cache_type, cache_options=cache_options, size=blob.size,
                          **kwargs)  # fmt: skip
 
     def _fetch_range(self, start: int, end: int) -> bytes:
         with _read_errors(self.path):
-            reads = pinned_reads.reads(self.datastore, self.fs.settings)
-            return reads.read(self.blob, start, end - start, self.stream)
+            if self._reads_pid != os.getpid():  # first read, or first in a forked child
+                self._reads = pinned_reads.reads(self.datastore, self.fs.settings)
+                self._reads_pid = os.getpid()
+            return self._reads.read(self.blob, start, end - start, self.stream)
 
     def _upload_chunk(self, final: bool = False) -> bool:
         _read_only("write", self.path)

@@ -101,9 +101,20 @@ MOUNT_DEFAULTS = {
 }
 
 
+BLOCK_SIZES = (4096, 256 * 2**20)  # the block sizes a mount or `amlfs://` accepts
+
+
+def check_block_size(size: int, option: str) -> int:
+    """SIZE, if a block may be that large; a UserError naming OPTION if not."""
+    if not BLOCK_SIZES[0] <= size <= BLOCK_SIZES[1]:
+        raise UserError(f"{option} must be between 4KiB and 256MiB")
+    return size
+
+
 @dataclass(frozen=True)
 class MountOptions:
-    """How a read-only mount serves (the `amlfs mount` options, parsed)."""
+    """How a read-only mount serves (the `amlfs mount` options, parsed); `amlfs://` reads
+    with the same options (amlfs.pinned_reads), the FUSE ones left at their defaults."""
 
     cache_dir: Path
     cache_size: int

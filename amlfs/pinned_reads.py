@@ -25,7 +25,6 @@ import atexit
 import logging
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -33,6 +32,7 @@ import trio
 from amlfs.cache import BlockCache, HotBlocks
 from amlfs.cache.readahead import SequentialReads
 from amlfs.health import StorageWatch
+from amlfs.mounts import MountOptions
 from amlfs.reader import BlockReader, PinnedBlob
 from amlfs.registry.models import Datastore
 from amlfs.storage import Store
@@ -42,18 +42,6 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 30.0  # the loop thread reports its token within this, or reads fail
 SETTLE_S = 10.0  # at exit: how long blocks still being written to the cache may take
 STOP_TIMEOUT_S = 5.0  # at exit: how long the loop thread may take to end once cancelled
-
-
-@dataclass(frozen=True)
-class ReadSettings:
-    """How reads are served: a mount's options (amlfs.mounts.MountOptions) less FUSE's."""
-
-    cache_dir: Path
-    cache_size: int
-    block_size: int
-    hot_bytes: int
-    fetch_limit: int
-    io_timeout: float
 
 
 class Reads:
@@ -147,13 +135,13 @@ class _Loop:
         self.nursery: trio.Nursery | None = None
         self.thread: threading.Thread | None = None
         self.caches: dict[tuple[Path, int], BlockCache] = {}
-        self.reads: dict[tuple[Datastore, ReadSettings], Reads] = {}
+        self.reads: dict[tuple[Datastore, MountOptions], Reads] = {}
 
     def call(self, function: object, *args: object) -> object:
         """Await FUNCTION(*ARGS) on the loop and return what it returned."""
         return trio.from_thread.run(function, *args, trio_token=self.token)
 
-    def reads_of(self, datastore: Datastore, settings: ReadSettings) -> Reads:
+    def reads_of(self, datastore: Datastore, settings: MountOptions) -> Reads:
         key = (datastore, settings)
         found = self.reads.get(key)
         if found is not None:
@@ -174,7 +162,7 @@ class _Loop:
             self.reads[key] = found = Reads(self, store, reader)
             return found
 
-    def _reader(self, store: Store, cache: BlockCache, settings: ReadSettings) -> BlockReader:
+    def _reader(self, store: Store, cache: BlockCache, settings: MountOptions) -> BlockReader:
         """On the loop: a reader of STORE, and the probe of its storage, as a mount has."""
         storage = StorageWatch(store.probe)
         reader = BlockReader(
@@ -240,7 +228,7 @@ _loop_lock = threading.Lock()
 _left_behind: list[_Loop] = []  # a parent's loops, in a forked child: never used, never closed
 
 
-def reads(datastore: Datastore, settings: ReadSettings) -> Reads:
+def reads(datastore: Datastore, settings: MountOptions) -> Reads:
     """The reads of DATASTORE with SETTINGS in this process (its loop started if need be)."""
     global _loop
     loop = _loop

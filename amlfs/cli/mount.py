@@ -15,7 +15,6 @@ from amlfs import mounts
 from amlfs.cli.context import app, common_options, json_option
 from amlfs.cli.output import emit_json, human_bytes, table
 from amlfs.credentials import daemon_environment
-from amlfs.errors import UserError
 from amlfs.home import cache_dir as default_cache_dir
 from amlfs.home import default_home, ensure_home, private_folder
 from amlfs.registry.models import Version
@@ -115,15 +114,15 @@ def mount(ctx: click.Context, ref: str, mountpoint: Path, cache_dir: Path | None
             # Blocks found there are served as the version's bytes: only ours will do.
             cache_dir=private_folder(cache_dir or default_cache_dir(home), "cache folder"),
             cache_size=parse_size(options["cache_size"], "--cache-size"),
-            block_size=parse_size(options["block_size"], "--block-size"),
+            block_size=mounts.check_block_size(
+                parse_size(options["block_size"], "--block-size"), "--block-size"
+            ),
             hot_bytes=parse_size(options["memory_cache"], "--memory-cache"),
             fetch_limit=options["fetch_limit"],
             io_timeout=options["io_timeout"],
             allow_other=options["allow_other"],
             metrics_address=checked_metrics_address(options["metrics_address"]),
         )
-        if settings.block_size < 4096 or settings.block_size > 256 * 2**20:
-            raise UserError("--block-size must be between 4KiB and 256MiB")
     if not foreground:
         env = daemon_environment(registry.list_datastores(), version.datastore)
         log_name = f"mount-{path.name}-{version.ref}"
