@@ -11,6 +11,7 @@ can be passed between threads and to forked workers (PyTorch's DataLoader).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -20,12 +21,15 @@ from pathlib import Path
 from typing import IO
 
 from amlfs import mounts
+from amlfs.catalog import open_registry
 from amlfs.credentials import daemon_environment
 from amlfs.errors import UserError
-from amlfs.home import default_home, ensure_home, registry_path
+from amlfs.home import default_home, ensure_home
 from amlfs.registry.models import Version
 from amlfs.registry.prunes import require_data
 from amlfs.registry.store import Registry
+
+log = logging.getLogger(__name__)
 
 MOUNT_OPTIONS = ("cache_dir", *mounts.MOUNT_DEFAULTS)  # `amlfs mount`'s, as keywords
 
@@ -36,7 +40,7 @@ class NotInRun(UserError):
 
 @contextlib.contextmanager
 def opened_registry(home: Path) -> Iterator[Registry]:
-    registry = Registry(registry_path(ensure_home(home)))
+    registry = open_registry(ensure_home(home), offline=log.warning)
     try:
         yield registry
     finally:

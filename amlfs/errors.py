@@ -59,3 +59,7 @@ class StorageUnreachable(StorageError):
 class NotAsStored(StorageError):
     """A conditional overwrite or delete found something other than what amlfs last stored
     at that name: amlfs never replaces or removes a file it did not write."""
+
+
+class NameTaken(AmlfsError):
+    """A create-only write found something at the name already (another writer won it)."""

@@ -31,9 +31,10 @@ from fsspec.spec import AbstractBufferedFile
 
 from amlfs import pinned_reads
 from amlfs.cache.readahead import FolderWalk, SequentialReads, files_ahead
+from amlfs.catalog import open_registry
 from amlfs.errors import NotFound, Pruned, SourceChanged, UserError
 from amlfs.home import cache_dir as default_cache_dir
-from amlfs.home import default_home, private_folder, registry_path
+from amlfs.home import default_home, private_folder
 from amlfs.mounts import MOUNT_DEFAULTS, MountOptions, check_block_size
 from amlfs.reader import PinnedBlob, ReadFailed
 from amlfs.registry import paths
@@ -111,7 +112,7 @@ class AmlfsFileSystem(AbstractFileSystem):
         thread, nor after a fork (where it is dropped unused, not closed)."""
         local = self._local
         if getattr(local, "pid", None) != os.getpid():
-            local.registry = Registry(registry_path(self.home))
+            local.registry = open_registry(self.home, offline=log.warning)
             local.pid = os.getpid()
         return local.registry
 

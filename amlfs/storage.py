@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urlsplit
 
-from amlfs.errors import NotAsStored, SourceChanged, StorageError, StorageUnreachable, UserError
+from amlfs.errors import (
+    NameTaken,
+    NotAsStored,
+    SourceChanged,
+    StorageError,
+    StorageUnreachable,
+    UserError,
+)
 from amlfs.home import caller_umask
 from amlfs.localfs import copy_prefix, fsync_folder
 from amlfs.registry import paths, pins
@@ -65,6 +72,7 @@ COPY_BUFFER = 4 * 2**20
 # etag (an http server's folder index gives names only; one that sends no ETag has each
 # file read whole). Each holds one HASH_CHUNK in memory.
 PIN_WORKERS = 8
+FETCH_CONCURRENCY = 32  # small documents read at once (the catalog's)
 HASH_CHUNK = 2**20
 STREAM_PIECE = 8 * 2**20  # a piece of stream_pinned off Azure (obstore's pieces on it)
 WEB_PROTOCOLS = frozenset({"http", "https"})
@@ -410,6 +418,104 @@ class Store:
         with self._errors(f"read {relative}"):
             return self.fs.cat_file(self.full_path(relative), start, end)
 
+    # -- small documents written conditionally (the catalog, amlfs.catalog) -----------
+
+    @property
+    def conditional(self) -> bool:
+        """Whether this store can create a name only if it is free and replace it only if
+        it holds a given etag, atomically: Azure (If-None-Match, If-Match) and local
+        folders (a hard link, which fails on a taken name; a lock file per folder)."""
+        return self.azure or self.local
+
+    def create(self, relative: str, data: bytes) -> str:
+        """Store DATA at RELATIVE only if nothing is there, in one atomic step: the new
+        etag, or NameTaken. Readers see all of DATA or nothing."""
+        full = self.full_path(relative)
+        with self._errors(f"create {relative}"):
+            if self.azure:
+                return _run(self.fs, _azure_put, full, data, None)
+            self._local_only()
+            folder = os.path.dirname(full)
+            _make_folders(folder, 0o777 & ~caller_umask())
+            partial = _local_partial(folder, data)
+            try:
+                os.link(partial, full)  # fails if the name is taken, whoever took it
+            except FileExistsError:
+                raise NameTaken(f"{relative} exists already") from None
+            finally:
+                os.unlink(partial)
+            fsync_folder(folder)
+            return _local_etag(os.stat(full))
+
+    def replace(self, relative: str, data: bytes, if_match: str) -> str:
+        """Store DATA at RELATIVE only if it holds IF_MATCH now (compare and swap): the new
+        etag, or NotAsStored when another writer changed it first."""
+        full = self.full_path(relative)
+        with self._errors(f"replace {relative}"):
+            if self.azure:
+                return _run(self.fs, _azure_put, full, data, if_match)
+            self._local_only()
+            folder = os.path.dirname(full)
+            with _folder_lock(folder):
+                if self._etag_of(full) != if_match:
+                    raise NotAsStored(f"{relative} changed since it was read")
+                partial = _local_partial(folder, data)
+                os.replace(partial, full)
+                fsync_folder(folder)
+                return _local_etag(os.stat(full))
+
+    def fetch(self, relative: str) -> tuple[bytes, str] | None:
+        """The whole file at RELATIVE and the etag of exactly those bytes, or None."""
+        full = self.full_path(relative)
+        with self._errors(f"read {relative}"):
+            if self.azure:
+                return _run(self.fs, _azure_fetch, full)
+            self._local_only()
+            try:
+                with open(full, "rb") as f:
+                    return f.read(), _local_etag(os.fstat(f.fileno()))
+            except FileNotFoundError:
+                return None
+
+    def fetch_many(self, relatives: list[str]) -> dict[str, tuple[bytes, str]]:
+        """fetch() of each of RELATIVES, FETCH_CONCURRENCY at a time on Azure: the found
+        ones by name."""
+        if not relatives:
+            return {}
+        with self._errors(f"read {relatives[0]} and {len(relatives) - 1} more"):
+            if self.azure:
+                full = [self.full_path(relative) for relative in relatives]
+                found = _run(self.fs, _azure_fetch_many, full)
+                return {r: got for r, got in zip(relatives, found, strict=True) if got}
+        return {r: got for r in relatives if (got := self.fetch(r)) is not None}
+
+    def list_etags(self, prefix: str) -> dict[str, str]:
+        """Every file below folder PREFIX, as its path relative to PREFIX -> its etag, from
+        listings alone (5,000 names a request on Azure). amlfs's own temporary and lock
+        files are left out."""
+        full = self.full_path(prefix)
+        with self._errors(f"list {prefix or '/'}"):
+            if self.azure:
+                found = _run(self.fs, _azure_list_etags, full)
+            else:
+                self._local_only()
+                found = {}
+                for folder, _subfolders, names in os.walk(full):
+                    for name in names:
+                        if name.startswith(LOCAL_PRIVATE):
+                            continue
+                        path = os.path.join(folder, name)
+                        with contextlib.suppress(FileNotFoundError):
+                            found[os.path.relpath(path, full)] = _local_etag(os.stat(path))
+        return found
+
+    def _local_only(self) -> None:
+        if not self.local:
+            raise UserError(
+                f"datastore {self.datastore.name!r} ({protocol_of(self.datastore.url)}) cannot"
+                " be written conditionally: use an Azure or a local-folder datastore"
+            )
+
     @property
     def local(self) -> bool:
         return protocol_of(self.datastore.url) == "file"
@@ -517,7 +623,7 @@ class Store:
         """Turn any storage failure into a StorageError with the secrets scrubbed out."""
         try:
             yield
-        except (UserError, StorageError, SourceChanged):
+        except (UserError, StorageError, SourceChanged, NameTaken):
             raise
         except FileNotFoundError:
             raise SourceChanged(f"{what}: the file is gone from the datastore") from None
@@ -526,6 +632,8 @@ class Store:
         except Exception as exc:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             detail = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+            if getattr(exc, "status_code", None) == 403:  # the store answered: not allowed
+                detail = f"access denied (these credentials do not allow it): {detail}"
             reason = unreachable(exc)
             if reason is not None:
                 raise StorageUnreachable(self._scrub(
@@ -600,6 +708,64 @@ async def _azure_upload(
             ) from None
     fs.invalidate_cache()
     return str(result["etag"]), result["last_modified"]
+
+
+async def _azure_put(fs: fsspec.AbstractFileSystem, full: str, data: bytes,
+                     if_match: str | None) -> str:  # fmt: skip
+    """DATA to the blob FULL: only if it does not exist (IF_MATCH None: If-None-Match: *),
+    else only if it has IF_MATCH. One Put Blob, committed at once."""
+    from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+
+    container, blob, _ = fs.split_path(full)
+    if if_match is None:
+        condition = {"overwrite": False}
+    else:
+        condition = {"overwrite": True, "etag": if_match,
+                     "match_condition": MatchConditions.IfNotModified}  # fmt: skip
+    async with fs.service_client.get_blob_client(container, blob) as client:
+        try:
+            result = await client.upload_blob(data, length=len(data), **condition)
+        except ResourceExistsError:
+            raise NameTaken(f"{full} exists already") from None
+        except ResourceModifiedError:
+            raise NotAsStored(f"{full} changed since it was read") from None
+    return str(result["etag"])
+
+
+async def _azure_fetch(fs: fsspec.AbstractFileSystem, full: str) -> tuple[bytes, str] | None:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    container, blob, _ = fs.split_path(full)
+    async with fs.service_client.get_blob_client(container, blob) as client:
+        try:
+            stream = await client.download_blob()
+            return await stream.readall(), str(stream.properties.etag)
+        except ResourceNotFoundError:
+            return None
+
+
+async def _azure_fetch_many(
+    fs: fsspec.AbstractFileSystem, fulls: list[str]
+) -> list[tuple[bytes, str] | None]:
+    import asyncio
+
+    limit = asyncio.Semaphore(FETCH_CONCURRENCY)
+
+    async def one(full: str) -> tuple[bytes, str] | None:
+        async with limit:
+            return await _azure_fetch(fs, full)
+
+    return await asyncio.gather(*(one(full) for full in fulls))
+
+
+async def _azure_list_etags(fs: fsspec.AbstractFileSystem, full: str) -> dict[str, str]:
+    container, _, prefix = full.partition("/")
+    prefix = f"{prefix}/" if prefix else ""
+    client = fs.service_client.get_container_client(container)
+    # A listing gives etags without the quotes that a read's and a write's carry.
+    return {blob.name[len(prefix):]: f'"{str(blob.etag).strip(chr(34))}"'
+            async for blob in client.list_blobs(name_starts_with=prefix or None)}  # fmt: skip
 
 
 async def _azure_delete(fs: fsspec.AbstractFileSystem, full: str, if_match: str | None) -> bool:
@@ -716,6 +882,44 @@ def _local_put(source: BinaryIO, length: int, full: str, check: Callable[[], Non
         with contextlib.suppress(FileNotFoundError):
             os.unlink(partial)
         raise
+
+
+LOCAL_PRIVATE = ".amlfs-"  # names of amlfs's temporary and lock files in a local folder
+
+
+def _local_etag(st: os.stat_result) -> str:
+    """A local file's etag from its stat: the token _etag makes of fsspec's info."""
+    return _etag({"mtime": st.st_mtime, "size": st.st_size})
+
+
+def _local_partial(folder: str, data: bytes) -> str:
+    """DATA in a new file of its own in FOLDER, synced: its name (the caller moves it)."""
+    fd, partial = tempfile.mkstemp(dir=folder, prefix=LOCAL_PRIVATE, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), 0o666 & ~caller_umask())
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
+        raise
+    return partial
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: str) -> Iterator[None]:
+    """An exclusive lock over the files of FOLDER, held by processes of any machine that
+    shares it (flock on a lock file there: local and NFSv4 folders)."""
+    import fcntl
+
+    fd = os.open(os.path.join(folder, f"{LOCAL_PRIVATE}lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 async def _next_page(fs: fsspec.AbstractFileSystem, pages: object) -> list[dict] | None:

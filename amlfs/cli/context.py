@@ -10,6 +10,7 @@ from typing import TypeVar
 import click
 
 from amlfs import home as amlfs_home
+from amlfs.catalog import open_registry
 from amlfs.errors import UserError
 from amlfs.registry.store import Registry
 from amlfs.warm import WarmDaemon
@@ -24,13 +25,16 @@ class AppContext:
     # a script): a command may then fork it into a daemon.
     own_process: bool = False
     warm: WarmDaemon | None = None  # a mount's daemon started ahead (amlfs.warm), if any
+    # Said on stderr once the command has succeeded (a failure's one line stands alone).
+    warnings: list[str] = field(default_factory=list)
     _registry: Registry | None = field(default=None, repr=False)
 
     def registry(self) -> Registry:
-        """The registry of the state folder, opened (and created) on first use."""
+        """The registry of the state folder, opened (and created) on first use, and
+        caught up with its catalog if it is attached to one (amlfs.catalog)."""
         if self._registry is None:
-            path = amlfs_home.registry_path(self.home or amlfs_home.default_home())
-            self._registry = Registry(path)
+            home = self.home or amlfs_home.default_home()
+            self._registry = open_registry(home, offline=self.warnings.append)
             click.get_current_context().call_on_close(self.close_registry)
         return self._registry
 

@@ -23,6 +23,7 @@ log = logging.getLogger("amlfs")
 COMMANDS = {
     "apply": "amlfs.cli.apply:apply_command",
     "cache": "amlfs.cli.cache:cache",
+    "catalog": "amlfs.cli.catalog:catalog",
     "daemon": "amlfs.cli.service:daemon",
     "dataset": "amlfs.cli.dataset:dataset",
     "datastore": "amlfs.cli.datastore:datastore",
@@ -111,6 +112,8 @@ def _run(argv: list[str], context: AppContext, debug: bool) -> int:
         if not debug:
             message += " (run with --debug for details)"
         return _fail(message, EXIT_RUNTIME, debug)
+    for warning in context.warnings:
+        click.echo(f"amlfs: warning: {' '.join(warning.split())}", err=True)
     return code if isinstance(code, int) else 0
 
 

@@ -1,5 +1,5 @@
 """Versions made from another version's files: which parent, which operation, with which
-parameters. Recorded in the transaction that registers the derived version."""
+parameters. Recorded with the derived version itself (NewVersion.derived_from)."""
 
 from __future__ import annotations
 
@@ -43,15 +43,6 @@ class Derivations:
     def __init__(self, registry: Registry):
         self.registry = registry
         self._conn = registry.connection
-
-    def record(self, version: Version, parent: Version, operation: str, parameters: dict) -> None:
-        """Call inside the transaction that registered VERSION."""
-        assert self._conn.in_transaction, "a derivation is recorded with its version"
-        self._conn.execute(
-            "INSERT INTO derivations (version_id, parent_version_id, operation, parameters)"
-            " VALUES (?, ?, ?, ?)",
-            (version.id, parent.id, operation, json.dumps(parameters)),
-        )
 
     def of(self, version: Version) -> Derivation | None:
         """How VERSION was derived, or None if it was not (registered from storage)."""

@@ -102,3 +102,15 @@ class NewVersion:
     files: list[PinnedFile]
     description: str = ""
     tags: dict[str, str] = field(default_factory=dict)
+    # Made from another version's files (subsets): recorded with the version, as one.
+    derived_from: DerivedFrom | None = None
+
+
+@dataclass(frozen=True)
+class DerivedFrom:
+    """How a new version is made from PARENT: OPERATION (sample, split, filter) given
+    PARAMETERS (see registry/derivations.py)."""
+
+    parent: Version
+    operation: str
+    parameters: dict

@@ -75,6 +75,7 @@ class PipelineLog:
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (run.id, run.name, run.file, run.started_at, run.host, run.pid, run.user),
             )
+            self.registry.changed("pipeline", run.id)
 
     def put_step(self, pipeline_run: str, record: StepRecord) -> None:
         """Record STEP as decided now, or update it (its status, run id, exit code)."""
@@ -94,6 +95,7 @@ class PipelineLog:
                  record.run_id, record.exit_code, record.reason, record.reuse_key, parts,
                  json.dumps(sorted(record.derived_outputs))),
             )  # fmt: skip
+            self.registry.changed("pipeline", pipeline_run)
 
     def finish(self, run_id: str, ended_at: str, exit_code: int) -> None:
         with self.registry.transaction():
@@ -101,6 +103,7 @@ class PipelineLog:
                 "UPDATE pipeline_runs SET ended_at = ?, exit_code = ? WHERE id = ?",
                 (ended_at, exit_code, run_id),
             )
+            self.registry.changed("pipeline", run_id)
 
     def get(self, run_id: str) -> PipelineRun:
         row = self._conn.execute(f"SELECT {_COLUMNS} FROM pipeline_runs WHERE id = ?",

@@ -159,6 +159,8 @@ class Prunes:
                 " ON CONFLICT (version_id) DO NOTHING",
                 [(version_id, at) for version_id in version_ids],
             )
+            for version_id in version_ids:
+                self.registry.changed("prune", version_id)
 
     def deleted(self, version_id: int, at: str) -> None:
         """Every file of the version is deleted (or was not as pinned any more)."""
@@ -167,6 +169,7 @@ class Prunes:
                 "UPDATE prunes SET deleted_at = ? WHERE version_id = ? AND deleted_at IS NULL",
                 (at, version_id),
             )
+            self.registry.changed("prune", version_id)
 
     def unfinished(self) -> list[Version]:
         """Versions marked by a prune that did not finish deleting their data."""

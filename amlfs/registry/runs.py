@@ -97,6 +97,7 @@ class RunLog:
                 " VALUES (?, ?, ?, ?, ?)",
                 [(run.id, o.name, o.location, o.mode, o.register) for o in run.outputs],
             )
+            self.registry.changed("run", run.id)
 
     def register_output(self, run_id: str, output: str, new: NewVersion) -> Version:
         """Register NEW as the version OUTPUT of RUN_ID produced, in one transaction."""
@@ -106,6 +107,7 @@ class RunLog:
                 "UPDATE run_outputs SET version_id = ? WHERE run_id = ? AND name = ?",
                 (version.id, run_id, output),
             )
+            self.registry.changed("run", run_id)
         return version
 
     def finish(self, run_id: str, ended_at: str, exit_code: int | None, error: str | None) -> None:
@@ -114,6 +116,7 @@ class RunLog:
                 "UPDATE runs SET ended_at = ?, exit_code = ?, error = ? WHERE id = ?",
                 (ended_at, exit_code, error, run_id),
             )
+            self.registry.changed("run", run_id)
 
     def get(self, run_id: str) -> Run:
         row = self._conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?",
@@ -187,6 +190,8 @@ class RunLog:
                     (run_id, ended_before),
                 )
                 deleted += cursor.rowcount
+                if cursor.rowcount:
+                    self.registry.changed("run", run_id)
         return deleted
 
     def _run(self, row: tuple) -> Run:

@@ -196,7 +196,26 @@ CREATE TABLE prunes (
 );
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6]
+# Version 6 -> 7: the team catalog this registry is shared through (amlfs/catalog).
+_V7 = """
+-- Where this registry is shared, if it is: objects below DATASTORE:PATH (docs/registry.md).
+CREATE TABLE catalog (
+    id           INTEGER PRIMARY KEY CHECK (id = 1),  -- one catalog at most
+    datastore    TEXT NOT NULL,
+    path         TEXT NOT NULL,
+    attached_at  TEXT NOT NULL,
+    refreshed_at TEXT             -- when this registry last caught up with the catalog whole
+);
+
+-- Each catalog object as this registry last read or wrote it: a refresh reads only the
+-- objects whose etag in a listing differs, and a change is written only over this etag.
+CREATE TABLE catalog_objects (
+    key  TEXT PRIMARY KEY,        -- the object's name below the catalog's path
+    etag TEXT NOT NULL
+);
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

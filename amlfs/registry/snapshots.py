@@ -73,6 +73,7 @@ class Snapshots:
                 f"INSERT INTO snapshots ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                 (version.id, name, now(), json.dumps(profile), copy_id, copy_location),
             )
+            self.registry.changed("snapshot", version.id, name)
         return self.get(version, name)
 
     def exists(self, version: Version, name: str) -> bool:
@@ -124,6 +125,7 @@ class Snapshots:
         deleted, and its copy's version row without entries: run_inputs may name that
         version, and lineage still shows such a run's input as NAME:VERSION@SNAP."""
         with self.registry.transaction():
+            self.registry.changed("snapshot", snapshot.version.id, snapshot.name)
             if snapshot.copy is None:
                 self._conn.execute(
                     "DELETE FROM snapshots WHERE version_id = ? AND name = ?"

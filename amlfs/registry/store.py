@@ -16,6 +16,7 @@ from amlfs.errors import Conflict, NotFound, UserError
 from amlfs.registry import paths
 from amlfs.registry.models import Datastore, Entry, NewVersion, PinnedFile, Version
 from amlfs.registry.schema import SCHEMA_VERSION, migrate
+from amlfs.registry.shared import Change, Shared
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,35 @@ class Registry:
         self._conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
         self._conn.execute("PRAGMA foreign_keys = ON")
         self._conn.execute("PRAGMA journal_mode = WAL")
+        self.shared: Shared | None = None  # the catalog's side, when attached to one
+        self._changes: list[Change] = []
         if self._conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
             with self.transaction():
                 migrate(self._conn)
+
+    @property
+    def attached(self) -> bool:
+        """Whether this registry is shared through a catalog (amlfs.catalog)."""
+        return self._conn.execute("SELECT 1 FROM catalog").fetchone() is not None
+
+    def changed(self, kind: str, *key: object) -> None:
+        """Note, inside a write transaction, that record KEY of KIND changed: it is
+        published to the catalog, if there is one, before the transaction commits."""
+        assert self._conn.in_transaction, "changes are noted inside the transaction"
+        self._changes.append(Change(kind, key))
+
+    def _shared(self) -> Shared | None:
+        """The catalog to write through, or None when the registry is not attached. An
+        attached registry opened without its catalog refuses to write (the catalog
+        would miss the change)."""
+        if not self.attached:
+            return None
+        if self.shared is None:
+            raise UserError(
+                f"{self.path} is attached to a catalog, but was opened without it:"
+                " open it with amlfs.catalog.open_registry"
+            )
+        return self.shared
 
     def close(self) -> None:
         self._conn.close()
@@ -101,11 +128,16 @@ class Registry:
             yield
             return
         self._conn.execute("BEGIN IMMEDIATE")
+        self._changes = []
         try:
             yield
+            if self._changes and (shared := self._shared()) is not None:
+                shared.publish(self, self._changes)  # before COMMIT: all, or nothing here
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
+        finally:
+            self._changes = []
         self._conn.execute("COMMIT")
 
     # -- datastores ---------------------------------------------------------------
@@ -121,6 +153,7 @@ class Registry:
                 " created_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (ds.name, ds.url, ds.credential, ds.credential_env, ds.account_name, created),
             )
+            self.changed("datastore", ds.name)
         return self.get_datastore(ds.name)
 
     def put_datastore(self, ds: Datastore) -> str:
@@ -145,6 +178,7 @@ class Registry:
                 " WHERE name = ?",
                 (*wanted, ds.name),
             )
+            self.changed("datastore", ds.name)
             return "updated"
 
     def get_datastore(self, name: str) -> Datastore:
@@ -174,6 +208,7 @@ class Registry:
                     "versions are permanent, so it cannot be removed"
                 )
             self._conn.execute("DELETE FROM datastores WHERE id = ?", (row[0],))
+            self.changed("datastore", name)
 
     def _datastore_row(self, name: str) -> tuple | None:
         return self._conn.execute(
@@ -206,25 +241,49 @@ class Registry:
 
     def _register(self, new: NewVersion, digest: str) -> Version:
         with self.transaction():
-            datastore_id = self._datastore_id(new.datastore)
+            self._datastore_id(new.datastore)  # NotFound before anything is claimed
             dataset_id = self._dataset_id(new.dataset, create=True)
             (number,) = self._conn.execute(
                 "SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE dataset_id = ?",
                 (dataset_id,),
             ).fetchone()
-            cursor = self._conn.execute(
-                "INSERT INTO versions (dataset_id, version, datastore_id, root, sources,"
-                " description, tags, file_count, total_bytes, manifest_sha256, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    dataset_id, number, datastore_id, new.root, json.dumps(new.sources),
-                    new.description, json.dumps(new.tags, sort_keys=True), len(new.files),
-                    sum(f.size for f in new.files), digest, now(),
-                ),
-            )  # fmt: skip
-            self._insert_tree(cursor.lastrowid, new.files)
+            created_at = now()
+            if (shared := self._shared()) is not None:
+                number = shared.claim_version(self, new, digest, created_at, number)
+            version_id = self.store_version(new, number, digest, created_at)
         log.info("registered %s:%d (%d files)", new.dataset, number, len(new.files))
-        return self.stored_version(cursor.lastrowid)
+        return self.stored_version(version_id)
+
+    def store_version(self, new: NewVersion, number: int, digest: str, created_at: str, *,
+                      forgotten: tuple[int, int] | None = None) -> int:  # fmt: skip
+        """Insert NEW as version NUMBER of its dataset, with its derivation, and return its
+        row id: for _register, and for a version read from the catalog. FORGOTTEN: the
+        version's files were forgotten (a deleted snapshot's copy) and these were its file
+        count and bytes; its row stays."""
+        assert self._conn.in_transaction, "a version is inserted whole, in one transaction"
+        datastore_id = self._datastore_id(new.datastore)
+        dataset_id = self._dataset_id(new.dataset, create=True)
+        totals = forgotten or (len(new.files), sum(f.size for f in new.files))
+        cursor = self._conn.execute(
+            "INSERT INTO versions (dataset_id, version, datastore_id, root, sources,"
+            " description, tags, file_count, total_bytes, manifest_sha256, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                dataset_id, number, datastore_id, new.root, json.dumps(new.sources),
+                new.description, json.dumps(new.tags, sort_keys=True), *totals, digest,
+                created_at,
+            ),
+        )  # fmt: skip
+        version_id = cursor.lastrowid
+        if forgotten is None:
+            self._insert_tree(version_id, new.files)
+        if (made := new.derived_from) is not None:
+            self._conn.execute(
+                "INSERT INTO derivations (version_id, parent_version_id, operation, parameters)"
+                " VALUES (?, ?, ?, ?)",
+                (version_id, made.parent.id, made.operation, json.dumps(made.parameters)),
+            )
+        return version_id
 
     def _insert_tree(self, version_id: int, files: list[PinnedFile]) -> None:
         """Insert the root, the folders and the files, parents before children and

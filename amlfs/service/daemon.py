@@ -28,6 +28,7 @@ from cysystemd.daemon import Notification
 from cysystemd.daemon import notify as sd_notify
 
 from amlfs import mounts
+from amlfs.catalog import open_registry
 from amlfs.credentials import daemon_environment
 from amlfs.errors import AmlfsError, UserError
 from amlfs.home import registry_path
@@ -71,7 +72,7 @@ class Service:
 
     def read(self) -> tuple[list[Declared], list[Rejected]]:
         """The file as it is now, against the registry as it is now (from any thread)."""
-        with Registry(registry_path(self.home)) as registry:
+        with open_registry(self.home, offline=log.warning) as registry:
             return config.read(self.config_path, registry)
 
     async def run(self, declared: list[Declared], rejected: list[Rejected]) -> None:

@@ -14,7 +14,7 @@ from typing import Protocol
 from amlfs.errors import Conflict, UserError
 from amlfs.registry import paths
 from amlfs.registry.derivations import Derivation, Derivations, describe
-from amlfs.registry.models import NewVersion, PinnedFile, Version
+from amlfs.registry.models import DerivedFrom, NewVersion, PinnedFile, Version
 from amlfs.registry.prunes import require_data_now
 from amlfs.registry.store import Registry
 
@@ -84,6 +84,7 @@ def _new_version(
     return NewVersion(
         dataset=name, datastore=parent.datastore, root=parent.root, sources=parent.sources,
         files=kept, description=_describe(parent, selection),
+        derived_from=DerivedFrom(parent, selection.operation, selection.parameters()),
     )  # fmt: skip
 
 
@@ -95,7 +96,6 @@ def _register(
     derivations = Derivations(registry)
     _check_name_is_free(registry, derivations, parent, selection, new.dataset)
     version = registry.register(new)
-    derivations.record(version, parent, selection.operation, selection.parameters())
     log.info("%s: %s", version.ref, new.description)
     return version
 

@@ -1,0 +1,125 @@
+"""The catalog's objects: their names below the catalog's path, and their bytes.
+
+docs/registry.md ("The team catalog") describes the layout for people. Every name is made
+of names amlfs has already checked (datastores, datasets, snapshots: letters, digits,
+'.', '_', '-'; run ids), so no object name can leave its folder. Numbers are zero-padded
+to ten digits, so that a listing, which is in name order, is in version order.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from typing import NamedTuple
+
+from amlfs.errors import UserError
+
+FORMAT = 1
+MARKER = "amlfs-catalog.json"  # says "this folder is an amlfs catalog, format N"
+
+DATASTORES = "datastores"
+VERSIONS = "versions"
+SNAPSHOTS = "snapshots"
+PRUNES = "prunes"
+RUNS = "runs"
+PIPELINES = "pipeline-runs"
+
+# The order documents are applied in: each may name records of the kinds before it.
+KINDS = (DATASTORES, VERSIONS, PRUNES, SNAPSHOTS, RUNS, PIPELINES)
+
+_NAME = r"[^/]+"
+_NUMBER = r"\d{10}"
+_PATTERNS = {
+    DATASTORES: re.compile(rf"{DATASTORES}/(?P<name>{_NAME})\.json"),
+    VERSIONS: re.compile(rf"{VERSIONS}/(?P<dataset>{_NAME})/(?P<number>{_NUMBER})\.json\.gz"),
+    SNAPSHOTS: re.compile(
+        rf"{SNAPSHOTS}/(?P<dataset>{_NAME})/(?P<number>{_NUMBER})/(?P<name>{_NAME})\.json"
+    ),
+    PRUNES: re.compile(rf"{PRUNES}/(?P<dataset>{_NAME})/(?P<number>{_NUMBER})\.json"),
+    RUNS: re.compile(rf"{RUNS}/(?P<id>{_NAME})\.json"),
+    PIPELINES: re.compile(rf"{PIPELINES}/(?P<id>{_NAME})\.json"),
+}
+
+
+class Key(NamedTuple):
+    """A catalog object's name, parsed: its KIND and the name's parts."""
+
+    kind: str
+    parts: dict[str, str]
+
+
+def parse(key: str) -> Key | None:
+    """What KEY names, or None for a name that is no catalog object (ignored)."""
+    for kind, pattern in _PATTERNS.items():
+        if match := pattern.fullmatch(key):
+            return Key(kind, match.groupdict())
+    return None
+
+
+def datastore_key(name: str) -> str:
+    return f"{DATASTORES}/{name}.json"
+
+
+def versions_folder(dataset: str) -> str:
+    return f"{VERSIONS}/{dataset}"
+
+
+def version_key(dataset: str, number: int) -> str:
+    return f"{versions_folder(dataset)}/{number:010d}.json.gz"
+
+
+def version_number(key: str) -> int:
+    """The number of a version object's name (as listed in versions_folder)."""
+    return int(key.rpartition("/")[2].partition(".")[0])
+
+
+def snapshot_key(dataset: str, number: int, name: str) -> str:
+    return f"{SNAPSHOTS}/{dataset}/{number:010d}/{name}.json"
+
+
+def prune_key(dataset: str, number: int) -> str:
+    return f"{PRUNES}/{dataset}/{number:010d}.json"
+
+
+def run_key(run_id: str) -> str:
+    return f"{RUNS}/{run_id}.json"
+
+
+def pipeline_key(pipeline_run_id: str) -> str:
+    return f"{PIPELINES}/{pipeline_run_id}.json"
+
+
+def encode(key: str, document: dict) -> bytes:
+    """A document's bytes: JSON; gzip-compressed for versions (a manifest of a million
+    files is about 150 MB as JSON and a tenth of that compressed)."""
+    data = json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+    return gzip.compress(data, compresslevel=6, mtime=0) if key.endswith(".gz") else data
+
+
+def decode(key: str, data: bytes) -> dict:
+    """The document of catalog object KEY; a UserError naming it when it is damaged."""
+    try:
+        text = gzip.decompress(data) if key.endswith(".gz") else data
+        document = json.loads(text)
+    except (OSError, EOFError, ValueError) as exc:
+        raise UserError(f"catalog object {key} is damaged: {exc}") from None
+    if not isinstance(document, dict):
+        raise UserError(f"catalog object {key} is damaged: not a JSON object")
+    return document
+
+
+def marker() -> bytes:
+    return json.dumps({"amlfs-catalog": FORMAT}).encode()
+
+
+def check_marker(data: bytes, where: str) -> None:
+    """Refuse a folder that holds something else than a catalog this amlfs can read."""
+    try:
+        found = json.loads(data).get("amlfs-catalog")
+    except (ValueError, AttributeError):
+        found = None
+    if not isinstance(found, int):
+        raise UserError(f"{where}/{MARKER} is not an amlfs catalog marker")
+    if found > FORMAT:
+        raise UserError(f"the catalog at {where} has format {found}; this amlfs reads {FORMAT}")

@@ -1,0 +1,349 @@
+"""The team catalog: several state folders, each standing for a machine, share one
+registry through objects in the emulator, with no server."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import adlfs
+import pytest
+from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+from tests.conftest import CONNECTION_ENV, Cli, Container, require
+from tests.support.azurite import ACCOUNT, ACCOUNT_KEY, Azurite
+from tests.support.mounts import Mounts
+from tests.support.sample import FILES, OPTIONS
+
+CATALOG = "team:catalog"
+
+
+@dataclass
+class Team:
+    """A container with the sample files below data/, and machines that share it."""
+
+    container: Container
+    tmp: Path
+
+    def machine(self, name: str, *, attach: bool = True, env_var: str = CONNECTION_ENV) -> Cli:
+        cli = Cli(self.tmp / name)
+        cli.ok("datastore", "add", "team", self.container.url, "--connection-string-env", env_var)
+        if attach:
+            cli.ok("catalog", "attach", CATALOG)
+        return cli
+
+    def objects(self) -> dict[str, bytes]:
+        """Every catalog object, by its name below the catalog, decompressed."""
+        fs, root = self.container.fs, f"{self.container.name}/catalog/"
+        found = {}
+        for path in fs.find(root):
+            data = fs.cat_file(path)
+            found[path[len(root) :]] = gzip.decompress(data) if path.endswith(".gz") else data
+        return found
+
+
+@pytest.fixture
+def team(container: Container, tmp_path: Path) -> Team:
+    container.put({f"data/{path}": data for path, data in FILES.items()})
+    container.put({"other/x.txt": b"other data\n"})
+    return Team(container, tmp_path)
+
+
+@pytest.fixture
+def mounts_of(tmp_path: Path) -> Iterator[Callable[[Cli], Mounts]]:
+    """Real mounts made by a given machine's `amlfs mount`; all unmounted at the end."""
+    require(os.path.exists("/dev/fuse"), "/dev/fuse is missing")
+    require(shutil.which("fusermount3") is not None, "fusermount3 is missing (apt: fuse3)")
+    made: list[Mounts] = []
+
+    def make(cli: Cli) -> Mounts:
+        folder = tmp_path / f"mounts-{cli.home.name}"
+        folder.mkdir()
+        made.append(Mounts(cli, folder))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for helper in made:
+            helper.cleanup()
+
+
+def register(cli: Cli, name: str, path: str = "data") -> str:
+    return cli.ok("dataset", "register", name, "--datastore", "team", "--path", path).last_line
+
+
+def as_json(cli: Cli, *args: str) -> object:
+    return json.loads(cli.ok(*args, "--json").out)
+
+
+def test_a_version_registered_on_one_machine_mounts_with_its_bytes_on_another(
+    team: Team, tmp_path: Path, mounts_of: Callable[[Cli], Mounts]
+) -> None:
+    first, second = team.machine("first"), team.machine("second")
+    assert register(first, "weather") == "weather:1"
+    assert as_json(second, "dataset", "show", "weather:1") == as_json(
+        first, "dataset", "show", "weather:1"
+    )
+    helper = mounts_of(second)
+    mountpoint = helper.mount("weather:1", *OPTIONS)
+    for path, data in FILES.items():
+        assert (mountpoint / path).read_bytes() == data
+
+
+def test_machines_registering_at_once_get_distinct_consecutive_versions(team: Team) -> None:
+    machines = [team.machine(f"m{i}") for i in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "amlfs", "--home", str(m.home), "dataset", "register",
+             "shared", "--datastore", "team", "--path", "data"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for m in machines
+        for _process in range(3)
+    ]
+    refs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        refs.append(out.strip().splitlines()[-1])
+    assert sorted(int(ref.split(":")[1]) for ref in refs) == list(range(1, 10))
+    for machine in machines:
+        listed = as_json(machine, "dataset", "versions", "shared")
+        assert [v["version"] for v in listed] == list(range(1, 10))
+    objects = team.objects()
+    assert sorted(k for k in objects if k.startswith("versions/shared/")) == [
+        f"versions/shared/{n:010d}.json.gz" for n in range(1, 10)
+    ]
+
+
+def test_runs_and_snapshots_made_at_once_on_several_machines_are_all_recorded(
+    team: Team,
+) -> None:
+    machines = [team.machine(f"m{i}") for i in range(3)]
+    register(machines[0], "weather")
+    procs = []
+    for i, machine in enumerate(machines):
+        base = [sys.executable, "-m", "amlfs", "--home", str(machine.home)]
+        procs.append(subprocess.Popen(
+            [*base, "run", "--input", "raw=weather:1,mode=download",
+             "--output", "out=team:outputs/{run-id},register=results", "--",
+             "sh", "-c", f"cp {{inputs.raw}}/labels.csv {{outputs.out}}/from-{i}.csv"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ))  # fmt: skip
+        procs.append(subprocess.Popen(
+            [*base, "snapshot", "create", "weather:1", "--name", f"snap-{i}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ))  # fmt: skip
+    for proc in procs:
+        _out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+    for machine in machines:
+        assert [v["version"] for v in as_json(machine, "dataset", "versions", "results")] == [
+            1, 2, 3,
+        ]  # fmt: skip
+        runs = as_json(machine, "runs", "list")
+        assert sorted(o["version"] for r in runs for o in r["outputs"]) == [
+            "results:1", "results:2", "results:3",
+        ]  # fmt: skip
+        assert all(r["state"] == "succeeded" for r in runs)
+        snapshots = as_json(machine, "snapshot", "list", "weather")
+        assert sorted(s["name"] for s in snapshots) == ["snap-0", "snap-1", "snap-2"]
+
+
+def test_a_run_and_its_lineage_recorded_on_one_machine_show_on_another(team: Team) -> None:
+    first, second = team.machine("first"), team.machine("second")
+    register(first, "weather")
+    first.ok(
+        "run", "--input", "raw=weather:1,mode=download",
+        "--output", "out=team:outputs/{run-id},register=weather-clean", "--",
+        "sh", "-c", "cp {inputs.raw}/labels.csv {outputs.out}/clean.csv",
+    )  # fmt: skip
+    assert as_json(second, "lineage", "weather-clean:1") == as_json(
+        first, "lineage", "weather-clean:1"
+    )
+    (run,) = as_json(second, "runs", "list")
+    assert run["inputs"] == [{"name": "raw", "version": "weather:1", "mode": "download"}]
+    assert run["outputs"][0]["version"] == "weather-clean:1"
+    assert as_json(second, "runs", "show", run["id"]) == as_json(first, "runs", "show", run["id"])
+
+
+def test_attach_publishes_a_registry_built_before_and_another_machine_sees_all_of_it(
+    team: Team,
+) -> None:
+    first = team.machine("first", attach=False)
+    register(first, "weather")
+    first.ok("dataset", "sample", "weather:1", "--fraction", "0.5", "--register", "half")
+    first.ok("snapshot", "create", "weather:1", "--name", "frozen",
+             "--copy-to", "team:snapshots/frozen")  # fmt: skip
+    first.ok(
+        "run", "--input", "raw=weather:1@frozen,mode=download", "--",
+        "sh", "-c", "test -f {inputs.raw}/labels.csv",
+    )  # fmt: skip
+    attached = as_json(first, "catalog", "attach", CATALOG)
+    assert attached["created"] is True and attached["published"] >= 6
+
+    second = team.machine("second")
+    for command in (
+        ("dataset", "list"), ("dataset", "versions", "weather"), ("dataset", "show", "half"),
+        ("snapshot", "list"), ("runs", "list"), ("lineage", "weather:1"),
+        ("datastore", "list"),
+    ):  # fmt: skip
+        assert as_json(second, *command) == as_json(first, *command), command
+    files = as_json(second, "dataset", "show", "weather:1@frozen", "--files")
+    assert files == as_json(first, "dataset", "show", "weather:1@frozen", "--files")
+
+
+def test_attach_refuses_a_registry_that_contradicts_the_catalog(team: Team) -> None:
+    first = team.machine("first")
+    register(first, "weather")
+    before = team.objects()
+
+    other = team.machine("other", attach=False)
+    register(other, "weather", "other")  # weather:1 here pins other files
+    result = other("catalog", "attach", CATALOG)
+    assert result.code == 2
+    assert result.err.count("\n") == 1
+    assert "weather:1 pins other files here than in the catalog" in result.err
+    assert "not attached" in other.ok("catalog", "status").out
+    assert team.objects() == before
+
+    elsewhere = Cli(team.tmp / "elsewhere")
+    elsewhere.ok("datastore", "add", "team", f"{team.container.url}/other",
+                 "--connection-string-env", CONNECTION_ENV)  # fmt: skip
+    elsewhere.ok("datastore", "add", "home", team.container.url,
+                 "--connection-string-env", CONNECTION_ENV)  # fmt: skip
+    result = elsewhere("catalog", "attach", "home:catalog")
+    assert result.code == 2
+    assert "datastore 'team' is" in result.err and "in the catalog" in result.err
+
+
+def test_no_secret_is_ever_written_to_the_catalog(team: Team) -> None:
+    sas = _read_only_sas(team.container)
+    os.environ["AMLFS_TEST_READ_ONLY"] = _sas_connection_string(team, sas)
+    try:
+        first = team.machine("first")
+        register(first, "weather")
+        first.ok("datastore", "add", "readers", team.container.url,
+                 "--connection-string-env", "AMLFS_TEST_READ_ONLY")  # fmt: skip
+        first.ok("run", "--input", "raw=weather:1,mode=download", "--",
+                 "sh", "-c", "env > /dev/null")  # fmt: skip
+        objects = team.objects()
+        assert any(k.startswith("datastores/readers") for k in objects)
+        secrets = [ACCOUNT_KEY, sas, sas.split("sig=")[1], os.environ[CONNECTION_ENV]]
+        for key, data in objects.items():
+            text = data.decode()
+            for secret in secrets:
+                assert secret not in text, f"a secret in {key}"
+    finally:
+        del os.environ["AMLFS_TEST_READ_ONLY"]
+
+
+def test_read_only_catalog_credentials_mount_and_download_but_refuse_writes(
+    team: Team, tmp_path: Path, mounts_of: Callable[[Cli], Mounts], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = team.machine("first")
+    register(first, "weather")
+    monkeypatch.setenv("AMLFS_TEST_READ_ONLY", _sas_connection_string(
+        team, _read_only_sas(team.container)))  # fmt: skip
+    reader = team.machine("reader", env_var="AMLFS_TEST_READ_ONLY")
+    assert [v["version"] for v in as_json(reader, "dataset", "versions", "weather")] == [1]
+
+    reader.ok("download", "weather:1", str(tmp_path / "copy"))
+    assert (tmp_path / "copy" / "labels.csv").read_bytes() == FILES["labels.csv"]
+    helper = mounts_of(reader)
+    assert (helper.mount("weather:1", *OPTIONS) / "labels.csv").read_bytes() == FILES["labels.csv"]
+
+    before = team.objects()
+    result = reader("dataset", "register", "weather", "--datastore", "team", "--path", "data")
+    assert result.code == 1
+    assert result.err.count("\n") == 1
+    assert "access denied" in result.err and "catalog" in result.err
+    assert team.objects() == before
+    assert [v["version"] for v in as_json(reader, "dataset", "versions", "weather")] == [1]
+
+
+def _read_only_sas(container: Container) -> str:
+    return generate_container_sas(
+        ACCOUNT, container.name, account_key=ACCOUNT_KEY,
+        permission=ContainerSasPermissions(read=True, list=True),
+        expiry=datetime.now(UTC) + timedelta(hours=2),
+    )  # fmt: skip
+
+
+def _sas_connection_string(team: Team, sas: str) -> str:
+    endpoint = next(part for part in os.environ[CONNECTION_ENV].split(";")
+                    if part.startswith("BlobEndpoint="))  # fmt: skip
+    return f"{endpoint};SharedAccessSignature={sas}"
+
+
+def test_with_the_catalog_down_reads_answer_from_the_last_copy_and_writes_fail_cleanly(
+    own_emulator: Azurite, tmp_path: Path, mounts_of: Callable[[Cli], Mounts]
+) -> None:
+    fs = adlfs.AzureBlobFileSystem(connection_string=own_emulator.connection_string,
+                                   skip_instance_cache=True)  # fmt: skip
+    bucket = f"c{uuid.uuid4().hex[:12]}"
+    fs.mkdir(bucket)
+    files = tmp_path / "files"
+    (files / "data").mkdir(parents=True)
+    for path, data in FILES.items():
+        (files / "data" / path).parent.mkdir(parents=True, exist_ok=True)
+        (files / "data" / path).write_bytes(data)
+
+    def machine(name: str) -> Cli:
+        cli = Cli(tmp_path / name)
+        cli.ok("datastore", "add", "cat", f"az://{bucket}", "--connection-string-env",
+               CONNECTION_ENV)  # fmt: skip
+        cli.ok("datastore", "add", "files", files.as_uri())
+        cli.ok("catalog", "attach", "cat:team")
+        return cli
+
+    first, second = machine("first"), machine("second")
+    first.ok("dataset", "register", "weather", "--datastore", "files", "--path", "data")
+    assert "weather" in second.ok("dataset", "list").out  # second's copy now has it
+
+    own_emulator.stop()
+    listed = second("dataset", "list")
+    assert listed.code == 0 and "weather" in listed.out
+    assert listed.err.startswith("amlfs: warning: the catalog at cat:team cannot be read")
+    assert "answering from this machine's copy" in listed.err
+    helper = mounts_of(second)
+    mountpoint = helper.mount("weather:1", *OPTIONS)
+    assert (mountpoint / "labels.csv").read_bytes() == FILES["labels.csv"]
+    assert "reachable:    no" in second.ok("catalog", "status").out
+
+    failed = second("dataset", "register", "weather", "--datastore", "files", "--path", "data")
+    assert failed.code == 1
+    assert failed.err.startswith("amlfs: error: ") and failed.err.count("\n") == 1
+    assert [v["version"] for v in as_json(second, "dataset", "versions", "weather")] == [1]
+
+    own_emulator.start()
+    assert "reachable:    yes" in second.ok("catalog", "status").out
+    assert register_files(second) == "weather:2"
+    assert [v["version"] for v in as_json(first, "dataset", "versions", "weather")] == [1, 2]
+
+
+def register_files(cli: Cli) -> str:
+    return cli.ok("dataset", "register", "weather", "--datastore", "files", "--path",
+                  "data").last_line  # fmt: skip
+
+
+def test_a_detached_registry_keeps_its_copy_and_stops_sharing(team: Team) -> None:
+    first, second = team.machine("first"), team.machine("second")
+    register(first, "weather")
+    assert "weather" in second.ok("dataset", "list").out
+    assert "detached from team:catalog" in second.ok("catalog", "detach").out
+    assert [v["version"] for v in as_json(second, "dataset", "versions", "weather")] == [1]
+    register(first, "weather")
+    assert [v["version"] for v in as_json(second, "dataset", "versions", "weather")] == [1]
+    assert register(second, "local-only") == "local-only:1"
+    assert not any("local-only" in key for key in team.objects())
