@@ -82,6 +82,12 @@ def register(cli: Cli, name: str, path: str = "data") -> str:
     return cli.ok("dataset", "register", name, "--datastore", "team", "--path", path).last_line
 
 
+def start(cli: Cli, *args: str) -> subprocess.Popen:
+    """`amlfs ARGS` of machine CLI as a process of its own, running."""
+    return subprocess.Popen([sys.executable, "-m", "amlfs", "--home", str(cli.home), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
 def as_json(cli: Cli, *args: str) -> object:
     return json.loads(cli.ok(*args, "--json").out)
 
@@ -102,15 +108,8 @@ def test_a_version_registered_on_one_machine_mounts_with_its_bytes_on_another(
 
 def test_machines_registering_at_once_get_distinct_consecutive_versions(team: Team) -> None:
     machines = [team.machine(f"m{i}") for i in range(3)]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "amlfs", "--home", str(m.home), "dataset", "register",
-             "shared", "--datastore", "team", "--path", "data"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for m in machines
-        for _process in range(3)
-    ]
+    command = ["dataset", "register", "shared", "--datastore", "team", "--path", "data"]
+    procs = [start(m, *command) for m in machines for _process in range(3)]
     refs = []
     for proc in procs:
         out, err = proc.communicate(timeout=120)
