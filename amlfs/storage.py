@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     import fsspec
     from typing_extensions import Buffer
 
-    from amlfs.objects import BlobReads
+    from amlfs.objects import BlobDocuments, BlobReads
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +152,10 @@ class Store:
 
     def __init__(self, ds: Datastore, env: Mapping[str, str] = os.environ, *,
                  reads_only: bool = False):  # fmt: skip
-        """READS_ONLY: the store is used for read_pinned and download_pinned alone (a mount
-        daemon, a download): on Azure the fsspec filesystem, which those do not need, is
-        then made on first use, if ever."""
+        """READS_ONLY: the store is used for read_pinned, download_pinned and the small
+        documents (create, replace, fetch, list_etags) alone (a mount daemon, a download,
+        the catalog): on Azure the fsspec filesystem, which those do not need, is then
+        made on first use, if ever."""
         self.datastore = ds
         self._options, self._secrets = _storage_options(ds, env)
         if self.azure:
@@ -432,6 +433,8 @@ class Store:
         etag, or NameTaken. Readers see all of DATA or nothing."""
         full = self.full_path(relative)
         with self._errors(f"create {relative}"):
+            if self._objects:
+                return self._documents.create(_blob_name(full), data)
             if self.azure:
                 return _run(self.fs, _azure_put, full, data, None)
             self._local_only()
@@ -452,6 +455,8 @@ class Store:
         etag, or NotAsStored when another writer changed it first."""
         full = self.full_path(relative)
         with self._errors(f"replace {relative}"):
+            if self._objects:
+                return self._documents.replace(_blob_name(full), data, if_match)
             if self.azure:
                 return _run(self.fs, _azure_put, full, data, if_match)
             self._local_only()
@@ -468,6 +473,8 @@ class Store:
         """The whole file at RELATIVE and the etag of exactly those bytes, or None."""
         full = self.full_path(relative)
         with self._errors(f"read {relative}"):
+            if self._objects:
+                return self._documents.fetch(_blob_name(full))
             if self.azure:
                 return _run(self.fs, _azure_fetch, full)
             self._local_only()
@@ -483,8 +490,12 @@ class Store:
         if not relatives:
             return {}
         with self._errors(f"read {relatives[0]} and {len(relatives) - 1} more"):
+            full = [self.full_path(relative) for relative in relatives]
+            if self._objects:
+                found = self._documents.fetch_many([_blob_name(f) for f in full],
+                                                   FETCH_CONCURRENCY)  # fmt: skip
+                return {r: got for r, got in zip(relatives, found, strict=True) if got}
             if self.azure:
-                full = [self.full_path(relative) for relative in relatives]
                 found = _run(self.fs, _azure_fetch_many, full)
                 return {r: got for r, got in zip(relatives, found, strict=True) if got}
         return {r: got for r in relatives if (got := self.fetch(r)) is not None}
@@ -495,7 +506,10 @@ class Store:
         files are left out."""
         full = self.full_path(prefix)
         with self._errors(f"list {prefix or '/'}"):
-            if self.azure:
+            if self._objects:
+                blob = _blob_name(full)
+                found = self._documents.list_etags(f"{blob}/" if blob else "")
+            elif self.azure:
                 found = _run(self.fs, _azure_list_etags, full)
             else:
                 self._local_only()
@@ -508,6 +522,10 @@ class Store:
                         with contextlib.suppress(FileNotFoundError):
                             found[os.path.relpath(path, full)] = _local_etag(os.stat(path))
         return found
+
+    @cached_property
+    def _documents(self) -> BlobDocuments:
+        return _blob_documents(self.datastore, self.root, self._options)
 
     def _local_only(self) -> None:
         if not self.local:
@@ -632,7 +650,9 @@ class Store:
         except Exception as exc:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             detail = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-            if getattr(exc, "status_code", None) == 403:  # the store answered: not allowed
+            if getattr(exc, "status_code", None) == 403 or type(exc).__name__ == (
+                "PermissionDeniedError"  # obstore's
+            ):  # the store answered: not allowed
                 detail = f"access denied (these credentials do not allow it): {detail}"
             reason = unreachable(exc)
             if reason is not None:
@@ -980,6 +1000,15 @@ def _blob_reads(ds: Datastore, root: str, options: Mapping[str, object]) -> Blob
     secret = options.get(_ENV_OPTION.get(ds.credential, ""))
     credential = Credential(ds.credential, ds.account_name, secret)  # type: ignore[arg-type]
     return BlobReads(root.partition("/")[0], credential)
+
+
+def _blob_documents(ds: Datastore, root: str, options: Mapping[str, object]) -> BlobDocuments:
+    """The writer of DS's small documents, with the credential OPTIONS hold."""
+    from amlfs.objects import BlobDocuments, Credential
+
+    secret = options.get(_ENV_OPTION.get(ds.credential, ""))
+    credential = Credential(ds.credential, ds.account_name, secret)  # type: ignore[arg-type]
+    return BlobDocuments(root.partition("/")[0], credential)
 
 
 def _tune_azure(fs: fsspec.AbstractFileSystem) -> None:

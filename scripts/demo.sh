@@ -8,7 +8,8 @@
 # renamed over one still uploading; a second mount of it refused), uploads a folder
 # (a link out of it refused), runs a job with
 # `amlfs run` and shows its lineage, runs a two-step pipeline (again, reused; then on new
-# input, rerun) and prunes its intermediates, registers files from a web server that sends no
+# input, rerun) and prunes its intermediates, shares the registry with a second state
+# folder through a team catalog in the datastore, registers files from a web server that sends no
 # ETag (pinned by their MD5), then changes a source file to show that amlfs notices
 # (verify reports it, a diff against a new version names it, the mount refuses its bytes)
 # while a snapshot with a copy, taken before the change, still reads the pinned bytes.
@@ -192,6 +193,20 @@ if step download weather-prep.prep.clean:1 "$demo/pruned"; then
   echo "demo: the download of a pruned version should have been refused" >&2
   exit 1
 fi
+
+# A team catalog: the registry shared through objects in a datastore, with no server.
+# A second state folder stands for a colleague's machine; both see every version, run
+# and lineage, and versions registered at once get distinct numbers (docs/team.md).
+step catalog attach local:catalog
+peer=(env AMLFS_HOME="$demo/peer-state" .venv/bin/amlfs)
+peer() { printf '\n\033[1m$ amlfs %s\033[0m   (on the second machine)\n' "$*"; "${peer[@]}" "$@"; }
+peer datastore add local "file://$demo/store"
+peer catalog attach local:catalog
+peer dataset list
+peer lineage weather-max:2
+peer dataset register weather-week28 --datastore local --path Weather/week28
+step dataset versions weather-week28   # registered on the other machine, seen here
+step catalog status
 
 # Files from a plain web server (no ETag, no ranges) are pinned by their MD5, computed
 # when registered; a mount fetches such a file whole and checks it before serving a byte.

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from amlfs.mounts import mounted_paths
-from bench import diff_scale, fsspec_reads, pipeline_overhead
+from bench import catalog, diff_scale, fsspec_reads, pipeline_overhead
 from bench.cells import FAILED, NOT_YET, OK, Cell
 from bench.pathreads import HINTED
 from bench.plan import CLOUD_READS, HINTED_READS, OPERATIONS, READS, SYSTEM_BY_KEY, SYSTEMS
@@ -208,3 +208,11 @@ def test_the_fsspec_bench_reads_the_same_bytes_every_way(tmp_path: Path) -> None
                for rates in cell.values())  # fmt: skip
     assert "`amlfs://` from the block cache" in fsspec_reads.report(results)
     assert not [p for p in mounted_paths() if p.startswith(str(tmp_path))]
+
+
+def test_the_catalog_bench_times_commands_both_ways_and_catches_up(tmp_path: Path) -> None:
+    args = argparse.Namespace(datasets=4, versions=2, files=3, repeat=1, delay_ms=0)
+    results = catalog.bench(args, tmp_path)  # it checks what each refresh read
+    assert results["median"]["objects"] == 4 * 2 + 3  # versions, marker, datastore, small:1
+    text = catalog.report(results)
+    assert "`amlfs dataset show`" in text and "nothing new" in text

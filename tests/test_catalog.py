@@ -9,9 +9,10 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,10 +20,14 @@ import adlfs
 import pytest
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
+from amlfs.catalog import layout, open_registry
+from amlfs.errors import Conflict, UserError
+from amlfs.registry.snapshots import Snapshots
 from tests.conftest import CONNECTION_ENV, Cli, Container, require
 from tests.support.azurite import ACCOUNT, ACCOUNT_KEY, Azurite
 from tests.support.mounts import Mounts
 from tests.support.sample import FILES, OPTIONS
+from tests.test_pipeline import CHAIN, run_json, steps_of, write
 
 CATALOG = "team:catalog"
 
@@ -195,9 +200,13 @@ def test_attach_publishes_a_registry_built_before_and_another_machine_sees_all_o
     for command in (
         ("dataset", "list"), ("dataset", "versions", "weather"), ("dataset", "show", "half"),
         ("snapshot", "list"), ("runs", "list"), ("lineage", "weather:1"),
-        ("datastore", "list"),
     ):  # fmt: skip
         assert as_json(second, *command) == as_json(first, *command), command
+    # Each machine keeps its own definition of the catalog's datastore (made when it was
+    # added there): the same URL and credential source.
+    assert [{**ds, "created_at": ""} for ds in as_json(second, "datastore", "list")] == [
+        {**ds, "created_at": ""} for ds in as_json(first, "datastore", "list")
+    ]
     files = as_json(second, "dataset", "show", "weather:1@frozen", "--files")
     assert files == as_json(first, "dataset", "show", "weather:1@frozen", "--files")
 
@@ -346,3 +355,82 @@ def test_a_detached_registry_keeps_its_copy_and_stops_sharing(team: Team) -> Non
     assert [v["version"] for v in as_json(second, "dataset", "versions", "weather")] == [1]
     assert register(second, "local-only") == "local-only:1"
     assert not any("local-only" in key for key in team.objects())
+
+
+def test_a_pipeline_and_its_prune_on_one_machine_show_on_another(
+    team: Team, tmp_path: Path
+) -> None:
+    first, second = team.machine("first"), team.machine("second")
+    register(first, "ds")
+    chain = CHAIN.replace("blob:", "team:")
+    steps = steps_of(run_json(first, write(tmp_path / "pipe", chain)))
+    assert as_json(second, "pipeline", "runs") == as_json(first, "pipeline", "runs")
+    (run,) = as_json(second, "pipeline", "runs")
+    assert as_json(second, "pipeline", "show", run["id"]) == as_json(
+        first, "pipeline", "show", run["id"]
+    )
+    time.sleep(1.1)  # --older-than 0: ended before now, to the second
+    first.ok("pipeline", "prune", "--older-than", "0")
+    intermediate = steps["prep"]["outputs"]["clean"]
+    refused = second("download", intermediate, str(tmp_path / "pruned"))
+    assert refused.code == 2 and "was pruned" in refused.err
+    assert as_json(second, "dataset", "show", intermediate)["pruned_at"]
+
+
+def test_a_change_made_elsewhere_meanwhile_is_refused_not_overwritten(team: Team) -> None:
+    first, second = team.machine("first"), team.machine("second")
+    register(first, "weather")
+    second.ok("dataset", "list")
+    with open_registry(second.home, refresh=False) as stale:  # has not seen what follows
+        first.ok("snapshot", "create", "weather:1", "--name", "frozen")
+        version = stale.resolve("weather:1")
+        with pytest.raises(Conflict, match="changed by another machine meanwhile"):
+            Snapshots(stale).record(version, "frozen", {"taken": "here"})
+        assert not Snapshots(stale).exists(version, "frozen")
+    with (
+        open_registry(first.home, refresh=False) as one,
+        open_registry(second.home, refresh=False) as other,
+    ):  # both have seen the datastore as it is now
+        changed = replace(one.get_datastore("team"), credential_env="ONE_CONN")
+        assert one.put_datastore(changed) == "updated"
+        with pytest.raises(Conflict, match=r"datastores/team\.json"):
+            other.put_datastore(replace(changed, credential_env="OTHER_CONN"))
+    assert json.loads(team.objects()["datastores/team.json"])["credential_env"] == "ONE_CONN"
+    assert as_json(second, "snapshot", "show", "weather:1@frozen")["name"] == "frozen"
+
+
+def test_a_document_that_is_not_what_its_name_says_is_left_out_and_named(
+    team: Team, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = team.machine("first"), team.machine("second")
+    register(first, "weather")
+    root = f"{team.container.name}/catalog"
+    good = team.objects()["versions/weather/0000000001.json.gz"]
+    evil = json.loads(good) | {"dataset": "evil"}
+    team.container.fs.pipe({
+        f"{root}/versions/evil/0000000001.json.gz": gzip.compress(
+            json.dumps(json.loads(good) | {"dataset": "evil", "files": [
+                ["../outside.txt", 1, '"x"', None, None]]}).encode()),
+        f"{root}/versions/moved/0000000001.json.gz": gzip.compress(json.dumps(evil).encode()),
+    })  # fmt: skip
+    register(first, "weather")
+    listed = {d["dataset"] for d in as_json(second, "dataset", "list")}
+    assert listed == {"weather"}
+    assert [v["version"] for v in as_json(second, "dataset", "versions", "weather")] == [1, 2]
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "versions/moved/0000000001.json.gz: holds another record's document" in warned
+    assert "'..' component" in warned
+
+
+def test_catalog_names_parse_back_and_documents_round_trip() -> None:
+    assert layout.parse(layout.version_key("weather", 3)) == (
+        "versions", {"dataset": "weather", "number": "0000000003"})  # fmt: skip
+    assert layout.parse(layout.snapshot_key("w", 12, "s")).parts["name"] == "s"
+    assert layout.parse(layout.run_key("20261203-112147-603464")).kind == "runs"
+    assert layout.parse("versions/weather/3.json.gz") is None  # not zero-padded: not ours
+    assert layout.parse("amlfs-catalog.json") is None
+    key = layout.version_key("weather", 1)
+    document = {"dataset": "weather", "version": 1, "files": [["a", 1, '"e"', None, None]]}
+    assert layout.decode(key, layout.encode(key, document)) == document
+    with pytest.raises(UserError, match="is damaged"):
+        layout.decode(key, b"not gzip")

@@ -53,8 +53,14 @@ def _link(registry: Registry) -> CatalogLink | None:
     if place is None:
         return None
     datastore, path, _refreshed = place
-    registry.shared = link = CatalogLink(Store(registry.get_datastore(datastore)), path)
+    registry.shared = link = CatalogLink(_store(registry, datastore), path)
     return link
+
+
+def _store(registry: Registry, datastore: str) -> Store:
+    # Documents only: on Azure through obstore, without importing adlfs and the SDK (half
+    # a second that every command would pay).
+    return Store(registry.get_datastore(datastore), reads_only=True)
 
 
 class Unavailable:
@@ -113,7 +119,7 @@ def attach(home: Path, location: str) -> Attached:
         if place is not None and (place[0], place[1]) != (datastore, path):
             raise UserError(f"this state folder is attached to {place[0]}:{place[1]};"
                             " `amlfs catalog detach` first")  # fmt: skip
-        link = CatalogLink(Store(registry.get_datastore(datastore)), path)
+        link = CatalogLink(_store(registry, datastore), path)
         created = link.ensure_marker()
         listing = link.listing()
         if conflicts := link.conflicts(registry, listing):

@@ -14,6 +14,7 @@ import re
 from typing import NamedTuple
 
 from amlfs.errors import UserError
+from amlfs.registry import paths
 
 FORMAT = 1
 MARKER = "amlfs-catalog.json"  # says "this folder is an amlfs catalog, format N"
@@ -55,6 +56,30 @@ def parse(key: str) -> Key | None:
         if match := pattern.fullmatch(key):
             return Key(kind, match.groupdict())
     return None
+
+
+def mismatch(key: str, document: dict) -> str | None:
+    """Why DOCUMENT cannot be what its name KEY says (another record's document, a name
+    amlfs would refuse), or None. Names in documents come from other machines: each is
+    checked as amlfs checks a name it is given."""
+    parsed = parse(key)
+    try:
+        if parsed.kind == DATASTORES:
+            ok = document["name"] == parsed.parts["name"]
+            paths.check_name("datastore", document["name"])
+        elif parsed.kind in (VERSIONS, SNAPSHOTS, PRUNES):
+            ok = (document["dataset"], document["version"]) == (
+                parsed.parts["dataset"], int(parsed.parts["number"]))  # fmt: skip
+            if document["dataset"] != paths.COPIES_DATASET:
+                paths.check_name("dataset", document["dataset"])
+            if parsed.kind == SNAPSHOTS:
+                ok = ok and document["name"] == parsed.parts["name"]
+                paths.check_name("snapshot", document["name"])
+        else:
+            ok = document["id"] == parsed.parts["id"]
+    except (KeyError, TypeError, ValueError, UserError) as exc:
+        return f"{key}: not a document amlfs accepts ({exc})"
+    return None if ok else f"{key}: holds another record's document"
 
 
 def datastore_key(name: str) -> str:

@@ -14,10 +14,13 @@ etag this registry has not seen, and applies them in one local transaction.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from amlfs.catalog import layout
 from amlfs.errors import (
@@ -25,6 +28,7 @@ from amlfs.errors import (
     NameTaken,
     NotAsStored,
     NotFound,
+    StorageError,
     StorageUnreachable,
     UserError,
 )
@@ -40,6 +44,8 @@ log = logging.getLogger(__name__)
 # the same dataset at the same moment); a listing is taken again after each loss.
 CLAIM_ATTEMPTS = 64
 CLAIM_DEADLINE_S = 120.0
+# A refresh that finds nothing new writes down when it caught up only this often.
+REFRESHED_AT_RESOLUTION_S = 60.0
 
 
 @dataclass
@@ -81,7 +87,8 @@ class CatalogLink:
             key = layout.version_key(new.dataset, number)
             document = replicas.new_version_document(new, number, digest, created_at)
             try:
-                etag = self.store.create(self._full(key), layout.encode(key, document))
+                with self._writing():
+                    etag = self.store.create(self._full(key), layout.encode(key, document))
             except NameTaken:
                 log.info("%s:%d was taken meanwhile (another machine)", new.dataset, number)
                 if time.monotonic() > deadline:
@@ -125,14 +132,17 @@ class CatalogLink:
                   if known.get(key) != etag and layout.parse(key)}  # fmt: skip
         documents = self._read_all(wanted)
         conflicts = []
-        with registry.transaction():
-            for key, (document, etag) in _in_order(documents):
-                conflict = _apply(registry, key, document, keep_local)
-                if conflict is None:
-                    replicas.remember(registry, key, etag)
-                else:
-                    conflicts.append(conflict)
-            replicas.refreshed(registry, now())
+        if documents or _stale(replicas.attachment(registry)[2]):
+            # Nothing new takes no write lock (a long registration may hold it), unless
+            # the time this registry last caught up is worth writing down again.
+            with registry.transaction():
+                for key, (document, etag) in _in_order(documents):
+                    conflict = _apply(registry, key, document, keep_local)
+                    if conflict is None:
+                        replicas.remember(registry, key, etag)
+                    else:
+                        conflicts.append(conflict)
+                replicas.refreshed(registry, now())
         for conflict in conflicts:
             log.warning("catalog %s: %s (left as it is here)", self.location, conflict)
         return Refreshed(len(listing), len(documents), conflicts, time.monotonic() - started)
@@ -230,16 +240,28 @@ class CatalogLink:
         """Create KEY, or replace it over the etag this registry last saw."""
         data, seen = layout.encode(key, document), replicas.known_etag(registry, key)
         try:
-            if seen is None:
-                etag = self.store.create(self._full(key), data)
-            else:
-                etag = self.store.replace(self._full(key), data, seen)
+            with self._writing():
+                if seen is None:
+                    etag = self.store.create(self._full(key), data)
+                else:
+                    etag = self.store.replace(self._full(key), data, seen)
         except (NameTaken, NotAsStored):
             raise Conflict(
                 f"{key} in the catalog at {self.location} was changed by another machine"
                 " meanwhile; nothing was changed here: run the command again"
             ) from None
         replicas.remember(registry, key, etag)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Say that a write failed in the catalog (and that nothing changed here)."""
+        try:
+            yield
+        except (NameTaken, NotAsStored):
+            raise
+        except StorageError as exc:
+            raise type(exc)(f"cannot write to the catalog at {self.location}, nothing was"
+                            f" changed: {exc}") from None  # fmt: skip
 
     def _read(self, key: str) -> tuple[dict, str]:
         found = self.store.fetch(self._full(key))
@@ -266,21 +288,45 @@ class CatalogLink:
 
 
 def _in_order(documents: dict[str, tuple[dict, str]]) -> list[tuple[str, tuple[dict, str]]]:
-    """Documents in the order they can be applied: by kind (layout.KINDS), versions in
-    the order they were made (a subset's parent before it), the rest by name."""
+    """Documents in an order they can be applied in: by kind (layout.KINDS), a version
+    after the version it was derived from, the rest by name."""
+    by_kind: dict[str, list[str]] = {kind: [] for kind in layout.KINDS}
+    for key in sorted(documents):
+        by_kind[layout.parse(key).kind].append(key)
+    ordered: list[str] = []
+    placed: set[str] = set()
 
-    def order(item: tuple[str, tuple[dict, str]]) -> tuple:
-        key, (document, _etag) = item
-        kind = layout.parse(key).kind
-        made = document.get("created_at", "") if kind == layout.VERSIONS else ""
-        return layout.KINDS.index(kind), made, key
+    def place(key: str) -> None:
+        # Derivation chains are short and never cycle (a parent exists before its child);
+        # the depth is bounded by the number of versions read anyway.
+        if key in placed:
+            return
+        placed.add(key)
+        made = documents[key][0].get("derived_from")
+        if made is not None:
+            parent = layout.version_key(made["dataset"], made["version"])
+            if parent in documents:
+                place(parent)
+        ordered.append(key)
 
-    return sorted(documents.items(), key=order)
+    for kind in layout.KINDS:
+        for key in by_kind[kind]:
+            place(key) if kind == layout.VERSIONS else ordered.append(key)
+    return [(key, documents[key]) for key in ordered]
+
+
+def _stale(refreshed_at: str | None) -> bool:
+    if refreshed_at is None:
+        return True
+    age = datetime.now(UTC) - datetime.fromisoformat(refreshed_at)
+    return age.total_seconds() > REFRESHED_AT_RESOLUTION_S
 
 
 def _apply(registry: Registry, key: str, document: dict, keep_local: set[str]) -> str | None:
     """Apply one document, all of it or (with a conflict returned) none of it."""
     kind, conn = layout.parse(key).kind, registry.connection
+    if (mismatch := layout.mismatch(key, document)) is not None:
+        return mismatch
     conn.execute("SAVEPOINT document")
     try:
         if kind == layout.DATASTORES:

@@ -304,6 +304,12 @@ def apply_version(registry: Registry, document: dict) -> str | None:
         return f"{dataset}:{number} pins other files here than in the catalog"
     files = [PinnedFile(path, size, etag, bytes.fromhex(md5) if md5 else None, modified)
              for path, size, etag, md5, modified in document["files"] or []]  # fmt: skip
+    # Paths from another machine are checked as a registration checks them: none leaves
+    # the version's root, and they form a tree.
+    if problem := next(filter(None, map(paths.path_problem, (f.path for f in files))), None):
+        return f"{dataset}:{number} in the catalog: {problem}"
+    if conflict := paths.tree_problem(f.path for f in files):
+        return f"{dataset}:{number} in the catalog: {conflict[1]}"
     new = NewVersion(dataset, document["datastore"], document["root"], document["sources"],
                      files, document["description"], document["tags"])  # fmt: skip
     if (
