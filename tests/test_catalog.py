@@ -380,17 +380,15 @@ def test_a_pipeline_and_its_prune_on_one_machine_show_on_another(
 def test_a_change_made_elsewhere_meanwhile_is_refused_not_overwritten(team: Team) -> None:
     first, second = team.machine("first"), team.machine("second")
     register(first, "weather")
-    second.ok("dataset", "list")
-    with open_registry(second.home, refresh=False) as stale:  # has not seen what follows
-        first.ok("snapshot", "create", "weather:1", "--name", "frozen")
-        version = stale.resolve("weather:1")
+    with open_registry(second.home) as stale:
+        version = stale.resolve("weather")  # caught up with weather here, once
+        first.ok("snapshot", "create", "weather:1", "--name", "frozen")  # then this
         with pytest.raises(Conflict, match="changed by another machine meanwhile"):
             Snapshots(stale).record(version, "frozen", {"taken": "here"})
         assert not Snapshots(stale).exists(version, "frozen")
-    with (
-        open_registry(first.home, refresh=False) as one,
-        open_registry(second.home, refresh=False) as other,
-    ):  # both have seen the datastore as it is now
+    with open_registry(first.home) as one, open_registry(second.home) as other:
+        for registry in (one, other):
+            registry.list_datastores()  # both catch up with the datastores now
         changed = replace(one.get_datastore("team"), credential_env="ONE_CONN")
         assert one.put_datastore(changed) == "updated"
         with pytest.raises(Conflict, match=r"datastores/team\.json"):

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from amlfs.catalog.link import CatalogLink, Refreshed
+from amlfs.catalog.link import CatalogLink
 from amlfs.errors import Conflict, StorageError, UserError
 from amlfs.home import registry_path
 from amlfs.registry import paths, replicas
@@ -24,11 +24,11 @@ from amlfs.storage import Store
 __all__ = ["attach", "detach", "open_registry", "status"]
 
 
-def open_registry(home: Path, *, refresh: bool = True,
-                  offline: Callable[[str], None] | None = None) -> Registry:  # fmt: skip
-    """HOME's registry, linked to its catalog if it is attached to one, and (REFRESH)
-    caught up with it. When the catalog cannot be read, the registry answers from the
-    copy it has and OFFLINE hears why (one sentence); its writes then fail."""
+def open_registry(home: Path, *, offline: Callable[[str], None] | None = None) -> Registry:
+    """HOME's registry, linked to its catalog if it is attached to one: each read then
+    catches up with the part of the catalog it answers from (registry/shared.py). When
+    the catalog cannot be read, the registry answers from the copy it has and OFFLINE
+    hears why, once (one sentence); its writes then fail."""
     registry = Registry(registry_path(home))
     try:
         try:
@@ -39,8 +39,8 @@ def open_registry(home: Path, *, refresh: bool = True,
             (offline or _ignore)(f"{registry.shared.reason}; answering from this machine's"
                                  f" copy of {place[2]}")  # fmt: skip
             return registry
-        if link is not None and refresh:
-            _refresh(registry, link, offline)
+        if link is not None and offline is not None:
+            link.offline = offline
     except BaseException:
         registry.close()
         raise
@@ -77,18 +77,8 @@ class Unavailable:
     def publish(self, *_args: object) -> None:
         raise UserError(f"{self.reason}: nothing was changed")
 
-
-def _refresh(registry: Registry, link: CatalogLink,
-             offline: Callable[[str], None] | None) -> Refreshed | None:  # fmt: skip
-    try:
-        return link.refresh(registry, keep_local={link.store.datastore.name})
-    except StorageError as exc:
-        since = replicas.attachment(registry)[2]
-        (offline or _ignore)(
-            f"the catalog at {link.location} cannot be read ({exc}); answering from this"
-            f" machine's copy of {since}"
-        )
-        return None
+    def catch_up(self, *_args: object) -> None:
+        pass  # answered from the local copy (open_registry said so)
 
 
 def _ignore(_message: str) -> None:
@@ -131,7 +121,9 @@ def attach(home: Path, location: str) -> Attached:
             if place is None:
                 replicas.attach(registry, datastore, path, now())
         registry.shared = link
-        refreshed = link.refresh(registry, keep_local={datastore})
+        if published:  # else the catalog is as listed, as far as this registry knows
+            listing = link.listing()
+        refreshed = link.refresh(registry, keep_local={datastore}, listing=listing)
         return Attached(link.location, created, published, refreshed.read, refreshed.listed)
 
 

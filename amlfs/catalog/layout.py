@@ -82,6 +82,37 @@ def mismatch(key: str, document: dict) -> str | None:
     return None if ok else f"{key}: holds another record's document"
 
 
+def dataset_folders(dataset: str) -> list[str]:
+    """The folders that hold one dataset's records."""
+    return [f"{VERSIONS}/{dataset}", f"{SNAPSHOTS}/{dataset}", f"{PRUNES}/{dataset}"]
+
+
+def needs(key: str, document: dict) -> list[str]:
+    """The records document KEY names, by their objects' names: what must be applied
+    before it (a version's datastore and the parent of a subset, a snapshot's version and
+    copy, a prune's version, a run's inputs and outputs, and the snapshot that owns a
+    copy a run read)."""
+    kind, found = parse(key).kind, []
+    try:
+        if kind == VERSIONS:
+            found.append(datastore_key(document["datastore"]))
+            if made := document.get("derived_from"):
+                found.append(version_key(made["dataset"], made["version"]))
+        elif kind in (SNAPSHOTS, PRUNES):
+            found.append(version_key(document["dataset"], document["version"]))
+            for record in document.get("records", []):
+                if record.get("copy") is not None:
+                    found.append(version_key(paths.COPIES_DATASET, record["copy"]))
+        elif kind == RUNS and not document.get("deleted"):
+            refs = [i[1:3] for i in document["inputs"]] + [o[4:6] for o in document["outputs"]]
+            found += [version_key(d, n) for d, n in refs if d is not None]
+            owners = [i[4] for i in document["inputs"] if len(i) > 4 and i[4]]
+            found += [snapshot_key(*owner) for owner in owners]
+    except (KeyError, TypeError, ValueError, IndexError):
+        return []  # a damaged document: applying it says so
+    return found
+
+
 def datastore_key(name: str) -> str:
     return f"{DATASTORES}/{name}.json"
 

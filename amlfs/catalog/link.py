@@ -18,7 +18,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -33,6 +33,7 @@ from amlfs.errors import (
     UserError,
 )
 from amlfs.registry import paths, replicas
+from amlfs.registry import shared as scopes
 from amlfs.registry.models import NewVersion
 from amlfs.registry.shared import Change
 from amlfs.registry.store import Registry, now
@@ -72,6 +73,9 @@ class CatalogLink:
         # Why the catalog could not be reached just now, if it could not: writes then
         # fail at once instead of retrying for many seconds.
         self.unreachable: str | None = None
+        self.keep_local = {store.datastore.name}  # this machine reaches its catalog its way
+        self.offline: Callable[[str], None] = lambda _message: None
+        self._caught_up: dict[int, set[str]] = {}  # registry object -> scopes caught up
 
     def _full(self, key: str) -> str:
         return paths.join(self.path, key) if self.path else key
@@ -115,22 +119,48 @@ class CatalogLink:
 
     # -- reading ------------------------------------------------------------------------
 
-    def refresh(self, registry: Registry, *, keep_local: set[str]) -> Refreshed:
-        """Bring REGISTRY up to the catalog: read what changed since it last looked and
-        apply it. KEEP_LOCAL: datastores whose credential source stays this machine's."""
-        started = time.monotonic()
+    def catch_up(self, registry: Registry, scope: str) -> None:
+        """Shared.catch_up: each scope once per registry object (a command's reads see one
+        state of the catalog, and pay for each part of it once); none once the catalog
+        was found unreachable, which OFFLINE hears about once."""
+        done = self._caught_up.get(id(registry), set())
+        if self.unreachable is not None or scope in done or scopes.EVERYTHING in done:
+            return
+        if scope.startswith("dataset:") and scopes.VERSIONS in done:
+            return
         try:
-            # One quick request first: an unreachable store fails it at once, where a
-            # listing would retry for many seconds.
-            self.store.probe(self._full(layout.MARKER))
-        except StorageUnreachable as exc:
-            self.unreachable = str(exc)
-            raise
-        listing = self.listing()
+            self.refresh(registry, keep_local=self.keep_local, scope=scope)
+        except StorageError as exc:
+            self.unreachable = self.unreachable or str(exc)
+            since = replicas.attachment(registry)[2]
+            self.offline(f"the catalog at {self.location} cannot be read ({exc}); answering"
+                         f" from this machine's copy of {since}")  # fmt: skip
+            return
+        self._caught_up.setdefault(id(registry), set()).add(scope)
+
+    def refresh(self, registry: Registry, *, keep_local: set[str],
+                scope: str = scopes.EVERYTHING,
+                listing: dict[str, str] | None = None) -> Refreshed:  # fmt: skip
+        """Bring what REGISTRY holds of SCOPE up to the catalog: list its folders (unless
+        the caller just listed them: LISTING), read what changed since this registry last
+        looked (and the records those documents name that it lacks), apply it.
+        KEEP_LOCAL: datastores whose credential source stays this machine's."""
+        started = time.monotonic()
+        if listing is None:
+            try:
+                # One quick request first: an unreachable store fails it at once, where a
+                # listing would retry for many seconds.
+                self.store.probe(self._full(layout.MARKER))
+            except StorageUnreachable as exc:
+                self.unreachable = str(exc)
+                raise
+            everything = scope == scopes.EVERYTHING
+            listing = self.listing() if everything else self._listing_of(scope)
         known = replicas.known_etags(registry)
         wanted = {key: etag for key, etag in listing.items()
                   if known.get(key) != etag and layout.parse(key)}  # fmt: skip
         documents = self._read_all(wanted)
+        self._add_needed(registry, documents)
         conflicts = []
         if documents or _stale(replicas.attachment(registry)[2]):
             # Nothing new takes no write lock (a long registration may hold it), unless
@@ -146,6 +176,38 @@ class CatalogLink:
         for conflict in conflicts:
             log.warning("catalog %s: %s (left as it is here)", self.location, conflict)
         return Refreshed(len(listing), len(documents), conflicts, time.monotonic() - started)
+
+    def _listing_of(self, scope: str) -> dict[str, str]:
+        """Names and etags in the folders that hold SCOPE."""
+        folders = {
+            scopes.DATASTORES: [],
+            scopes.VERSIONS: [layout.VERSIONS, layout.SNAPSHOTS, layout.PRUNES],
+            scopes.RUNS: [layout.RUNS],
+            scopes.PIPELINES: [layout.PIPELINES, layout.RUNS],
+        }.get(scope)
+        if folders is None:  # dataset:NAME
+            folders = layout.dataset_folders(scope.partition(":")[2])
+        found = {}
+        for folder in folders or [layout.DATASTORES]:  # a version's datastore is a need
+            listed = self.store.list_etags(self._full(folder))
+            found.update({f"{folder}/{name}": etag for name, etag in listed.items()})
+        return found
+
+    def _add_needed(self, registry: Registry, documents: dict[str, tuple[dict, str]]) -> None:
+        """Add to DOCUMENTS the versions (and snapshots) they name that neither they nor
+        REGISTRY hold: a subset's parent, a run's inputs, a snapshot's copy, read by name."""
+        pending = list(documents)
+        for _round in range(len(documents) + 64):  # each round reads one layer of needs
+            needed = {key for doc_key in pending
+                      for key in layout.needs(doc_key, documents[doc_key][0])
+                      if key not in documents and not _holds(registry, key)}  # fmt: skip
+            if not needed:
+                return
+            found = self._read_all(dict.fromkeys(sorted(needed), ""))
+            documents.update(found)
+            pending = list(found)
+            if not found:
+                return
 
     def listing(self) -> dict[str, str]:
         """Every object's name (below the catalog's path) and etag: listings only."""
@@ -313,6 +375,24 @@ def _in_order(documents: dict[str, tuple[dict, str]]) -> list[tuple[str, tuple[d
         for key in by_kind[kind]:
             place(key) if kind == layout.VERSIONS else ordered.append(key)
     return [(key, documents[key]) for key in ordered]
+
+
+def _holds(registry: Registry, key: str) -> bool:
+    """Whether REGISTRY holds the record catalog object KEY names (a datastore, a version,
+    a snapshot)."""
+    parsed = layout.parse(key)
+    if parsed.kind == layout.DATASTORES:
+        return (
+            registry.connection.execute(
+                "SELECT 1 FROM datastores WHERE name = ?", (parsed.parts["name"],)
+            ).fetchone()
+            is not None
+        )
+    number = int(parsed.parts["number"])
+    if parsed.kind == layout.VERSIONS:
+        return replicas.holds_version(registry, parsed.parts["dataset"], number)
+    return replicas.holds_snapshot(registry, parsed.parts["dataset"], number,
+                                   parsed.parts["name"])  # fmt: skip
 
 
 def _stale(refreshed_at: str | None) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from amlfs.registry import shared as scopes
 from amlfs.registry.models import Version
 from amlfs.registry.store import Registry
 
@@ -58,6 +59,7 @@ class Derivations:
 
     def children(self, version: Version) -> list[Derivation]:
         """The versions derived from VERSION, in the order they were registered."""
+        self.registry.catch_up(scopes.VERSIONS)  # any dataset may hold one
         rows = self._conn.execute(
             "SELECT version_id, operation, parameters FROM derivations"
             " WHERE parent_version_id = ? ORDER BY version_id",

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 
 from amlfs.errors import NotFound
+from amlfs.registry import shared as scopes
 from amlfs.registry.store import Registry
 
 
@@ -106,6 +107,7 @@ class PipelineLog:
             self.registry.changed("pipeline", run_id)
 
     def get(self, run_id: str) -> PipelineRun:
+        self.registry.catch_up(scopes.PIPELINES)
         row = self._conn.execute(f"SELECT {_COLUMNS} FROM pipeline_runs WHERE id = ?",
                                  (run_id,)).fetchone()  # fmt: skip
         if row is None:
@@ -114,6 +116,7 @@ class PipelineLog:
 
     def list(self, limit: int | None = None) -> list[PipelineRun]:
         """Pipeline runs, newest first."""
+        self.registry.catch_up(scopes.PIPELINES)
         rows = self._conn.execute(
             f"SELECT {_COLUMNS} FROM pipeline_runs ORDER BY started_at DESC, rowid DESC LIMIT ?",
             (-1 if limit is None else limit,),
@@ -122,6 +125,7 @@ class PipelineLog:
 
     def reusable_runs(self, reuse_key: str) -> list[str]:
         """The runs, newest first, of steps that ran with REUSE_KEY and succeeded."""
+        self.registry.catch_up(scopes.PIPELINES)
         rows = self._conn.execute(
             "SELECT DISTINCT s.run_id FROM pipeline_steps s JOIN runs r ON r.id = s.run_id"
             " WHERE s.reuse_key = ? AND s.status = 'succeeded' AND s.reused = 0"
@@ -132,6 +136,7 @@ class PipelineLog:
 
     def last_key_parts(self, pipeline: str, step: str) -> dict[str, str] | None:
         """The key parts of STEP in the latest run of PIPELINE where it succeeded."""
+        self.registry.catch_up(scopes.PIPELINES)
         row = self._conn.execute(
             "SELECT s.key_parts FROM pipeline_steps s"
             " JOIN pipeline_runs p ON p.id = s.pipeline_run_id"

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 
 from amlfs.errors import Pruned
 from amlfs.registry import paths
+from amlfs.registry import shared as scopes
 from amlfs.registry.models import Version
 from amlfs.registry.pipelines import derived_name
 from amlfs.registry.store import Registry
@@ -69,6 +70,7 @@ class Prunes:
         """The derived-name outputs of steps that ran and succeeded in pipeline runs that
         ended before ENDED_BEFORE (ISO 8601), oldest first; deleted ones left out, those a
         prune marked but did not finish kept in."""
+        self.registry.catch_up(scopes.EVERYTHING)  # what keeps one may be anywhere
         rows = self._conn.execute(
             "SELECT p.id, p.name, p.ended_at, s.step, s.run_id, s.derived_outputs,"
             " o.name, o.version_id"

@@ -186,8 +186,10 @@ def run_document(registry: Registry, run_id: str) -> dict:
             "user")  # fmt: skip
     document = dict(zip(keys, row, strict=True))
     document["command"] = json.loads(document["command"])
+    # An input read from a snapshot's copy also names the snapshot (DATASET, NUMBER,
+    # NAME), which a machine needs in order to show the input as NAME:VERSION@SNAP.
     document["inputs"] = [
-        [name, *_natural(registry, version_id), mode]
+        [name, *_natural(registry, version_id), mode, _copy_owner(registry, version_id)]
         for name, version_id, mode in conn.execute(
             "SELECT name, version_id, mode FROM run_inputs WHERE run_id = ? ORDER BY name",
             (run_id,),
@@ -235,6 +237,40 @@ def pipeline_document(registry: Registry, pipeline_run_id: str) -> dict:
 def pipeline_ids(registry: Registry) -> list[str]:
     return [row[0] for row in registry.connection.execute(
         "SELECT id FROM pipeline_runs ORDER BY rowid")]  # fmt: skip
+
+
+def holds_version(registry: Registry, dataset: str, number: int) -> bool:
+    return (
+        registry.connection.execute(
+            "SELECT 1 FROM versions v JOIN datasets d ON d.id = v.dataset_id"
+            " WHERE d.name = ? AND v.version = ?",
+            (dataset, number),
+        ).fetchone()
+        is not None
+    )
+
+
+def holds_snapshot(registry: Registry, dataset: str, number: int, name: str) -> bool:
+    return (
+        registry.connection.execute(
+            "SELECT 1 FROM snapshots s JOIN versions v ON v.id = s.version_id"
+            " JOIN datasets d ON d.id = v.dataset_id"
+            " WHERE d.name = ? AND v.version = ? AND s.name = ?",
+            (dataset, number, name),
+        ).fetchone()
+        is not None
+    )
+
+
+def _copy_owner(registry: Registry, version_id: int) -> list | None:
+    """[DATASET, NUMBER, NAME] of the snapshot whose copy VERSION_ID is, or None."""
+    row = registry.connection.execute(
+        "SELECT d.name, v.version, s.name FROM snapshots s"
+        " JOIN versions v ON v.id = s.version_id JOIN datasets d ON d.id = v.dataset_id"
+        " WHERE s.copy_version_id = ?",
+        (version_id,),
+    ).fetchone()
+    return list(row) if row else None
 
 
 def natural_version(registry: Registry, version_id: int) -> tuple[str, int]:
@@ -398,7 +434,7 @@ def apply_run(registry: Registry, document: dict) -> str | None:
     conn.executemany(
         "INSERT INTO run_inputs (run_id, name, version_id, mode) VALUES (?, ?, ?, ?)",
         [(run_id, name, _version_id(registry, dataset, number), mode)
-         for name, dataset, number, mode in document["inputs"]],
+         for name, dataset, number, mode, *_owner in document["inputs"]],
     )  # fmt: skip
     conn.execute("DELETE FROM run_outputs WHERE run_id = ?", (run_id,))
     conn.executemany(

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 
 from amlfs.errors import NotFound
+from amlfs.registry import shared as scopes
 from amlfs.registry.models import NewVersion, Version
 from amlfs.registry.prunes import require_data_now
 from amlfs.registry.store import Registry
@@ -119,6 +120,7 @@ class RunLog:
             self.registry.changed("run", run_id)
 
     def get(self, run_id: str) -> Run:
+        self.registry.catch_up(scopes.RUNS)
         row = self._conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?",
                                  (run_id,)).fetchone()  # fmt: skip
         if row is None:
@@ -127,6 +129,7 @@ class RunLog:
 
     def list(self, limit: int | None = None) -> list[Run]:
         """Runs, newest first (times have whole seconds: the insertion order breaks ties)."""
+        self.registry.catch_up(scopes.RUNS)
         rows = self._conn.execute(
             f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?",
             (-1 if limit is None else limit,),
@@ -134,6 +137,7 @@ class RunLog:
         return [self._run(row) for row in rows]
 
     def readers(self, version: Version) -> list[Run]:
+        self.registry.catch_up(scopes.RUNS)
         """The runs that read VERSION, oldest first."""
         rows = self._conn.execute(
             f"SELECT DISTINCT {_RUN_COLUMNS} FROM runs r"
@@ -144,6 +148,7 @@ class RunLog:
         return [self._run(row) for row in rows]
 
     def producer(self, version: Version) -> Run | None:
+        self.registry.catch_up(scopes.RUNS)
         """The run that registered VERSION, if a run did."""
         row = self._conn.execute(
             "SELECT run_id FROM run_outputs WHERE version_id = ?", (version.id,)
@@ -151,6 +156,7 @@ class RunLog:
         return self.get(row[0]) if row else None
 
     def prune_candidates(self, ended_before: str, lost: set[str]) -> list[PruneCandidate]:
+        self.registry.catch_up(scopes.PIPELINES)  # pipeline steps name runs that stay
         """Runs that ended before ENDED_BEFORE (ISO 8601, UTC), and those of LOST (runs
         with no end, known lost) that started before it, oldest first, each with why it
         must stay, if it must: lineage (it read or produced a version, whose lineage

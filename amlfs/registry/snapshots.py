@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from amlfs.errors import Conflict, NotFound
 from amlfs.registry import paths
+from amlfs.registry import shared as scopes
 from amlfs.registry.models import NewVersion, Version
 from amlfs.registry.store import Registry, now
 
@@ -65,6 +66,7 @@ class Snapshots:
     ) -> Snapshot:
         """Record snapshot NAME of VERSION, and its COPY's pins, in one transaction."""
         paths.check_name("snapshot", name)
+        self.registry.catch_up(scopes.dataset_scope(version.dataset))
         with self.registry.transaction():
             if self._row(version, name) is not None:
                 raise Conflict(f"{version.ref} already has a snapshot named {name!r}")
@@ -92,6 +94,7 @@ class Snapshots:
 
     def of(self, version: Version) -> list[Snapshot]:
         """VERSION's snapshots, oldest first."""
+        self.registry.catch_up(scopes.dataset_scope(version.dataset))
         rows = self._conn.execute(
             f"SELECT {_COLUMNS} FROM snapshots WHERE version_id = ? AND deleted_at IS NULL"
             " ORDER BY id",
@@ -107,6 +110,9 @@ class Snapshots:
             " JOIN datasets d ON d.id = v.dataset_id"
         )
         where, args = ["s.deleted_at IS NULL"], []
+        self.registry.catch_up(
+            scopes.VERSIONS if dataset is None else scopes.dataset_scope(dataset)
+        )
         if dataset is not None:
             self.registry.get_version(dataset, version)  # NotFound for an unknown one
             where.append("d.name = ?")
@@ -144,6 +150,7 @@ class Snapshots:
             )
 
     def _row(self, version: Version, name: str) -> tuple | None:
+        self.registry.catch_up(scopes.dataset_scope(version.dataset))
         return self._conn.execute(
             f"SELECT {_COLUMNS} FROM snapshots"
             " WHERE version_id = ? AND name = ? AND deleted_at IS NULL",

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from amlfs.errors import Conflict, NotFound, UserError
 from amlfs.registry import paths
+from amlfs.registry import shared as scopes
 from amlfs.registry.models import Datastore, Entry, NewVersion, PinnedFile, Version
 from amlfs.registry.schema import SCHEMA_VERSION, migrate
 from amlfs.registry.shared import Change, Shared
@@ -83,6 +84,12 @@ class Registry:
         """Whether this registry is shared through a catalog (amlfs.catalog)."""
         return self._conn.execute("SELECT 1 FROM catalog").fetchone() is not None
 
+    def catch_up(self, scope: str) -> None:
+        """Before answering from SCOPE (registry/shared.py), read what changed there in
+        the catalog, if this registry is shared through one."""
+        if self.shared is not None:
+            self.shared.catch_up(self, scope)
+
     def changed(self, kind: str, *key: object) -> None:
         """Note, inside a write transaction, that record KEY of KIND changed: it is
         published to the catalog, if there is one, before the transaction commits."""
@@ -144,6 +151,7 @@ class Registry:
 
     def add_datastore(self, ds: Datastore) -> Datastore:
         paths.check_name("datastore", ds.name)
+        self.catch_up(scopes.DATASTORES)
         with self.transaction():
             if self._datastore_row(ds.name):
                 raise Conflict(f"datastore {ds.name!r} already exists")
@@ -159,6 +167,7 @@ class Registry:
     def put_datastore(self, ds: Datastore) -> str:
         """Declare DS: 'created', 'updated' (credential source changed) or 'unchanged'.
         Changing the URL of a datastore is refused: its versions pin paths below it."""
+        self.catch_up(scopes.DATASTORES)
         with self.transaction():
             try:
                 current = self.get_datastore(ds.name)
@@ -184,10 +193,14 @@ class Registry:
     def get_datastore(self, name: str) -> Datastore:
         row = self._datastore_row(name)
         if row is None:
+            self.catch_up(scopes.DATASTORES)
+            row = self._datastore_row(name)
+        if row is None:
             raise NotFound(f"no datastore named {name!r}")
         return Datastore(*row[1:])
 
     def list_datastores(self) -> list[Datastore]:
+        self.catch_up(scopes.DATASTORES)
         rows = self._conn.execute(
             "SELECT name, url, credential, credential_env, account_name, created_at"
             " FROM datastores ORDER BY name"
@@ -195,6 +208,7 @@ class Registry:
         return [Datastore(*row) for row in rows]
 
     def remove_datastore(self, name: str) -> None:
+        self.catch_up(scopes.VERSIONS)  # a version registered elsewhere may use it
         with self.transaction():
             row = self._datastore_row(name)
             if row is None:
@@ -318,6 +332,7 @@ class Registry:
 
     def get_version(self, dataset: str, version: int | None = None) -> Version:
         """VERSION of DATASET, or its latest when VERSION is None."""
+        self.catch_up(scopes.dataset_scope(dataset))  # new versions, snapshots, prunes
         dataset_id = self._dataset_id(dataset)
         if version is None:
             row = self._conn.execute(
@@ -360,6 +375,7 @@ class Registry:
 
     def _snapshot_of(self, version: Version, name: str) -> Version:
         """Snapshot NAME of VERSION, read as its copy if it has one, else as VERSION."""
+        self.catch_up(scopes.dataset_scope(version.dataset))
         row = self._conn.execute(
             "SELECT copy_version_id FROM snapshots"
             " WHERE version_id = ? AND name = ? AND deleted_at IS NULL",
@@ -384,6 +400,7 @@ class Registry:
         return self.get_version(*paths.parse_version_ref(ref))
 
     def list_versions(self, dataset: str) -> list[Version]:
+        self.catch_up(scopes.dataset_scope(dataset))
         rows = self._conn.execute(
             f"SELECT {_VERSION_COLUMNS} {_VERSION_FROM} WHERE v.dataset_id = ? ORDER BY v.version",
             (self._dataset_id(dataset),),
@@ -392,6 +409,7 @@ class Registry:
 
     def list_datasets(self) -> list[Version]:
         """The latest version of every dataset, by name."""
+        self.catch_up(scopes.VERSIONS)
         rows = self._conn.execute(
             f"SELECT {_VERSION_COLUMNS} {_VERSION_FROM}"
             " WHERE v.version = (SELECT MAX(version) FROM versions WHERE dataset_id = d.id)"
