@@ -89,7 +89,6 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
         port = proxy.port if proxy else emulator.port
         connection = emulator.connection_string.replace(f":{emulator.port}/", f":{port}/")
         env = {**os.environ, CONNECTION_ENV: connection}
-        os.environ[CONNECTION_ENV] = connection  # for the in-process refreshes
 
         homes = {"local": work / "local", "catalog": work / "attached"}
         for home in homes.values():
@@ -136,7 +135,7 @@ def catch_up(home: Path, writer: Path,
     with Registry(registry_path(home)) as registry:
         with registry.transaction():
             replicas.attach(registry, "team", "catalog", now())
-        link = CatalogLink(Store(registry.get_datastore("team")), "catalog")
+        link = CatalogLink(Store(registry.get_datastore("team"), env), "catalog")
         registry.shared = link
         first = link.refresh(registry, keep_local={"team"})
         unchanged = link.refresh(registry, keep_local={"team"})

@@ -235,25 +235,24 @@ def test_attach_refuses_a_registry_that_contradicts_the_catalog(team: Team) -> N
     assert "datastore 'team' is" in result.err and "in the catalog" in result.err
 
 
-def test_no_secret_is_ever_written_to_the_catalog(team: Team) -> None:
+def test_no_secret_is_ever_written_to_the_catalog(
+    team: Team, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sas = _read_only_sas(team.container)
-    os.environ["AMLFS_TEST_READ_ONLY"] = _sas_connection_string(team, sas)
-    try:
-        first = team.machine("first")
-        register(first, "weather")
-        first.ok("datastore", "add", "readers", team.container.url,
-                 "--connection-string-env", "AMLFS_TEST_READ_ONLY")  # fmt: skip
-        first.ok("run", "--input", "raw=weather:1,mode=download", "--",
-                 "sh", "-c", "env > /dev/null")  # fmt: skip
-        objects = team.objects()
-        assert any(k.startswith("datastores/readers") for k in objects)
-        secrets = [ACCOUNT_KEY, sas, sas.split("sig=")[1], os.environ[CONNECTION_ENV]]
-        for key, data in objects.items():
-            text = data.decode()
-            for secret in secrets:
-                assert secret not in text, f"a secret in {key}"
-    finally:
-        del os.environ["AMLFS_TEST_READ_ONLY"]
+    monkeypatch.setenv("AMLFS_TEST_READ_ONLY", _sas_connection_string(team, sas))
+    first = team.machine("first")
+    register(first, "weather")
+    first.ok("datastore", "add", "readers", team.container.url,
+             "--connection-string-env", "AMLFS_TEST_READ_ONLY")  # fmt: skip
+    first.ok("run", "--input", "raw=weather:1,mode=download", "--",
+             "sh", "-c", "env > /dev/null")  # fmt: skip
+    objects = team.objects()
+    assert any(k.startswith("datastores/readers") for k in objects)
+    secrets = [ACCOUNT_KEY, sas, sas.split("sig=")[1], os.environ[CONNECTION_ENV]]
+    for key, data in objects.items():
+        text = data.decode()
+        for secret in secrets:
+            assert secret not in text, f"a secret in {key}"
 
 
 def test_read_only_catalog_credentials_mount_and_download_but_refuse_writes(

@@ -75,7 +75,7 @@ class CatalogLink:
         self.unreachable: str | None = None
         self.keep_local = {store.datastore.name}  # this machine reaches its catalog its way
         self.offline: Callable[[str], None] = lambda _message: None
-        self._caught_up: dict[int, set[str]] = {}  # registry object -> scopes caught up
+        self._caught_up: set[str] = set()  # scopes its registry caught up with (one link each)
 
     def _full(self, key: str) -> str:
         return paths.join(self.path, key) if self.path else key
@@ -120,10 +120,10 @@ class CatalogLink:
     # -- reading ------------------------------------------------------------------------
 
     def catch_up(self, registry: Registry, scope: str) -> None:
-        """Shared.catch_up: each scope once per registry object (a command's reads see one
-        state of the catalog, and pay for each part of it once); none once the catalog
-        was found unreachable, which OFFLINE hears about once."""
-        done = self._caught_up.get(id(registry), set())
+        """Shared.catch_up: each scope once (a link serves one opened registry: a command's
+        reads see one state of the catalog and pay for each part of it once); none once
+        the catalog was found unreachable, which OFFLINE hears about once."""
+        done = self._caught_up
         if self.unreachable is not None or scope in done or scopes.EVERYTHING in done:
             return
         if scope.startswith("dataset:") and scopes.VERSIONS in done:
@@ -136,7 +136,7 @@ class CatalogLink:
             self.offline(f"the catalog at {self.location} cannot be read ({exc}); answering"
                          f" from this machine's copy of {since}")  # fmt: skip
             return
-        self._caught_up.setdefault(id(registry), set()).add(scope)
+        self._caught_up.add(scope)
 
     def refresh(self, registry: Registry, *, keep_local: set[str],
                 scope: str = scopes.EVERYTHING,

@@ -354,7 +354,7 @@ def apply_version(registry: Registry, document: dict) -> str | None:
     ):
         return f"{dataset}:{number} in the catalog does not match its own digest"
     if (made := document["derived_from"]) is not None:
-        parent = registry.get_version(made["dataset"], made["version"])
+        parent = registry.stored_version(_version_id(registry, made["dataset"], made["version"]))
         new.derived_from = DerivedFrom(parent, made["operation"], made["parameters"])
     forgotten = None
     if document["files"] is None:
