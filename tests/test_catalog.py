@@ -17,9 +17,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import adlfs
+import fsspec
 import pytest
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
+import amlfs
 from amlfs.catalog import layout, open_registry
 from amlfs.errors import Conflict, UserError
 from amlfs.registry.snapshots import Snapshots
@@ -431,3 +433,15 @@ def test_catalog_names_parse_back_and_documents_round_trip() -> None:
     assert layout.decode(key, layout.encode(key, document)) == document
     with pytest.raises(UserError, match="is damaged"):
         layout.decode(key, b"not gzip")
+
+
+def test_python_sees_what_another_machine_registered(team: Team) -> None:
+    first, second = team.machine("first"), team.machine("second")
+    register(first, "weather")
+    dataset = amlfs.Dataset.get("weather", home=second.home)
+    assert dataset.ref == "weather:1"
+    assert sorted(dataset.files) == sorted(FILES)
+    with dataset.open("labels.csv") as f:
+        assert f.read() == FILES["labels.csv"]
+    fs = fsspec.filesystem("amlfs", home=str(second.home), skip_instance_cache=True)
+    assert fs.cat_file("weather:1/train/nested/deeper/c.txt") == FILES["train/nested/deeper/c.txt"]

@@ -8,8 +8,10 @@ Writing (the registry's Shared, see registry/shared.py):
   swap), so a change made elsewhere meanwhile is never overwritten: the command fails
   with Conflict and the registry is left as it was.
 
-Reading: refresh() lists the catalog (names and etags only), reads the objects whose
-etag this registry has not seen, and applies them in one local transaction.
+Reading: before a read, catch_up() refreshes the part of the catalog it answers from
+(a scope: one dataset, the runs, ...): it lists those folders (names and etags only),
+reads the objects whose etag this registry has not seen and the records they name that
+it lacks, and applies them in one local transaction.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -187,11 +190,14 @@ class CatalogLink:
         }.get(scope)
         if folders is None:  # dataset:NAME
             folders = layout.dataset_folders(scope.partition(":")[2])
-        found = {}
-        for folder in folders or [layout.DATASTORES]:  # a version's datastore is a need
-            listed = self.store.list_etags(self._full(folder))
-            found.update({f"{folder}/{name}": etag for name, etag in listed.items()})
-        return found
+        folders = folders or [layout.DATASTORES]  # (a version's datastore is a need)
+        # At once: each listing is a round trip to the store, and they do not depend on
+        # each other.
+        with ThreadPoolExecutor(len(folders)) as pool:
+            listings = pool.map(lambda folder: self.store.list_etags(self._full(folder)),
+                                folders)  # fmt: skip
+            return {f"{folder}/{name}": etag for folder, listed in zip(folders, listings,
+                    strict=True) for name, etag in listed.items()}  # fmt: skip
 
     def _add_needed(self, registry: Registry, documents: dict[str, tuple[dict, str]]) -> None:
         """Add to DOCUMENTS the versions (and snapshots) they name that neither they nor
