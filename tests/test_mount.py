@@ -281,7 +281,9 @@ def test_a_second_read_is_served_by_the_kernel_without_the_daemon(
 ) -> None:
     """Versions never change, so the kernel keeps the pages across opens, and opens are
     the kernel's own: a second epoch over data that fits in memory sends the daemon no
-    request at all (no open, read, release or lookup)."""
+    request at all (no open, read, release or lookup). On a shared machine, memory
+    pressure from elsewhere may evict a page between two epochs: then the epoch after
+    must send none (a mount whose pages the kernel did not keep sends reads every time)."""
     root = mounts.mount("ds:1", *OPTIONS)
     for path, data in FILES.items():
         assert (root / path).read_bytes() == data
@@ -289,11 +291,18 @@ def test_a_second_read_is_served_by_the_kernel_without_the_daemon(
     assert first["reads"] > 0
     assert first["requests"].get("open", 0) <= 1  # the one that told the kernel: no opens
     assert "release" not in first["requests"]
-    for path, data in FILES.items():
-        assert (root / path).read_bytes() == data
-    again = status_of(cli, root)
-    assert again["requests"] == first["requests"]
-    assert again["reads"] == first["reads"]
+    before, sent = first, []
+    for _epoch in range(3):
+        for path, data in FILES.items():
+            assert (root / path).read_bytes() == data
+        again = status_of(cli, root)
+        if again["requests"] == before["requests"] and again["reads"] == before["reads"]:
+            break
+        sent.append({k: v - before["requests"].get(k, 0) for k, v in again["requests"].items()
+                     if v != before["requests"].get(k, 0)})  # fmt: skip
+        before = again
+    else:
+        pytest.fail(f"every epoch sent the daemon requests: {sent}")
 
 
 def test_a_second_listing_is_served_by_the_kernel_without_the_daemon(
