@@ -130,16 +130,22 @@ def _from_connection_string(parts: Mapping[str, str]) -> tuple[AzureConfig, dict
     return config, {}
 
 
+def azure_store(container: str, credential: Credential, options: Mapping[str, object],
+                retry: Mapping[str, object]) -> AzureStore:  # fmt: skip
+    """obstore's client of CONTAINER with CREDENTIAL, these client OPTIONS and RETRY
+    settings (plain HTTP allowed for an http:// endpoint: the emulator)."""
+    config, extra = client_config(credential)
+    plain = {"allow_http": config["endpoint"].startswith("http://")}
+    return AzureStore(container, config=config, client_options={**options, **plain},
+                      retry_config=retry, **extra)  # fmt: skip
+
+
 class BlobReads:
     """Conditional reads of the blobs of one container."""
 
     def __init__(self, container: str, credential: Credential):
-        config, extra = client_config(credential)
-        plain = {"allow_http": config["endpoint"].startswith("http://")}
-        self._store = AzureStore(container, config=config, client_options=CLIENT_OPTIONS | plain,
-                                 retry_config=RETRY, **extra)  # fmt: skip
-        self._probes = AzureStore(container, config=config, client_options=PROBE_OPTIONS | plain,
-                                  retry_config=PROBE_RETRY, **extra)  # fmt: skip
+        self._store = azure_store(container, credential, CLIENT_OPTIONS, RETRY)
+        self._probes = azure_store(container, credential, PROBE_OPTIONS, PROBE_RETRY)
 
     @property
     def usable(self) -> bool:
@@ -185,10 +191,7 @@ class BlobDocuments:
     service sends them in headers, quoted, whether they come from a listing or not."""
 
     def __init__(self, container: str, credential: Credential):
-        config, extra = client_config(credential)
-        plain = {"allow_http": config["endpoint"].startswith("http://")}
-        self._store = AzureStore(container, config=config, client_options=CLIENT_OPTIONS | plain,
-                                 retry_config=RETRY, **extra)  # fmt: skip
+        self._store = azure_store(container, credential, CLIENT_OPTIONS, RETRY)
 
     def create(self, blob: str, data: bytes) -> str:
         _starting_runtime()

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     import fsspec
     from typing_extensions import Buffer
 
-    from amlfs.objects import BlobDocuments, BlobReads
+    from amlfs.objects import BlobDocuments, BlobReads, Credential
 
 log = logging.getLogger(__name__)
 
@@ -462,7 +462,11 @@ class Store:
             self._local_only()
             folder = os.path.dirname(full)
             with _folder_lock(folder):
-                if self._etag_of(full) != if_match:
+                try:
+                    current = _local_etag(os.stat(full))
+                except FileNotFoundError:
+                    current = None
+                if current != if_match:
                     raise NotAsStored(f"{relative} changed since it was read")
                 partial = _local_partial(folder, data)
                 os.replace(partial, full)
@@ -908,8 +912,10 @@ LOCAL_PRIVATE = ".amlfs-"  # names of amlfs's temporary and lock files in a loca
 
 
 def _local_etag(st: os.stat_result) -> str:
-    """A local file's etag from its stat: the token _etag makes of fsspec's info."""
-    return _etag({"mtime": st.st_mtime, "size": st.st_size})
+    """A local document's etag: every write of one is a new file (linked or renamed into
+    place), so its inode and its times in ns tell two writes apart even within one clock
+    tick and with the same size, where mtime and size alone would not."""
+    return f"ino-{st.st_ino}-mtime-{st.st_mtime_ns}-ctime-{st.st_ctime_ns}-size-{st.st_size}"
 
 
 def _local_partial(folder: str, data: bytes) -> str:
@@ -995,20 +1001,23 @@ def _blob_name(full: str) -> str:
 
 def _blob_reads(ds: Datastore, root: str, options: Mapping[str, object]) -> BlobReads:
     """The reader of DS's pinned blobs, with the credential OPTIONS hold (its secret)."""
-    from amlfs.objects import BlobReads, Credential
+    from amlfs.objects import BlobReads
 
-    secret = options.get(_ENV_OPTION.get(ds.credential, ""))
-    credential = Credential(ds.credential, ds.account_name, secret)  # type: ignore[arg-type]
-    return BlobReads(root.partition("/")[0], credential)
+    return BlobReads(root.partition("/")[0], _azure_credential(ds, options))
 
 
 def _blob_documents(ds: Datastore, root: str, options: Mapping[str, object]) -> BlobDocuments:
     """The writer of DS's small documents, with the credential OPTIONS hold."""
-    from amlfs.objects import BlobDocuments, Credential
+    from amlfs.objects import BlobDocuments
+
+    return BlobDocuments(root.partition("/")[0], _azure_credential(ds, options))
+
+
+def _azure_credential(ds: Datastore, options: Mapping[str, object]) -> Credential:
+    from amlfs.objects import Credential
 
     secret = options.get(_ENV_OPTION.get(ds.credential, ""))
-    credential = Credential(ds.credential, ds.account_name, secret)  # type: ignore[arg-type]
-    return BlobDocuments(root.partition("/")[0], credential)
+    return Credential(ds.credential, ds.account_name, secret)  # type: ignore[arg-type]
 
 
 def _tune_azure(fs: fsspec.AbstractFileSystem) -> None:

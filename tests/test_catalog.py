@@ -13,23 +13,22 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import adlfs
 import fsspec
 import pytest
-from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
 import amlfs
 from amlfs.catalog import layout, open_registry
 from amlfs.errors import Conflict, UserError
 from amlfs.registry.snapshots import Snapshots
 from tests.conftest import CONNECTION_ENV, Cli, Container, require
-from tests.support.azurite import ACCOUNT, ACCOUNT_KEY, Azurite
+from tests.support.azurite import ACCOUNT_KEY, Azurite
 from tests.support.mounts import Mounts
 from tests.support.sample import FILES, OPTIONS
 from tests.test_pipeline import CHAIN, run_json, steps_of, write
+from tests.test_storage_azurite import container_sas
 
 CATALOG = "team:catalog"
 
@@ -132,31 +131,31 @@ def test_machines_registering_at_once_get_distinct_consecutive_versions(team: Te
     ]
 
 
-def test_runs_and_snapshots_made_at_once_on_several_machines_are_all_recorded(
-    team: Team,
+def test_runs_snapshots_and_applies_made_at_once_on_several_machines_are_all_recorded(
+    team: Team, tmp_path: Path
 ) -> None:
     machines = [team.machine(f"m{i}") for i in range(3)]
     register(machines[0], "weather")
     procs = []
-    for i, machine in enumerate(machines):
-        base = [sys.executable, "-m", "amlfs", "--home", str(machine.home)]
-        procs.append(subprocess.Popen(
-            [*base, "run", "--input", "raw=weather:1,mode=download",
-             "--output", "out=team:outputs/{run-id},register=results", "--",
-             "sh", "-c", f"cp {{inputs.raw}}/labels.csv {{outputs.out}}/from-{i}.csv"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        ))  # fmt: skip
-        procs.append(subprocess.Popen(
-            [*base, "snapshot", "create", "weather:1", "--name", f"snap-{i}"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        ))  # fmt: skip
+    for i, (machine, paths) in enumerate(zip(machines, ("data", "data/train", "data/valid"),
+                                             strict=True)):  # fmt: skip
+        declaration = tmp_path / f"declared-{i}.yaml"
+        declaration.write_text("schema: amlfs/declaration/v2\ndatasets:\n- name: declared\n"
+                               f"  datastore: team\n  paths: [{paths}]\n")  # fmt: skip
+        procs += [
+            start(machine, "run", "--input", "raw=weather:1,mode=download",
+                  "--output", "out=team:outputs/{run-id},register=results", "--",
+                  "sh", "-c", f"cp {{inputs.raw}}/labels.csv {{outputs.out}}/from-{i}.csv"),
+            start(machine, "snapshot", "create", "weather:1", "--name", f"snap-{i}"),
+            start(machine, "apply", str(declaration)),
+        ]  # fmt: skip
     for proc in procs:
         _out, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, err
     for machine in machines:
-        assert [v["version"] for v in as_json(machine, "dataset", "versions", "results")] == [
-            1, 2, 3,
-        ]  # fmt: skip
+        for dataset in ("results", "declared"):
+            listed = as_json(machine, "dataset", "versions", dataset)
+            assert [v["version"] for v in listed] == [1, 2, 3], dataset
         runs = as_json(machine, "runs", "list")
         assert sorted(o["version"] for r in runs for o in r["outputs"]) == [
             "results:1", "results:2", "results:3",
@@ -240,7 +239,7 @@ def test_attach_refuses_a_registry_that_contradicts_the_catalog(team: Team) -> N
 def test_no_secret_is_ever_written_to_the_catalog(
     team: Team, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sas = _read_only_sas(team.container)
+    sas = container_sas(team.container)
     monkeypatch.setenv("AMLFS_TEST_READ_ONLY", _sas_connection_string(team, sas))
     first = team.machine("first")
     register(first, "weather")
@@ -263,7 +262,7 @@ def test_read_only_catalog_credentials_mount_and_download_but_refuse_writes(
     first = team.machine("first")
     register(first, "weather")
     monkeypatch.setenv("AMLFS_TEST_READ_ONLY", _sas_connection_string(
-        team, _read_only_sas(team.container)))  # fmt: skip
+        team, container_sas(team.container)))  # fmt: skip
     reader = team.machine("reader", env_var="AMLFS_TEST_READ_ONLY")
     assert [v["version"] for v in as_json(reader, "dataset", "versions", "weather")] == [1]
 
@@ -279,14 +278,6 @@ def test_read_only_catalog_credentials_mount_and_download_but_refuse_writes(
     assert "access denied" in result.err and "catalog" in result.err
     assert team.objects() == before
     assert [v["version"] for v in as_json(reader, "dataset", "versions", "weather")] == [1]
-
-
-def _read_only_sas(container: Container) -> str:
-    return generate_container_sas(
-        ACCOUNT, container.name, account_key=ACCOUNT_KEY,
-        permission=ContainerSasPermissions(read=True, list=True),
-        expiry=datetime.now(UTC) + timedelta(hours=2),
-    )  # fmt: skip
 
 
 def _sas_connection_string(team: Team, sas: str) -> str:

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from amlfs.transfer.download import DownloadReport, download_version
 from amlfs.transfer.journal import Journal
 from amlfs.transfer.resume import CHUNK
 from tests.conftest import CONNECTION_ENV, Cli, Container
+from tests.support.waiting import killed_when
 
 SIZE = 96 * 2**20
 KILL_AT = 32 * 2**20  # bytes in the partial file before the download is killed
@@ -47,18 +46,12 @@ def killed_download(cli: Cli, dest: Path) -> int:
         [sys.executable, "-m", "amlfs", "--home", str(cli.home), "download", "big", str(dest)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    try:
-        deadline = time.monotonic() + DEADLINE_S
-        while time.monotonic() < deadline and proc.poll() is None:
-            found = partial_files(dest)
-            if found and found[0].stat().st_size >= KILL_AT:
-                break
-            time.sleep(0.005)
-        assert proc.poll() is None, "the download ended before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+
+    def far_enough() -> bool:
+        found = partial_files(dest)
+        return bool(found) and found[0].stat().st_size >= KILL_AT
+
+    killed_when(proc, far_enough, f"with {KILL_AT} bytes written", DEADLINE_S)
     (partial,) = partial_files(dest)
     written = partial.stat().st_size
     assert KILL_AT <= written < SIZE

@@ -84,3 +84,13 @@ def test_a_local_folder_leaves_no_temporary_or_lock_files_in_listings(tmp_path: 
         store.create("cat/x.json", b"3")
     assert list(store.list_etags("cat")) == ["x.json"]
     assert not [n for n in os.listdir(tmp_path / "cat") if n.endswith(".part")]
+
+
+def test_a_rewrite_of_the_same_size_at_once_still_changes_the_etag(store: Store) -> None:
+    """Two writes of one size within one clock tick: a swap over the first etag fails."""
+    first = store.create("cat/same.json", b"aaaaa")
+    second = store.replace("cat/same.json", b"bbbbb", first)
+    assert second != first
+    with pytest.raises(NotAsStored):
+        store.replace("cat/same.json", b"ccccc", first)
+    assert store.fetch("cat/same.json") == (b"bbbbb", second)

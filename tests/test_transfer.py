@@ -7,10 +7,8 @@ import hashlib
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from amlfs.cli import progress as progress_module
 from tests.conftest import CONNECTION_ENV, Cli, Container
 from tests.support.mounts import Mounts
 from tests.support.sample import FILES, OPTIONS
+from tests.support.waiting import killed_when
 
 
 def digests_of(root: Path) -> dict[str, str]:
@@ -68,17 +67,10 @@ def test_an_interrupted_download_resumes_where_it_stopped(
          "--workers", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            if dest.is_dir() and len([p for p in dest.iterdir() if p.suffix == ".bin"]) >= 5:
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, "the download finished before it could be interrupted"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    killed_when(
+        proc, lambda: dest.is_dir() and len([p for p in dest.iterdir() if p.suffix == ".bin"]) >= 5,
+        "with 5 files placed",
+    )  # fmt: skip
     placed_before = {p.name for p in dest.iterdir() if p.suffix == ".bin"}
     assert 5 <= len(placed_before) < len(many)
 

@@ -183,13 +183,8 @@ class BlockCache:
             self._store.set(FORMAT_KEY, CACHE_FORMAT, retry=True)
 
     def _holds_this_format(self) -> bool:
-        """Whether any entry is a block of this format (its key starts `vN|`; a range
-        over diskcache's index of keys, one probe)."""
-        prefix = f"v{CACHE_FORMAT}|"
-        upper = prefix[:-1] + chr(ord("|") + 1)
-        row = self._store._sql("SELECT 1 FROM Cache WHERE key >= ? AND key < ? LIMIT 1",
-                               (prefix, upper)).fetchone()  # fmt: skip
-        return row is not None
+        """Whether any entry is a block of this format (its key starts `vN|`)."""
+        return self._store.holds_key_starting(f"v{CACHE_FORMAT}|")
 
     def close(self) -> None:
         if self._store is not None:

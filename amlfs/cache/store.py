@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import diskcache
@@ -61,13 +61,24 @@ class BlockStore(diskcache.Cache):
         super().__init__(directory, disk=BlockDisk, **settings)
         self.evicted = 0  # entries this process's writes evicted (for metrics)
 
-    def _cull(self, now: float, sql: object, cleanup: object, limit: int | None = None) -> None:
-        """diskcache's eviction after a write, counting the entries it removes (the count
-        kept in its settings table, read before and after, in the write's transaction)."""
-        count = "SELECT value FROM Settings WHERE key = 'count'"
-        before = sql(count).fetchall()[0][0]
-        super()._cull(now, sql, cleanup, limit)
-        self.evicted += max(0, before - sql(count).fetchall()[0][0])
+    def _cull(self, now: float, sql: object, cleanup: Callable[[str | None], None],
+              limit: int | None = None) -> None:  # fmt: skip
+        """diskcache's eviction after a write, counting the entries it removes: it calls
+        CLEANUP once for each (with its file's name, or None), so counting costs no query."""
+
+        def counted(filename: str | None) -> None:
+            self.evicted += 1
+            cleanup(filename)
+
+        super()._cull(now, sql, counted, limit)
+
+    def holds_key_starting(self, prefix: str) -> bool:
+        """Whether any entry's key (a str) starts with PREFIX: a range over diskcache's
+        index of keys, one probe, no lock."""
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        row = self._sql("SELECT 1 FROM Cache WHERE key >= ? AND key < ? LIMIT 1",
+                        (prefix, upper)).fetchone()  # fmt: skip
+        return row is not None
 
     def peek(self, key: str) -> tuple[object, object] | None:
         """The value (a BlockFile for a file) and tag stored under KEY, without marking

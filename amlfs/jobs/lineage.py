@@ -21,12 +21,16 @@ def run_lock(home: Path, run_id: str) -> Path:
     return home / "run" / "runs" / f"{run_id}.lock"
 
 
+def is_lost(home: Path, host: str, run_id: str) -> bool:
+    """Whether a run with no end recorded is lost: started on this machine, from HOME,
+    and its `amlfs run` is gone (it holds the run's lock while it lives)."""
+    return host == socket.gethostname() and not locks.held(run_lock(home, run_id))
+
+
 def state_of(run: Run, home: Path) -> str:
     """running, succeeded, failed, or lost (no end recorded and its `amlfs run` is gone)."""
     if run.ended_at is None:
-        if run.host == socket.gethostname() and not locks.held(run_lock(home, run.id)):
-            return "lost"
-        return "running"
+        return "lost" if is_lost(home, run.host, run.id) else "running"
     return "succeeded" if run.exit_code == 0 and run.error is None else "failed"
 
 

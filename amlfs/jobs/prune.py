@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from amlfs import locks
-from amlfs.jobs.lineage import run_lock
+from amlfs.jobs.lineage import is_lost, run_lock
 from amlfs.registry.runs import PruneCandidate, RunLog
 from amlfs.registry.store import Registry
 
@@ -53,8 +53,7 @@ def prune_runs(home: Path, registry: Registry, older_than_days: float,
             report.kept[candidate.kept_because] += 1
     if dry_run or not report.pruned:
         return report
-    runs.delete([c.id for c in report.pruned], report.ended_before)
-    gone = {run.id for run in report.pruned} - _recorded(registry)
+    gone = runs.delete([c.id for c in report.pruned], report.ended_before)
     report.pruned = [c for c in report.pruned if c.id in gone]  # others were needed meanwhile
     for run_id in gone:
         _remove_leftovers(home, run_id)
@@ -66,11 +65,7 @@ def _lost_runs(home: Path, registry: Registry) -> set[str]:
     rows = registry.connection.execute(
         "SELECT id FROM runs WHERE ended_at IS NULL AND host = ?", (socket.gethostname(),)
     ).fetchall()
-    return {run_id for (run_id,) in rows if not locks.held(run_lock(home, run_id))}
-
-
-def _recorded(registry: Registry) -> set[str]:
-    return {run_id for (run_id,) in registry.connection.execute("SELECT id FROM runs")}
+    return {run_id for (run_id,) in rows if is_lost(home, socket.gethostname(), run_id)}
 
 
 def _remove_leftovers(home: Path, run_id: str) -> None:

@@ -24,16 +24,15 @@ the steps leaves versions marked and not deleted: the next prune finishes them.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from amlfs import locks, mounts
+from amlfs import mounts
 from amlfs.errors import StorageError
-from amlfs.jobs.lineage import run_lock
+from amlfs.jobs.lineage import is_lost
 from amlfs.pipelines.state import alive
 from amlfs.registry import paths
 from amlfs.registry.models import Version
@@ -182,7 +181,7 @@ def _in_use(user: Dependant, cutoff: str, home: Path) -> bool:
     if user.ended_at is not None:
         return False
     if user.kind == "run":  # `amlfs run` holds its lock while it runs
-        return user.host != socket.gethostname() or locks.held(run_lock(home, user.id))
+        return not is_lost(home, user.host, user.id)
     return alive(user.host, user.pid)  # a pipeline run has no lock: its pid, if alive
 
 

@@ -189,7 +189,7 @@ def run_document(registry: Registry, run_id: str) -> dict:
     # An input read from a snapshot's copy also names the snapshot (DATASET, NUMBER,
     # NAME), which a machine needs in order to show the input as NAME:VERSION@SNAP.
     document["inputs"] = [
-        [name, *_natural(registry, version_id), mode, _copy_owner(registry, version_id)]
+        [name, *natural_version(registry, version_id), mode, _copy_owner(registry, version_id)]
         for name, version_id, mode in conn.execute(
             "SELECT name, version_id, mode FROM run_inputs WHERE run_id = ? ORDER BY name",
             (run_id,),
@@ -197,7 +197,7 @@ def run_document(registry: Registry, run_id: str) -> dict:
     ]
     document["outputs"] = [
         [name, location, mode, register,
-         *(_natural(registry, version_id) if version_id is not None else (None, None))]
+         *(natural_version(registry, version_id) if version_id is not None else (None, None))]
         for name, location, mode, register, version_id in conn.execute(
             "SELECT name, location, mode, register, version_id FROM run_outputs"
             " WHERE run_id = ? ORDER BY name",
@@ -240,14 +240,7 @@ def pipeline_ids(registry: Registry) -> list[str]:
 
 
 def holds_version(registry: Registry, dataset: str, number: int) -> bool:
-    return (
-        registry.connection.execute(
-            "SELECT 1 FROM versions v JOIN datasets d ON d.id = v.dataset_id"
-            " WHERE d.name = ? AND v.version = ?",
-            (dataset, number),
-        ).fetchone()
-        is not None
-    )
+    return _version_row(registry, dataset, number) is not None
 
 
 def holds_snapshot(registry: Registry, dataset: str, number: int, name: str) -> bool:
@@ -275,10 +268,6 @@ def _copy_owner(registry: Registry, version_id: int) -> list | None:
 
 def natural_version(registry: Registry, version_id: int) -> tuple[str, int]:
     """(dataset, number) of a version row: its name on every machine."""
-    return _natural(registry, version_id)
-
-
-def _natural(registry: Registry, version_id: int) -> tuple[str, int]:
     return registry.connection.execute(
         "SELECT d.name, v.version FROM versions v JOIN datasets d ON d.id = v.dataset_id"
         " WHERE v.id = ?",
@@ -329,13 +318,8 @@ def apply_version(registry: Registry, document: dict) -> str | None:
     """A version: inserted if this registry lacks its number; a conflict if it holds the
     number with other files."""
     dataset, number = document["dataset"], document["version"]
-    row = registry.connection.execute(
-        "SELECT v.manifest_sha256 FROM versions v JOIN datasets d ON d.id = v.dataset_id"
-        " WHERE d.name = ? AND v.version = ?",
-        (dataset, number),
-    ).fetchone()
-    if row is not None:
-        if row[0] == document["manifest_sha256"]:
+    if (held := _version_row(registry, dataset, number)) is not None:
+        if registry.stored_version(held).manifest_sha256 == document["manifest_sha256"]:
             return None
         return f"{dataset}:{number} pins other files here than in the catalog"
     files = [PinnedFile(path, size, etag, bytes.fromhex(md5) if md5 else None, modified)
@@ -465,11 +449,16 @@ def apply_pipeline(registry: Registry, document: dict) -> str | None:
 
 
 def _version_id(registry: Registry, dataset: str, number: int) -> int:
+    found = _version_row(registry, dataset, number)
+    if found is None:
+        raise NotFound(f"{dataset}:{number} is not in this registry")
+    return found
+
+
+def _version_row(registry: Registry, dataset: str, number: int) -> int | None:
     row = registry.connection.execute(
         "SELECT v.id FROM versions v JOIN datasets d ON d.id = v.dataset_id"
         " WHERE d.name = ? AND v.version = ?",
         (dataset, number),
     ).fetchone()
-    if row is None:
-        raise NotFound(f"{dataset}:{number} is not in this registry")
-    return row[0]
+    return row[0] if row else None

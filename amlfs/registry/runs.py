@@ -137,8 +137,8 @@ class RunLog:
         return [self._run(row) for row in rows]
 
     def readers(self, version: Version) -> list[Run]:
-        self.registry.catch_up(scopes.RUNS)
         """The runs that read VERSION, oldest first."""
+        self.registry.catch_up(scopes.RUNS)
         rows = self._conn.execute(
             f"SELECT DISTINCT {_RUN_COLUMNS} FROM runs r"
             " JOIN run_inputs i ON i.run_id = r.id WHERE i.version_id = ?"
@@ -148,19 +148,19 @@ class RunLog:
         return [self._run(row) for row in rows]
 
     def producer(self, version: Version) -> Run | None:
-        self.registry.catch_up(scopes.RUNS)
         """The run that registered VERSION, if a run did."""
+        self.registry.catch_up(scopes.RUNS)
         row = self._conn.execute(
             "SELECT run_id FROM run_outputs WHERE version_id = ?", (version.id,)
         ).fetchone()
         return self.get(row[0]) if row else None
 
     def prune_candidates(self, ended_before: str, lost: set[str]) -> list[PruneCandidate]:
-        self.registry.catch_up(scopes.PIPELINES)  # pipeline steps name runs that stay
         """Runs that ended before ENDED_BEFORE (ISO 8601, UTC), and those of LOST (runs
         with no end, known lost) that started before it, oldest first, each with why it
         must stay, if it must: lineage (it read or produced a version, whose lineage
         names it) or a pipeline step that names it (`pipeline show`, reuse)."""
+        self.registry.catch_up(scopes.PIPELINES)  # pipeline steps name runs that stay
         rows = self._conn.execute(
             "SELECT r.id, r.started_at, r.ended_at,"
             " EXISTS (SELECT 1 FROM run_inputs i WHERE i.run_id = r.id),"
@@ -180,11 +180,11 @@ class RunLog:
             found.append(PruneCandidate(run_id, started, ended, reason))
         return found
 
-    def delete(self, run_ids: list[str], ended_before: str) -> int:
+    def delete(self, run_ids: list[str], ended_before: str) -> set[str]:
         """Delete the records of RUN_IDS (their inputs and outputs with them) in one
         transaction, but any that lineage or a pipeline step came to need meanwhile, or
-        that ended after ENDED_BEFORE; the number deleted."""
-        deleted = 0
+        that ended after ENDED_BEFORE; the ids deleted."""
+        deleted: set[str] = set()
         with self.registry.transaction():
             for run_id in run_ids:
                 cursor = self._conn.execute(
@@ -195,8 +195,8 @@ class RunLog:
                     " AND NOT EXISTS (SELECT 1 FROM pipeline_steps WHERE run_id = runs.id)",
                     (run_id, ended_before),
                 )
-                deleted += cursor.rowcount
                 if cursor.rowcount:
+                    deleted.add(run_id)
                     self.registry.changed("run", run_id)
         return deleted
 
