@@ -12,6 +12,7 @@ the request itself and raises SourceChanged. A document is written only where no
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from obstore.exceptions import AlreadyExistsError, NotFoundError, PreconditionError
+from obstore.exceptions import (
+    AlreadyExistsError,
+    GenericError,
+    NotFoundError,
+    PreconditionError,
+)
 from obstore.store import AzureStore
 
 from amlfs.errors import NameTaken, NotAsStored, SourceChanged
@@ -45,6 +51,7 @@ RETRY = {
 # A probe asks whether the store can be reached at all: one try, answered in seconds.
 PROBE_OPTIONS = {"connect_timeout": timedelta(seconds=2), "timeout": timedelta(seconds=5)}
 PROBE_RETRY = {"max_retries": 0, "retry_timeout": timedelta(seconds=5)}
+PROBE_TIMED_OUT = "kind: Timeout,"  # object_store's kind of a request given up on time
 DOWNLOAD_CHUNK = 8 * 2**20
 # The emulator's published development account (UseDevelopmentStorage=true).
 DEVELOPMENT_ACCOUNT = "devstoreaccount1"
@@ -163,10 +170,19 @@ class BlobReads:
 
     def probe(self, blob: str) -> None:
         """One HEAD request for BLOB, not retried. Returns if the service answered that the
-        blob is there or not; raises what the client raised otherwise."""
+        blob is there or not; raises what the client raised otherwise, and a TimeoutError
+        (ETIMEDOUT: the store is unreachable) if nothing answered in time, connected or
+        not: a service that takes connections and never answers is not back."""
         _starting_runtime()
-        with contextlib.suppress(NotFoundError):
-            self._probes.head(blob)
+        try:
+            with contextlib.suppress(NotFoundError):
+                self._probes.head(blob)
+        except GenericError as error:
+            text = str(error)
+            if PROBE_TIMED_OUT not in text or "ConnectError(" in text:
+                raise  # not a timeout, or a connect that timed out: an outage already
+            limit = PROBE_OPTIONS["timeout"].total_seconds()
+            raise TimeoutError(errno.ETIMEDOUT, f"no answer within {limit:g} s") from error
 
     def stream(self, blob: str, etag: str, start: int) -> Iterator[Buffer]:
         """BLOB's bytes from START to its end in pieces of at least DOWNLOAD_CHUNK, in one

@@ -38,17 +38,39 @@ def never_accepting() -> Iterator[int]:
     listener.bind(("127.0.0.1", 0))
     listener.listen(0)
     port = listener.getsockname()[1]
-    fillers = []
+    fillers: list[socket.socket] = []
     try:
-        for _ in range(4):  # the queue holds one; the SYNs of the rest are dropped
+        # The queue holds one connection; SYNs that come after it are dropped. A filler's
+        # handshake may finish after connect_ex returns, so the queue is full once a
+        # connect of our own times out.
+        for _ in range(20):
             filler = socket.socket()
-            filler.setblocking(False)
-            filler.connect_ex(("127.0.0.1", port))
+            filler.settimeout(0.5)
+            try:
+                filler.connect(("127.0.0.1", port))
+            except TimeoutError:
+                filler.close()
+                break
             fillers.append(filler)
+        else:
+            pytest.fail("the listener's queue never filled")
         yield port
     finally:
         for filler in fillers:
             filler.close()
+        listener.close()
+
+
+@pytest.fixture
+def never_answering() -> Iterator[int]:
+    """A loopback port that accepts connections and never answers on them, as a service
+    that hangs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    try:
+        yield listener.getsockname()[1]
+    finally:
         listener.close()
 
 
@@ -75,6 +97,17 @@ def test_a_connect_that_times_out_is_unreachable_and_the_probe_says_so_within_se
         store.probe("a.bin")
     took = time.monotonic() - started
     assert took < 10, f"the probe took {took:.1f} s"  # its connect timeout is 2 s, no retry
+
+
+def test_a_store_that_takes_connections_and_never_answers_is_unreachable_to_the_probe(
+    never_answering: int,
+) -> None:
+    store = azure_at(never_answering)
+    started = time.monotonic()
+    with pytest.raises(StorageUnreachable, match="no answer within 5 s"):
+        store.probe("a.bin")
+    took = time.monotonic() - started
+    assert took < 10, f"the probe took {took:.1f} s"  # its whole request is given 5 s
 
 
 def test_a_store_that_answers_is_reachable_whatever_it_answers(
