@@ -40,6 +40,7 @@ from pathlib import Path
 
 import google_crc32c
 
+from amlfs.cache.direct import DirectFiles
 from amlfs.cache.store import BlockFile, BlockStore
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,7 @@ class BlockCache:
         self._counts_lock = threading.Lock()  # for both
         self._located: OrderedDict[str, _Located] = OrderedDict()  # recently read files
         self._located_lock = threading.Lock()
+        self._files = DirectFiles()  # block files past the page cache (see cache.direct)
         settings = {"eviction_policy": "least-recently-used", "disk_min_file_size": INLINE_BELOW,
                     "sqlite_journal_size_limit": WAL_LIMIT}  # fmt: skip
         if size_limit is not None:
@@ -335,27 +337,21 @@ class BlockCache:
             return False
 
     def _write_file(self, data: bytes) -> BlockFile:
-        """A new block file holding DATA, written in one call, named as diskcache names
-        its files (random, never reused)."""
+        """A new block file holding DATA (past the page cache where the disk allows:
+        amlfs.cache.direct), named as diskcache names its files (random, never reused)."""
         name, path = self._store.disk.filename()
         for attempt in range(1, OPEN_TRIES + 1):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                self._files.create(path, data)
                 break
             except FileNotFoundError:  # its folder was removed as empty meanwhile
                 if attempt == OPEN_TRIES:
                     raise
-        try:
-            view = memoryview(data)
-            while view:  # bounded: each write takes at least one byte or raises
-                view = view[os.write(fd, view) :]
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.remove(path)
-            raise
-        os.close(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+                raise
         return BlockFile(name, path, len(data))
 
     def discard(self, key: BlockKey) -> None:
