@@ -336,25 +336,65 @@ class BlockReader:
         await self._room_to_write([flights[index] for index in missing])
         owed = sum(self._length(blob, index) for index in missing)
         self._fetching_bytes += owed  # no await since the check: counted before any fetch
+
+        def fetched(index: int, block: bytes | bytearray) -> None:
+            nonlocal owed
+            land(index, block)
+            owed -= len(block)  # from fetching to waiting to be written, no await
+            self._fetching_bytes -= len(block)
+            self._keep_later(self._key(blob, index), block)
+
         try:
             for run in runs(missing, len(missing)):
-                start = run[0] * self.block_size
-                length = sum(self._length(blob, i) for i in run)
                 wanted = waited_for([flights[index] for index in run])
-                data = await self._fetch(blob, start, length, wanted)
-                view = memoryview(data)  # each block copied out of the answer once
-                for index in run:
-                    offset = index * self.block_size - start
-                    block = data if len(run) == 1 and isinstance(data, bytes) else bytes(
-                        view[offset : offset + self._length(blob, index)])  # fmt: skip
-                    land(index, block)
-                    owed -= len(block)  # from fetching to waiting to be written, no await
-                    self._fetching_bytes -= len(block)
-                    self._keep_later(self._key(blob, index), block)
+                await self._fetch_run(blob, run, wanted, fetched)
         finally:
             if owed:  # blocks that never came: no longer owed
                 self._fetching_bytes -= owed
                 self._nudge()
+
+    async def _fetch_run(self, blob: PinnedBlob, run: list[int], wanted: Callable[[], bool],
+                         fetched: Callable[[int, bytes | bytearray], None]) -> None:  # fmt: skip
+        """The consecutive blocks RUN of BLOB from storage in one request (see _request),
+        each handed to FETCHED as soon as its bytes are in, so that a reader waiting for
+        the first of a long run does not wait for the rest; the last once the request is
+        counted as answered. A retry asks only for the blocks not yet in."""
+        handed = 0  # blocks of RUN handed over, in order
+        ended = False  # this fetch returned or gave up: a stream still going hands nothing
+
+        def hand(block: bytes | bytearray) -> None:  # on the event loop
+            nonlocal handed
+            if ended:
+                return
+            index = run[handed]
+            if len(block) != self._length(blob, index):
+                raise ReadFailed(f"{blob.label}: got {len(block)} bytes of block {index}, "
+                                 f"expected {self._length(blob, index)}")  # fmt: skip
+            handed += 1
+            self.stats.bytes_fetched += len(block)
+            fetched(index, block)
+
+        def stream() -> bytes | bytearray | None:  # in a worker thread; returns the last
+            rest = run[handed:]
+            lengths = [self._length(blob, index) for index in rest]
+            pieces = self.store.read_pinned_pieces(blob.relative, rest[0] * self.block_size,
+                                                   lengths, blob.etag)  # fmt: skip
+            count = 0
+            for count, block in enumerate(pieces, 1):
+                if count == len(rest):
+                    return block
+                if ended:
+                    return None
+                trio.from_thread.run_sync(hand, block)
+            raise ReadFailed(f"{blob.label}: the answer ended after {count} of {len(rest)} "
+                             "blocks")  # fmt: skip
+
+        try:
+            last = await self._request(blob, wanted, self.io_timeout, stream)
+            if last is not None:
+                hand(last)
+        finally:
+            ended = True
 
     async def _fetch(self, blob: PinnedBlob, start: int, length: int,
                      wanted: Callable[[], bool]) -> Buffer:  # fmt: skip

@@ -74,6 +74,9 @@ COPY_BUFFER = 4 * 2**20
 PIN_WORKERS = 8
 FETCH_CONCURRENCY = 32  # small documents read at once (the catalog's)
 HASH_CHUNK = 2**20
+# A range read in pieces from this size up is streamed (see read_pinned_pieces): its
+# pieces are then large, and gathering the whole answer first would copy it once more.
+STREAMED_FROM = 2**20
 STREAM_PIECE = 8 * 2**20  # a piece of stream_pinned off Azure (obstore's pieces on it)
 WEB_PROTOCOLS = frozenset({"http", "https"})
 # Failures of the system calls that open a connection (or reach a network filesystem's
@@ -245,6 +248,23 @@ class Store:
             if info is None or _etag(info) != etag:
                 raise SourceChanged(f"{relative} changed since it was pinned")
             return data
+
+    def read_pinned_pieces(self, relative: str, start: int, lengths: list[int], etag: str
+                           ) -> Iterator[bytes | bytearray]:  # fmt: skip
+        """Consecutive pieces of a pinned file from START, of these LENGTHS, only if it
+        still has ETAG (as read_pinned), each as soon as it is in: on Azure from one
+        streamed request, each piece copied once out of the answer's chunks; elsewhere,
+        and for a short range, one read, cut (the caller checks the pieces' lengths).
+        Raises SourceChanged or StorageError."""
+        if pins.pinned_md5(etag) is not None:
+            raise ValueError(f"{relative} is pinned by content: it is read whole, and checked")
+        total = sum(lengths)
+        if self._objects and total >= STREAMED_FROM:
+            full = self.full_path(relative)
+            with self._errors(f"read {relative}"):
+                yield from self._blobs.read_pieces(_blob_name(full), start, lengths, etag)
+            return
+        yield from cut(self.read_pinned(relative, start, start + total, etag), lengths)
 
     def probe(self, relative: str) -> None:
         """One cheap request about RELATIVE (a pinned file's head; on Azure one try, given
@@ -671,6 +691,19 @@ class Store:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+
+def cut(data: Buffer, lengths: list[int]) -> Iterator[bytes]:
+    """DATA in consecutive pieces of these LENGTHS, each bytes of its own (DATA itself if
+    it is bytes and one piece); short or empty at the end if DATA is short."""
+    if len(lengths) == 1 and isinstance(data, bytes):
+        yield data
+        return
+    view = memoryview(data)
+    at = 0
+    for length in lengths:
+        yield bytes(view[at : at + length])
+        at += length
 
 
 def unreachable(error: BaseException) -> str | None:

@@ -96,6 +96,14 @@ def peak_rss_mib(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """The process's CPU time so far, in user space and in the kernel (its threads'
+    included), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick  # utime, stime: proc(5)
+
+
 def stop(proc: subprocess.Popen, mountpoint: Path) -> None:
     """End the mount process we started (SIGTERM unmounts), then make sure it is gone."""
     if proc.poll() is None:

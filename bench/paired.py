@@ -12,7 +12,8 @@ different schema versions cannot share one). With --delay-ms the emulator is rea
 through bench's delay line (bench/latency.py), that many ms each way.
 
 Per pass: MiB/s of `cat` over all the files, the requests the mount made (`fetches` in
-its status), and the daemon's peak RSS. Besides, the same `cat` through rclone's
+its status), the daemon's peak RSS, and the CPU time the daemon spent during the `cat`
+(in user space and in the kernel). Besides, the same `cat` through rclone's
 `--vfs-cache-mode full` mount of the same container, when rclone is installed.
 """
 
@@ -35,7 +36,7 @@ from azure.storage.blob import BlobServiceClient
 from bench.common import machine, run_command, write_results
 from bench.data import CONTAINER  # the container bench.mounts' SAS and rclone remote name
 from bench.latency import DelayProxy
-from bench.mounts import container_sas_url, peak_rss_mib, rclone_mount
+from bench.mounts import container_sas_url, cpu_seconds, peak_rss_mib, rclone_mount
 from tests.support.azurite import Azurite
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
                 figure = _cold_cat(builds[which], homes[which], work, env, total_mib)
                 passes[which].append(figure)
                 print(f"bench.paired: pair {pair + 1} {which}: {figure['mib_s']:.0f} MiB/s, "
-                      f"{figure['requests']} requests, peak {figure['rss_mib']:.0f} MiB",
-                      file=sys.stderr)  # fmt: skip
+                      f"{figure['requests']} requests, peak {figure['rss_mib']:.0f} MiB, "
+                      f"daemon CPU {figure['cpu_user_s']:.2f} s user + "
+                      f"{figure['cpu_kernel_s']:.2f} s kernel", file=sys.stderr)  # fmt: skip
         rclone = _rclone_cat(port, work, names, total_mib) if shutil.which("rclone") else None
     results = {"old": args.old, "new": args.new or "working tree", "files": args.files,
                "mib": args.mib, "delay_ms": args.delay_ms, "passes": passes,
@@ -81,12 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     path = write_results("paired", results)
     for which in ("old", "new"):
         speeds = [p["mib_s"] for p in passes[which]]
+        cpu = statistics.median(p["cpu_user_s"] + p["cpu_kernel_s"] for p in passes[which])
         print(f"{which}: MiB/s {', '.join(f'{s:.0f}' for s in speeds)} (median "
               f"{statistics.median(speeds):.0f}); requests "
               f"{min(p['requests'] for p in passes[which])}-"
               f"{max(p['requests'] for p in passes[which])}; peak RSS "
               f"{min(p['rss_mib'] for p in passes[which]):.0f}-"
-              f"{max(p['rss_mib'] for p in passes[which]):.0f} MiB")  # fmt: skip
+              f"{max(p['rss_mib'] for p in passes[which]):.0f} MiB; daemon CPU (user + "
+              f"kernel) median {cpu:.2f} s")  # fmt: skip
     if rclone:
         print(f"rclone full: {rclone['mib_s']:.0f} MiB/s, peak {rclone['rss_mib']:.0f} MiB")
     print(f"bench.paired: raw results: {path}", file=sys.stderr)
@@ -150,14 +154,22 @@ def _cold_cat(code: Path, home: Path, work: Path, env: dict, total_mib: int) -> 
     pid = int(said.rsplit("(pid ", 1)[1].rstrip(")\n"))
     try:
         files = sorted(str(p) for p in mountpoint.iterdir())
+        user, kernel = cpu_seconds(pid)
         started = time.perf_counter()
         subprocess.run(["cat", *files], stdout=subprocess.DEVNULL, check=True)
         took = time.perf_counter() - started
+        user_after, kernel_after = cpu_seconds(pid)
         rss = peak_rss_mib(pid)
         stats = _settled_status(code, home, mountpoint, env, total_mib << 20)
     finally:
         _run_in(code, _amlfs(code, home, "unmount", str(mountpoint)), env)
-    return {"mib_s": total_mib / took, "requests": stats["fetches"], "rss_mib": rss}
+    return {
+        "mib_s": total_mib / took,
+        "requests": stats["fetches"],
+        "rss_mib": rss,
+        "cpu_user_s": user_after - user,
+        "cpu_kernel_s": kernel_after - kernel,
+    }
 
 
 def _settled_status(code: Path, home: Path, mountpoint: Path, env: dict, served: int) -> dict:

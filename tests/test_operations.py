@@ -40,6 +40,7 @@ from amlfs.registry import Datastore, NewVersion, PinnedFile, Registry
 from amlfs.registry import paths as registry_paths
 from amlfs.registry.models import Entry
 from amlfs.tree import ROOT_INODE, VersionTree, iso_to_ns
+from tests.support.stores import ReadsInPieces
 from tests.support.waiting import eventually
 
 BLOCK = 1024
@@ -83,7 +84,7 @@ def pinned_files() -> list[PinnedFile]:
     return pinned
 
 
-class FakeStore:
+class FakeStore(ReadsInPieces):
     """The datastore's files in memory (paths relative to its root), with the contract of
     Store.read_pinned: a changed file raises SourceChanged. Records every request."""
 

@@ -14,7 +14,7 @@ import random
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -38,6 +38,7 @@ from amlfs.reader import (
     ReadFailed,
     runs,
 )
+from tests.support.stores import ReadsInPieces
 from tests.support.waiting import WAIT_S, eventually
 
 BLOCK = 1024
@@ -52,7 +53,7 @@ def pinned(relative: str, size: int) -> PinnedBlob:
     return PinnedBlob(f"az://acct@box/{relative}", relative, size, ETAG, f"ds:1 {relative}")
 
 
-class FakeStore:
+class FakeStore(ReadsInPieces):
     """Pinned files in memory, with the contract of Store.read_pinned; counts requests.
 
     FAIL, when set, is consulted before each read and may raise (or block).
@@ -496,6 +497,38 @@ async def test_storage_that_hangs_fails_the_read_within_the_time_bound(tmp_path:
             assert io_timeout - 0.05 <= trio.current_time() - started <= io_timeout + 0.3
     finally:
         hung.set()  # let the abandoned worker thread end
+
+
+class HeldAfterFirstPiece(FakeStore):
+    """Each request hands its first piece at once and the rest only once RELEASE is set."""
+
+    def __init__(self, files: dict[str, bytes]):
+        super().__init__(files)
+        self.release = threading.Event()
+        self.rest_handed = False
+
+    def read_pinned_pieces(self, relative: str, start: int, lengths: list[int], etag: str
+                           ) -> Iterator[bytes]:  # fmt: skip
+        for n, piece in enumerate(super().read_pinned_pieces(relative, start, lengths, etag)):
+            if n == 1:
+                self.release.wait(WAIT_S)
+                self.rest_handed = True
+            yield piece
+
+
+async def test_the_first_block_of_a_run_is_served_before_the_rest_of_the_run_is_in(
+    tmp_path: Path,
+) -> None:
+    data = content(4 * BLOCK)
+    store = HeldAfterFirstPiece({"f.bin": data})
+    blob = pinned("f.bin", len(data))
+    async with open_reader(store, tmp_path) as reader:
+        reader.prefetch(blob, range(4))  # one request for the four blocks
+        assert await reader.read(blob, 0, BLOCK) == data[:BLOCK]
+        assert not store.rest_handed
+        store.release.set()
+        assert await reader.read(blob, BLOCK, 3 * BLOCK) == data[BLOCK:]
+    assert len(store.calls) == 1
 
 
 async def test_a_short_answer_from_storage_fails_the_read(tmp_path: Path) -> None:

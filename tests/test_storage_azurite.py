@@ -15,7 +15,7 @@ import pytest
 from amlfs import objects
 from amlfs.datastores import make_datastore
 from amlfs.errors import SourceChanged, StorageError, StorageUnreachable, UserError
-from amlfs.storage import Listing, Store
+from amlfs.storage import STREAMED_FROM, Listing, Store
 from tests.conftest import CONNECTION_ENV, Container
 from tests.support.azurite import ACCOUNT, ACCOUNT_KEY, Azurite, free_port
 
@@ -172,6 +172,22 @@ def test_a_blob_changed_or_deleted_after_pinning_is_never_read(
     container.fs.rm_file(f"{container.name}/{BLOB}")
     with pytest.raises(SourceChanged):
         store_reads.read_pinned(BLOB, 0, 100, pinned.etag)
+
+
+@pytest.mark.parametrize("size", [STREAMED_FROM - 1, 3 * STREAMED_FROM + 5])
+def test_a_range_read_in_pieces_gives_the_pinned_bytes_piece_by_piece(
+    store: Store, container: Container, size: int
+) -> None:
+    data = os.urandom(size)
+    container.put({"big.bin": data})
+    (pinned,) = store.list_source("big.bin").files
+    lengths = [size // 3, size // 3, size - 2 * (size // 3) - 10]  # from byte 10 to the end
+    pieces = list(store.read_pinned_pieces("big.bin", 10, lengths, pinned.etag))
+    assert [len(piece) for piece in pieces] == lengths
+    assert b"".join(pieces) == data[10:]
+    container.put({"big.bin": data[::-1]})
+    with pytest.raises(SourceChanged, match="changed since it was pinned"):
+        list(store.read_pinned_pieces("big.bin", 0, lengths, pinned.etag))
 
 
 def test_a_whole_download_is_the_pinned_file_or_source_changed(
