@@ -86,10 +86,9 @@ class Reads:
         if stream is not None:
             ahead = stream.on_read(offset, size, self.reader.block_size, blob.size,
                                    self.reader.depth, self.reader.room_ahead)  # fmt: skip
-        data = await self._span(blob, offset, size)
-        if ahead:
+        if ahead:  # under way beside this read's own fetch, not after it
             self.reader.prefetch(blob, ahead)
-        return data
+        return await self._span(blob, offset, size)
 
     async def _span(self, blob: PinnedBlob, offset: int, size: int) -> bytes | memoryview:
         """As reader.read, but a read of many blocks (a whole file, a column chunk) has the

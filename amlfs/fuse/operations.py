@@ -275,10 +275,9 @@ class ReadOnlyOperations(CountedOperations):
                 self._fetch_if_small(item)
         ahead = file.sequential.on_read(off, size, self.reader.block_size, entry.size, depth,
                                         self.reader.room_ahead)  # fmt: skip
-        data = await self.reader.read(file.blob, off, size)
-        if ahead:
+        if ahead:  # under way beside this read's own fetch, not after it
             self.reader.prefetch(file.blob, ahead)
-        return data
+        return await self.reader.read(file.blob, off, size)
 
     def _fetch_if_small(self, entry: Entry) -> None:
         """A file that fits in one block is fetched whole ahead of a walk reaching it."""
