@@ -276,13 +276,18 @@ class BlockReader:
 
     async def _fly(self, blob: PinnedBlob, flights: dict[int, Flight], prefetch: bool,
                    looked_up: bool) -> None:  # fmt: skip
+        failure: Exception | None = None
         try:
             await self._load(blob, flights, looked_up)
         except (ReadFailed, SourceChanged) as error:
+            failure = error
+        except Exception as error:  # a fault of ours: its readers get EIO, the mount goes on
+            log.exception("%s: fetching blocks %s failed", blob.label, list(flights))
+            failure = ReadFailed(f"{blob.label}: {type(error).__name__}: {error}")
+        finally:
             for flight in flights.values():
                 if not flight.done.is_set():  # blocks that landed before the failure stay good
-                    flight.error = error
-        finally:
+                    flight.error = failure or ReadFailed(f"{blob.label}: fetch cancelled")
             for index, flight in flights.items():
                 self._flights.pop(self._key(blob, index), None)
                 flight.done.set()

@@ -531,6 +531,18 @@ async def test_the_first_block_of_a_run_is_served_before_the_rest_of_the_run_is_
     assert len(store.calls) == 1
 
 
+async def test_a_fault_in_the_fetch_itself_fails_its_reads_and_not_the_reader(
+    tmp_path: Path,
+) -> None:
+    data = content(BLOCK)
+    store = FakeStore({"f.bin": data})
+    store.fail = failing(RuntimeError("a bug, not a storage error"), attempts=1)
+    async with open_reader(store, tmp_path) as reader:
+        with pytest.raises(ReadFailed, match="RuntimeError: a bug"):
+            await reader.read(pinned("f.bin", BLOCK), 0, BLOCK)
+        assert await reader.read(pinned("f.bin", BLOCK), 0, BLOCK) == data
+
+
 async def test_a_short_answer_from_storage_fails_the_read(tmp_path: Path) -> None:
     store = FakeStore({"f.bin": content(BLOCK // 2)})  # shorter than what was pinned
     async with open_reader(store, tmp_path) as reader:
