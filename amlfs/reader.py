@@ -8,8 +8,9 @@ obstore or fsspec, the diskcache store) runs in worker threads under capacity li
 Requests to storage take slots of two budgets (amlfs.slots): a fetch a reader waits for
 never queues behind read-ahead, and read-ahead reaches further the longer storage takes
 to answer and less far while memory between storage and the disk cache fills.
-Neighbouring blocks missing together are asked for in one request, which is streamed:
-each block lands (and wakes its readers) as soon as its bytes are in.
+Neighbouring blocks missing together are asked for in one request; on Azure, from 1 MiB
+up, it is streamed, and each block lands (and wakes its readers) as soon as its bytes
+are in.
 
 A read of part of a block that is neither in memory nor under way is served by range
 from the disk cache, which reads and checks only the sub-blocks it covers; a block read
@@ -289,7 +290,9 @@ class BlockReader:
         finally:
             for flight in flights.values():
                 if not flight.done.is_set():  # blocks that landed before the failure stay good
-                    flight.error = failure or ReadFailed(f"{blob.label}: fetch cancelled")
+                    flight.error = failure or ReadFailed(
+                        f"{blob.label}: its fetch ended without it"
+                    )
             for index, flight in flights.items():
                 self._flights.pop(self._key(blob, index), None)
                 flight.done.set()

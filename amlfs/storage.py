@@ -255,7 +255,8 @@ class Store:
         still has ETAG (as read_pinned), each as soon as it is in: on Azure from one
         streamed request, each piece copied once out of the answer's chunks; elsewhere,
         and for a short range, one read, cut (the caller checks the pieces' lengths).
-        Raises SourceChanged or StorageError."""
+        Raises SourceChanged or StorageError; ValueError (at the first piece) for a file
+        pinned by content, which is never read by range (see read_pinned)."""
         if pins.pinned_md5(etag) is not None:
             raise ValueError(f"{relative} is pinned by content: it is read whole, and checked")
         total = sum(lengths)

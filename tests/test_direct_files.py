@@ -3,7 +3,7 @@ every byte intact whatever the length, and through the page cache where it does 
 
 On the real disk under the test's temporary folder; `fincore` (util-linux) tells which
 pages of a file the page cache holds. A disk that refuses O_DIRECT is played by refusing
-the flag in os.open or os.write, the only way to have one on demand.
+the flag in fcntl or os.write, the only way to have one on demand.
 """
 
 from __future__ import annotations
@@ -53,6 +53,13 @@ def test_a_block_file_leaves_only_its_unaligned_tail_in_the_page_cache(tmp_path:
         cache.close()
 
 
+def test_every_spare_buffer_fits_the_largest_write(tmp_path: Path) -> None:
+    files = DirectFiles()
+    for number, length in enumerate([3 * ALIGN, 4 * MIB, 2 * ALIGN + 1, 4 * MIB]):
+        files.create(str(tmp_path / f"block{number}"), os.urandom(length))
+    assert files._spare and all(len(buffer) >= 4 * MIB for buffer in files._spare)
+
+
 def test_a_name_taken_is_never_written_over(tmp_path: Path) -> None:
     (tmp_path / "block").write_bytes(b"kept")
     with pytest.raises(FileExistsError):
@@ -61,24 +68,25 @@ def test_a_name_taken_is_never_written_over(tmp_path: Path) -> None:
 
 
 def refused(error_at: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make this disk refuse O_DIRECT as some do: at open, or at the first write."""
-    real_open, real_write = os.open, os.write
+    """Make this disk refuse O_DIRECT as some do: when the flag is set, or at the first
+    write with it."""
+    real_fcntl, real_write = fcntl.fcntl, os.write
 
-    def open_refusing(path: str, flags: int, mode: int = 0o777) -> int:
-        if error_at == "open" and flags & O_DIRECT:
+    def fcntl_refusing(fd: int, command: int, arg: int = 0) -> int:
+        if error_at == "set" and command == fcntl.F_SETFL and arg & O_DIRECT:
             raise OSError(errno.EINVAL, "Invalid argument")
-        return real_open(path, flags, mode)
+        return real_fcntl(fd, command, arg)
 
     def write_refusing(fd: int, data: object) -> int:
-        if error_at == "write" and fcntl.fcntl(fd, fcntl.F_GETFL) & O_DIRECT:
+        if error_at == "write" and real_fcntl(fd, fcntl.F_GETFL) & O_DIRECT:
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_write(fd, data)
 
-    monkeypatch.setattr(amlfs.cache.direct.os, "open", open_refusing)
+    monkeypatch.setattr(amlfs.cache.direct.fcntl, "fcntl", fcntl_refusing)
     monkeypatch.setattr(amlfs.cache.direct.os, "write", write_refusing)
 
 
-@pytest.mark.parametrize("error_at", ["open", "write"])
+@pytest.mark.parametrize("error_at", ["set", "write"])
 def test_a_disk_that_refuses_o_direct_gets_every_write_through_the_page_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error_at: str
 ) -> None:

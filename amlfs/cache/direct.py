@@ -12,7 +12,8 @@ O_DIRECT wants the buffer's address, the file offset and the length aligned: the
 are copied into a page-aligned buffer, the aligned part written directly, and a short
 tail (the end of a file's last block) through the page cache. A filesystem that refuses
 O_DIRECT (tmpfs on older kernels, some network filesystems) gets every write through
-the page cache, as before; that is noticed once and remembered.
+the page cache, as before; that is noticed once and remembered. O_DIRECT is set on the
+file once it is created (Linux creates the file before an open with O_DIRECT fails).
 """
 
 from __future__ import annotations
@@ -40,27 +41,33 @@ class DirectFiles:
     def __init__(self, *, direct: bool = True):
         self.direct = direct and bool(O_DIRECT)
         self._spare: list[mmap.mmap] = []
+        self._largest = 0  # the largest buffer asked for: every buffer is made this size
         self._lock = threading.Lock()
 
-    def create(self, path: str, data: bytes | memoryview) -> None:
+    def create(self, path: str, data: bytes | bytearray | memoryview) -> None:
         """Create PATH (it must not exist: FileExistsError) holding DATA. On failure the
         file may be left, partly written; the caller removes it."""
         view = memoryview(data).cast("B")
-        direct = self.direct and len(view) >= ALIGN
+        fd = os.open(path, CREATE_FLAGS, 0o600)
         try:
-            fd = os.open(path, CREATE_FLAGS | (O_DIRECT if direct else 0), 0o600)
-        except OSError as error:
-            if not direct or error.errno != errno.EINVAL:
-                raise
-            self._refused(path, error)
-            direct = False
-            fd = os.open(path, CREATE_FLAGS, 0o600)
-        try:
+            # O_DIRECT is asked for once the file is ours: a filesystem that refuses it
+            # refuses it here, not in an open that would have created the file already.
+            direct = self.direct and len(view) >= ALIGN and self._go_direct(fd, path)
             if direct:
                 direct = self._write_aligned(fd, path, view)
             _write_all(fd, view[_aligned(len(view)) if direct else 0 :], direct=False)
         finally:
             os.close(fd)
+
+    def _go_direct(self, fd: int, path: str) -> bool:
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | O_DIRECT)
+        except OSError as error:
+            if error.errno != errno.EINVAL:
+                raise
+            self._refused(path, error)
+            return False
+        return True
 
     def _write_aligned(self, fd: int, path: str, view: memoryview) -> bool:
         """The aligned head of VIEW written directly, then O_DIRECT cleared for the tail.
@@ -89,21 +96,22 @@ class DirectFiles:
 
     @contextlib.contextmanager
     def _buffer(self, size: int) -> Iterator[mmap.mmap]:
-        """A page-aligned buffer of at least SIZE bytes, returned to the spares after."""
+        """A page-aligned buffer of at least SIZE bytes, returned to the spares after.
+        Every buffer is made as large as the largest asked for (a whole block), so that
+        a spare fits any write; smaller ones are not kept."""
         with self._lock:
-            fits = [b for b in self._spare if len(b) >= size]
-            if fits:
-                self._spare.remove(fits[0])
-        buffer = fits[0] if fits else mmap.mmap(-1, size)
+            self._largest = max(self._largest, size)
+            buffer = self._spare.pop() if self._spare else None
+        if buffer is None or len(buffer) < size:
+            buffer = mmap.mmap(-1, self._largest)
         try:
             yield buffer
         finally:
             with self._lock:
-                if len(self._spare) < SPARE_BUFFERS:
+                if len(self._spare) < SPARE_BUFFERS and len(buffer) >= self._largest:
                     self._spare.append(buffer)
-                    buffer = None
-            if buffer is not None:
-                buffer.close()
+            # A buffer not kept is unmapped once nothing points into it (a failed write's
+            # traceback may still, so it is not closed here).
 
 
 def _aligned(length: int) -> int:
