@@ -172,34 +172,32 @@ class BlobReads:
             return result.bytes()
 
     def read_pieces(self, blob: str, start: int, lengths: list[int], etag: str
-                    ) -> Iterator[bytearray]:  # fmt: skip
+                    ) -> Iterator[bytes]:  # fmt: skip
         """Consecutive pieces of BLOB from START, of these LENGTHS, in one request, only
         if it still has ETAG (else SourceChanged): each piece as soon as its bytes are in,
-        copied once out of the response's chunks into memory of its own. (`read` would
-        gather the whole response into one new buffer first: for a large range, a second
-        copy into memory the kernel must map afresh.)"""
+        joined once out of the answer's chunks. (`read` would gather the whole answer into
+        one new buffer first: for a large range, a second copy into memory the kernel
+        must map afresh.)"""
         _starting_runtime()
         total = sum(lengths)
         with _changes_raised(blob):
             result = self._store.get(
                 blob, options={"range": (start, start + total), "if_match": etag}
             )
-            pieces = iter(lengths)
-            piece, filled = bytearray(next(pieces)), 0
-            for chunk in result.stream(min_chunk_size=PIECE_CHUNK):
-                view = memoryview(chunk)
-                while view:  # bounded: each turn fills a piece or uses up the chunk
-                    if len(piece) == 0:
-                        raise StorageError(f"{blob}: more bytes than the {total} asked for")
-                    taken = min(len(view), len(piece) - filled)
-                    piece[filled : filled + taken] = view[:taken]
-                    filled += taken
-                    view = view[taken:]
-                    if filled == len(piece):
-                        yield piece
-                        piece, filled = bytearray(next(pieces, 0)), 0
-            if len(piece) or next(pieces, None) is not None:
-                raise StorageError(f"{blob}: the answer ended before the {total} bytes")
+            chunks = iter(result.stream(min_chunk_size=PIECE_CHUNK))
+            left = memoryview(b"")  # of the last chunk, past the pieces handed out
+            for length in lengths:
+                parts, needed = [], length
+                while needed:  # bounded: each turn takes a chunk's bytes, or raises
+                    if not left:
+                        chunk = next(chunks, None)
+                        if chunk is None:
+                            raise StorageError(f"{blob}: the answer ended before {total} bytes")
+                        left = memoryview(chunk)
+                    parts.append(left[:needed])
+                    needed -= len(parts[-1])
+                    left = left[len(parts[-1]) :]
+                yield b"".join(parts)  # one copy, into memory nothing filled first
 
     def probe(self, blob: str) -> None:
         """One HEAD request for BLOB, not retried. Returns if the service answered that the

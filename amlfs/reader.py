@@ -347,7 +347,7 @@ class BlockReader:
         owed = sum(self._length(blob, index) for index in missing)
         self._fetching_bytes += owed  # no await since the check: counted before any fetch
 
-        def fetched(index: int, block: bytes | bytearray) -> None:
+        def fetched(index: int, block: bytes) -> None:
             nonlocal owed
             land(index, block)
             owed -= len(block)  # from fetching to waiting to be written, no await
@@ -364,7 +364,7 @@ class BlockReader:
                 self._nudge()
 
     async def _fetch_run(self, blob: PinnedBlob, run: list[int], wanted: Callable[[], bool],
-                         fetched: Callable[[int, bytes | bytearray], None]) -> None:  # fmt: skip
+                         fetched: Callable[[int, bytes], None]) -> None:  # fmt: skip
         """The consecutive blocks RUN of BLOB from storage in one request (see _request),
         each handed to FETCHED as soon as its bytes are in, so that a reader waiting for
         the first of a long run does not wait for the rest; the last once the request is
@@ -372,7 +372,7 @@ class BlockReader:
         handed = 0  # blocks of RUN handed over, in order
         ended = False  # this fetch returned or gave up: a stream still going hands nothing
 
-        def hand(block: bytes | bytearray) -> None:  # on the event loop
+        def hand(block: bytes) -> None:  # on the event loop
             nonlocal handed
             if ended:
                 return
@@ -384,7 +384,7 @@ class BlockReader:
             self.stats.bytes_fetched += len(block)
             fetched(index, block)
 
-        def stream() -> bytes | bytearray | None:  # in a worker thread; returns the last
+        def stream() -> bytes | None:  # in a worker thread; returns the last
             rest = run[handed:]
             lengths = [self._length(blob, index) for index in rest]
             pieces = self.store.read_pinned_pieces(blob.relative, rest[0] * self.block_size,

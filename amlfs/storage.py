@@ -250,10 +250,10 @@ class Store:
             return data
 
     def read_pinned_pieces(self, relative: str, start: int, lengths: list[int], etag: str
-                           ) -> Iterator[bytes | bytearray]:  # fmt: skip
+                           ) -> Iterator[bytes]:  # fmt: skip
         """Consecutive pieces of a pinned file from START, of these LENGTHS, only if it
         still has ETAG (as read_pinned), each as soon as it is in: on Azure from one
-        streamed request, each piece copied once out of the answer's chunks; elsewhere,
+        streamed request, each piece joined once out of the answer's chunks; elsewhere,
         and for a short range, one read, cut (the caller checks the pieces' lengths).
         Raises SourceChanged or StorageError; ValueError (at the first piece) for a file
         pinned by content, which is never read by range (see read_pinned)."""

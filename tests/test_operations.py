@@ -41,7 +41,7 @@ from amlfs.registry import paths as registry_paths
 from amlfs.registry.models import Entry
 from amlfs.tree import ROOT_INODE, VersionTree, iso_to_ns
 from tests.support.stores import ReadsInPieces
-from tests.support.waiting import eventually
+from tests.support.waiting import WAIT_S, eventually
 
 BLOCK = 1024
 ROOT = "datasets/pets"  # the version's folder in the datastore
@@ -560,6 +560,33 @@ async def test_reading_a_large_file_straight_on_fetches_blocks_ahead(
     )
     assert covered == [0, 1, 2]  # the block read and the first window of two
     assert len(store.requests) == 2  # the window's two blocks in one request
+
+
+async def test_read_ahead_goes_out_while_the_read_that_asked_for_it_waits(
+    ops: ReadOnlyOperations, store: FakeStore
+) -> None:
+    release, first_done = threading.Event(), trio.Event()
+    plain = store.read_pinned
+
+    def first_block_held(relative: str, start: int, end: int, etag: str) -> bytes:
+        if start == 0:
+            release.wait(WAIT_S)
+        return plain(relative, start, end, etag)
+
+    store.read_pinned = first_block_held  # type: ignore[method-assign]
+    inode = await inode_of(ops, "big.bin")
+
+    async def first_read() -> None:
+        await ops.read(0, 0, BLOCK // 4, inode)
+        first_done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(first_read)
+        await eventually(lambda: any(start == BLOCK for _, start, _ in store.requests),
+                         "the read-ahead after the first block asked for")  # fmt: skip
+        assert not first_done.is_set()
+        release.set()
+    assert first_done.is_set()
 
 
 async def test_a_file_read_straight_through_is_fetched_in_whole_requests(

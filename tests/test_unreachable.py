@@ -9,6 +9,7 @@ import errno
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -30,48 +31,52 @@ def azure_at(port: int, key: str = ACCOUNT_KEY) -> Store:
     return Store(ds, env={"DOWN": secret}, reads_only=True)
 
 
+@contextmanager
+def loopback_listener(backlog: int) -> Iterator[socket.socket]:
+    """A listening socket on a free loopback port that never accepts, closed after."""
+    listener = socket.socket()
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(backlog)
+        yield listener
+    finally:
+        listener.close()
+
+
 @pytest.fixture
 def never_accepting() -> Iterator[int]:
     """A loopback port whose listener never accepts and whose queue is full: a connect to
     it neither succeeds nor is refused, as to a host that drops packets."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
     fillers: list[socket.socket] = []
-    try:
-        # The queue holds one connection; SYNs that come after it are dropped. A filler's
-        # handshake may finish after connect_ex returns, so the queue is full once a
-        # connect of our own times out.
-        for _ in range(20):
-            filler = socket.socket()
-            filler.settimeout(0.5)
-            try:
-                filler.connect(("127.0.0.1", port))
-            except TimeoutError:
+    with loopback_listener(0) as listener:
+        port = listener.getsockname()[1]
+        try:
+            # The queue holds one connection; SYNs that come after it are dropped. A
+            # filler's handshake may finish after connect_ex returns, so the queue is full
+            # once a connect of our own times out.
+            for _ in range(20):
+                filler = socket.socket()
+                filler.settimeout(0.5)
+                try:
+                    filler.connect(("127.0.0.1", port))
+                except TimeoutError:
+                    filler.close()
+                    break
+                fillers.append(filler)
+            else:
+                pytest.fail("the listener's queue never filled")
+            yield port
+        finally:
+            for filler in fillers:
                 filler.close()
-                break
-            fillers.append(filler)
-        else:
-            pytest.fail("the listener's queue never filled")
-        yield port
-    finally:
-        for filler in fillers:
-            filler.close()
-        listener.close()
 
 
 @pytest.fixture
 def never_answering() -> Iterator[int]:
-    """A loopback port that accepts connections and never answers on them, as a service
-    that hangs."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    try:
+    """A loopback port that takes connections (the kernel completes them) and never
+    answers on them, as a service that hangs."""
+    with loopback_listener(16) as listener:
         yield listener.getsockname()[1]
-    finally:
-        listener.close()
 
 
 def test_a_read_from_a_closed_loopback_port_is_unreachable() -> None:

@@ -99,14 +99,12 @@ class Cached:
     damaged: tuple[tuple[int, int], ...] = ()
 
 
-def checksums(data: bytes | bytearray) -> tuple[int, ...]:
+def checksums(data: bytes) -> tuple[int, ...]:
     """The CRC32C of each SUB_BLOCK of DATA."""
     if len(data) <= SUB_BLOCK:
-        return (google_crc32c.value(bytes(data)),)
-    view = memoryview(data)  # google_crc32c takes bytes only: each sub-block is copied
+        return (google_crc32c.value(data),)
     return tuple(
-        google_crc32c.value(bytes(view[at : at + SUB_BLOCK]))
-        for at in range(0, len(data), SUB_BLOCK)
+        google_crc32c.value(data[at : at + SUB_BLOCK]) for at in range(0, len(data), SUB_BLOCK)
     )
 
 
@@ -315,7 +313,7 @@ class BlockCache:
         except Exception:
             return False
 
-    def put(self, key: BlockKey, data: bytes | bytearray) -> bool:
+    def put(self, key: BlockKey, data: bytes) -> bool:
         """Store a block (replacing what was stored under KEY); False (and a warning,
         rate-limited) when the disk refuses."""
         if self._store is None:
@@ -328,11 +326,9 @@ class BlockCache:
             self._forget(key)
             # One transaction: the blocks read marked used, then the block stored (and the
             # least recently used evicted, if the store is over its limit).
-            # Inline, the value must be bytes: diskcache would pickle anything else.
-            value = written or (data if isinstance(data, bytes) else bytes(data))
             with self._index_lock, self._store.transact():
                 self._mark_used()
-                self._store.set(key.disk_key(), value, tag=tag)
+                self._store.set(key.disk_key(), written or data, tag=tag)
             return True
         except Exception as error:  # full disk, read-only disk, damaged database
             if written is not None:
@@ -340,7 +336,7 @@ class BlockCache:
             self._warn("block cache write failed (%s); serving without caching", error)
             return False
 
-    def _write_file(self, data: bytes | bytearray) -> BlockFile:
+    def _write_file(self, data: bytes) -> BlockFile:
         """A new block file holding DATA (past the page cache where the disk allows:
         amlfs.cache.direct), named as diskcache names its files (random, never reused)."""
         name, path = self._store.disk.filename()

@@ -44,10 +44,10 @@ class DirectFiles:
         self._largest = 0  # the largest buffer asked for: every buffer is made this size
         self._lock = threading.Lock()
 
-    def create(self, path: str, data: bytes | bytearray | memoryview) -> None:
+    def create(self, path: str, data: bytes) -> None:
         """Create PATH (it must not exist: FileExistsError) holding DATA. On failure the
         file may be left, partly written; the caller removes it."""
-        view = memoryview(data).cast("B")
+        view = memoryview(data)
         fd = os.open(path, CREATE_FLAGS, 0o600)
         try:
             # O_DIRECT is asked for once the file is ours: a filesystem that refuses it
